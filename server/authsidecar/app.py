@@ -1,0 +1,166 @@
+"""Composition root: builds every component from Settings; owns start-up and shutdown order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+from datetime import timedelta
+
+from authsidecar.cache import MemorySessionCache, NullSessionCache, RedisSessionCache, ResilientSessionCache
+from authsidecar.cache.redis import connect_redis
+from authsidecar.config import ConfigError, Settings
+from authsidecar.domain.ports import SessionCache
+from authsidecar.errors import BackendUnavailable
+from authsidecar.security.passwords import Argon2Parameters, PasswordHasher
+from authsidecar.security.tokens import HashedTokenPolicy
+from authsidecar.services.accounts import AccountService
+from authsidecar.services.rules import CredentialRules
+from authsidecar.services.sessions import SessionManager, SessionPolicy
+from authsidecar.storage.database import SqlDatabase, create_database
+from authsidecar.storage.schema import Schema
+from authsidecar.storage.urls import DatabaseTarget, resolve_database_url
+from authsidecar.transport.grpc.server import GrpcServer
+from authsidecar.transport.grpc.servicers import AuthServicer, SessionServicer
+
+__all__ = ["App", "build_cache", "build_database", "build_hasher", "database_target", "run"]
+
+log = logging.getLogger("authsidecar")
+
+
+def database_target(settings: Settings) -> DatabaseTarget:
+    """DATABASE_URL (or the embedded SQLite file), resolved for SQLAlchemy."""
+    raw = settings.database_url.get_secret_value() if settings.database_url else None
+    try:
+        return resolve_database_url(raw, settings.sqlite_path)
+    except ValueError as exc:
+        raise ConfigError(f"invalid configuration: DATABASE_URL: {exc}") from None
+
+
+def build_database(settings: Settings) -> SqlDatabase:
+    """The SQL store of record."""
+    return create_database(
+        database_target(settings),
+        Schema(),
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        connect_timeout=settings.db_connect_timeout,
+    )
+
+
+def build_cache(settings: Settings) -> SessionCache:
+    """Redis when REDIS_URL is set (fail-open), else in-process; nothing when caching is disabled."""
+    if not settings.cache_enabled:
+        return NullSessionCache()
+    if settings.redis_url is None:
+        return MemorySessionCache(settings.memory_cache_max_entries)
+    try:
+        client = connect_redis(settings.redis_url.get_secret_value(), settings.redis_timeout)
+    except ValueError as exc:
+        raise ConfigError(f"invalid configuration: REDIS_URL: {exc}") from None
+    return ResilientSessionCache(RedisSessionCache(client, settings.redis_key_prefix), settings.redis_retry_after)
+
+
+def build_hasher(settings: Settings) -> PasswordHasher:
+    """argon2id with the configured cost and concurrency bounds."""
+    params = Argon2Parameters(settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism)
+    return PasswordHasher(params, settings.hash_workers, settings.effective_hash_max_pending)
+
+
+def build_session_policy(settings: Settings) -> SessionPolicy:
+    """Lifetimes from settings."""
+    if settings.session_short_expires_in >= settings.session_expires_in:
+        raise ConfigError(
+            "invalid configuration: AUTHSIDECAR_SESSION_SHORT_EXPIRES_IN: must be shorter than session_expires_in"
+        )
+    return SessionPolicy(
+        expires_in=timedelta(seconds=settings.session_expires_in),
+        update_age=timedelta(seconds=settings.session_update_age),
+        short_expires_in=timedelta(seconds=settings.session_short_expires_in),
+    )
+
+
+@dataclass
+class App:
+    """Every long-lived component, wired."""
+
+    settings: Settings
+    database: SqlDatabase
+    cache: SessionCache
+    hasher: PasswordHasher
+    server: GrpcServer
+    _health_task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def build(cls, settings: Settings) -> App:
+        """Wire everything; opens no connection yet."""
+        policy = build_session_policy(settings)
+        database = build_database(settings)
+        cache = build_cache(settings)
+        hasher = build_hasher(settings)
+        sessions = SessionManager(database, cache, HashedTokenPolicy(), policy)
+        rules = CredentialRules(settings.password_min_length, settings.password_max_length)
+        accounts = AccountService(database, hasher, sessions, rules, settings.auto_sign_in)
+        server = GrpcServer(AuthServicer(accounts, sessions), SessionServicer(sessions), settings.listen)
+        return cls(settings, database, cache, hasher, server)
+
+    async def start(self) -> None:
+        """Start serving; health follows the database's reachability."""
+        await self.server.set_serving(False)
+        await self.server.start()
+        await self._check_health()
+        self._health_task = asyncio.create_task(self._watch_health(), name="health")
+
+    async def _check_health(self) -> None:
+        try:
+            await self.database.ping(timeout=self.settings.health_interval)
+        except BackendUnavailable:
+            await self.server.set_serving(False)
+            return
+        await self.server.set_serving(True)
+
+    async def _watch_health(self) -> None:
+        was_serving: bool | None = None
+        while True:
+            await asyncio.sleep(self.settings.health_interval)
+            try:
+                await self.database.ping(timeout=self.settings.health_interval)
+                serving = True
+            except BackendUnavailable:
+                serving = False
+            if serving != was_serving:
+                if not serving:
+                    log.warning("database unreachable: health is NOT_SERVING")
+                elif was_serving is False:
+                    log.warning("database reachable again: health is SERVING")
+                await self.server.set_serving(serving)
+                was_serving = serving
+
+    async def stop(self) -> None:
+        """Stop accepting, drain in-flight calls within the grace period, then close pools."""
+        log.info("shutting down (grace %.1fs)", self.settings.shutdown_grace)
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+        await self.server.stop(self.settings.shutdown_grace)
+        await self.cache.close()
+        await self.database.close()
+        self.hasher.close()
+        log.info("stopped")
+
+
+async def run(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    app = App.build(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await app.start()
+    try:
+        await stop.wait()
+    finally:
+        await app.stop()

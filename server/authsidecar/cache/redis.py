@@ -1,0 +1,119 @@
+"""Redis secondary storage.
+
+Layout under the configured prefix ``P``:
+
+| key | value | TTL |
+|---|---|---|
+| ``P<cache key>`` (``P session:<sha256>``) | JSON ``{"session": {...}, "user": {...}}`` | the session's remaining lifetime |
+| ``P<cache key>:revoked`` | ``1``: a revoked session may not be cached again | the revoked session's remaining lifetime |
+| ``P active-sessions:<userId>`` | sorted set: cache key -> expiresAt (ms) | the furthest expiry |
+
+Writes are conditional on the tombstone (one Lua script), so a validation that read the database just before a
+revocation cannot put the revoked session back. Errors propagate; ResilientSessionCache decides what they mean.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from authsidecar.cache.codec import decode_session, encode_session
+from authsidecar.domain.models import SessionWithUser
+from authsidecar.domain.ports import SessionCache
+
+__all__ = ["RedisSessionCache", "connect_redis"]
+
+log = logging.getLogger(__name__)
+
+_PUT = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[5])
+local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
+if last[2] then redis.call('PEXPIREAT', KEYS[3], last[2]) end
+return 1
+"""
+
+
+def connect_redis(url: str, timeout: float) -> Redis:
+    """A client that fails fast (no retries, short timeouts): the caller falls back to SQL instead of waiting."""
+    client: Redis = Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=False,
+    )
+    return client
+
+
+class RedisSessionCache:
+    """SessionCache on Redis."""
+
+    def __init__(self, client: Redis, prefix: str) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._put = client.register_script(_PUT)
+
+    def _index(self, user_id: str) -> str:
+        return f"{self._prefix}active-sessions:{user_id}"
+
+    async def get(self, key: str) -> SessionWithUser | None:
+        """One GET and a JSON parse; a malformed document counts as a miss."""
+        raw = await self._redis.get(self._prefix + key)
+        if raw is None:
+            return None
+        try:
+            return decode_session(raw)
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring a malformed cached session document")
+            return None
+
+    async def put(self, key: str, entry: SessionWithUser, ttl: int) -> None:
+        """Cache unless revoked (tombstone), index under the user."""
+        if ttl <= 0:
+            return
+        full = self._prefix + key
+        expires_ms = int(entry.session.expires_at.timestamp() * 1000)
+        await self._put(
+            keys=[full, full + ":revoked", self._index(entry.session.user_id)],
+            args=[encode_session(entry), ttl, key, expires_ms, int(time.time() * 1000)],
+        )
+
+    async def invalidate(self, user_id: str, keys: Sequence[str], ttl: int) -> None:
+        """Delete, tombstone and unindex, atomically (MULTI)."""
+        if not keys:
+            return
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for key in keys:
+                full = self._prefix + key
+                pipe.set(full + ":revoked", b"1", ex=max(ttl, 1))
+                pipe.delete(full)
+            pipe.zrem(self._index(user_id), *keys)
+            await pipe.execute()
+
+    async def purge(self) -> None:
+        """Delete every session document under the prefix (tombstones and indexes stay)."""
+        batch: list[bytes] = []
+        async for name in self._redis.scan_iter(match=self._prefix.replace("*", r"\*") + "*", count=1000):
+            if not name.endswith(b":revoked"):
+                batch.append(name)
+            if len(batch) >= 500:
+                await self._redis.unlink(*batch)
+                batch.clear()
+        if batch:
+            await self._redis.unlink(*batch)
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._redis.aclose()
+
+
+def _check_port(cache: RedisSessionCache) -> SessionCache:
+    return cache

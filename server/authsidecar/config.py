@@ -1,0 +1,142 @@
+"""Settings: read once at start-up from environment variables and an optional TOML file, then frozen.
+
+Sources, highest priority first: environment variables (``DATABASE_URL``, ``REDIS_URL``, ``AUTHSIDECAR_*``),
+then the TOML file named by ``AUTHSIDECAR_CONFIG`` (keys are the field names below, without the prefix).
+Unknown keys are errors; every number has a range; secrets are ``SecretStr`` and never logged.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+__all__ = ["ConfigError", "Settings", "load_settings"]
+
+DAY = 86_400
+
+
+class ConfigError(Exception):
+    """A setting is invalid; the message is one line naming the setting."""
+
+
+class Settings(BaseSettings):
+    """Every tunable of the server. Field docs double as the README's configuration table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AUTHSIDECAR_",
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+        case_sensitive=False,
+    )
+
+    listen: str = Field("127.0.0.1:50051", min_length=1, description="host:port, or unix:///path for a socket")
+    database_url: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("DATABASE_URL", "AUTHSIDECAR_DATABASE_URL", "database_url"),
+        description="postgresql://... (or sqlite:///path); unset means the embedded SQLite file",
+    )
+    sqlite_path: str = Field("authsidecar.db", min_length=1, description="embedded SQLite file when no DATABASE_URL")
+    redis_url: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("REDIS_URL", "AUTHSIDECAR_REDIS_URL", "redis_url"),
+        description="redis://... ; unset means the in-process secondary storage",
+    )
+    redis_key_prefix: str = Field("authsidecar:", max_length=64, description="prefix of every Redis key")
+    cache_enabled: bool = Field(True, description="cache sessions in the secondary storage (off: every call hits SQL)")
+    memory_cache_max_entries: Annotated[int, Field(ge=100, le=10_000_000)] = 100_000
+
+    session_expires_in: Annotated[int, Field(ge=60, le=365 * DAY)] = 7 * DAY
+    session_update_age: Annotated[int, Field(ge=0, le=365 * DAY)] = DAY
+    session_short_expires_in: Annotated[int, Field(ge=60, le=365 * DAY)] = Field(
+        DAY, description="lifetime of a remember_me=false session (never refreshed)"
+    )
+    auto_sign_in: bool = Field(True, description="SignUp also creates a session")
+
+    password_min_length: Annotated[int, Field(ge=1, le=1024)] = 8
+    password_max_length: Annotated[int, Field(ge=8, le=4096)] = 128
+    argon2_time_cost: Annotated[int, Field(ge=1, le=20)] = 2
+    argon2_memory_kib: Annotated[int, Field(ge=8 * 1024, le=4 * 1024 * 1024)] = 19_456
+    argon2_parallelism: Annotated[int, Field(ge=1, le=64)] = 1
+    hash_workers: Annotated[int, Field(ge=1, le=256)] = Field(
+        default_factory=lambda: os.cpu_count() or 2, description="threads hashing passwords (default: cores)"
+    )
+    hash_max_pending: Annotated[int, Field(ge=1, le=100_000)] | None = Field(
+        None, description="hashes admitted at once before RESOURCE_EXHAUSTED (default: 4 x hash_workers)"
+    )
+
+    db_pool_size: Annotated[int, Field(ge=1, le=200)] = 10
+    db_max_overflow: Annotated[int, Field(ge=0, le=200)] = 5
+    db_connect_timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
+    redis_timeout: Annotated[float, Field(gt=0, le=30)] = 0.5
+    redis_retry_after: Annotated[float, Field(gt=0, le=60)] = Field(
+        1.0, description="seconds to bypass Redis after it failed, before probing it again"
+    )
+    health_interval: Annotated[float, Field(gt=0, le=300)] = 2.0
+    shutdown_grace: Annotated[float, Field(ge=0, le=300)] = 10.0
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        if value.startswith("unix://"):
+            if len(value) <= len("unix://"):
+                raise ValueError("unix:// needs a path")
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("expected host:port or unix:///path")
+        return value
+
+    @property
+    def effective_hash_max_pending(self) -> int:
+        """Admission bound for password hashing."""
+        return self.hash_max_pending or 4 * self.hash_workers
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Init kwargs, then the environment, then the TOML file named by AUTHSIDECAR_CONFIG."""
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = os.environ.get("AUTHSIDECAR_CONFIG")
+        if path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    loc = ".".join(str(part) for part in first["loc"]) or "settings"
+    name = loc if loc.isupper() else f"AUTHSIDECAR_{loc.upper()}"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown setting"
+    return f"invalid configuration: {name}: {message}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build and validate the settings; raise ConfigError with one line naming the bad setting."""
+    if "AUTHSIDECAR_CONFIG" in os.environ and not os.path.isfile(os.environ["AUTHSIDECAR_CONFIG"]):
+        raise ConfigError(f"invalid configuration: AUTHSIDECAR_CONFIG: no such file {os.environ['AUTHSIDECAR_CONFIG']}")
+    known = {f"AUTHSIDECAR_{name.upper()}" for name in Settings.model_fields} | {"AUTHSIDECAR_CONFIG"}
+    unknown = sorted(key for key in os.environ if key.upper().startswith("AUTHSIDECAR_") and key.upper() not in known)
+    if unknown:
+        raise ConfigError(f"invalid configuration: {unknown[0]}: unknown setting")
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    except ValueError as exc:  # e.g. a malformed TOML file
+        raise ConfigError(f"invalid configuration: {exc}") from None
+    if settings.password_min_length > settings.password_max_length:
+        raise ConfigError("invalid configuration: AUTHSIDECAR_PASSWORD_MIN_LENGTH: greater than password_max_length")
+    return settings

@@ -1,0 +1,88 @@
+"""Ports owned by the services. Storage and cache implementations are checked against them statically."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from typing import Protocol
+
+from authsidecar.domain.models import Account, Session, SessionWithUser, User
+
+__all__ = ["Database", "SessionCache", "UnitOfWork"]
+
+
+class UnitOfWork(Protocol):
+    """Repositories bound to one open transaction. Nothing is committed until the transaction block ends."""
+
+    async def insert_user(self, user: User) -> None:
+        """Insert a user; raises Conflict on a duplicate email."""
+
+    async def get_user_by_email(self, email: str) -> User | None:
+        """The user with that (normalised) email."""
+
+    async def insert_account(self, account: Account) -> None:
+        """Insert an account row."""
+
+    async def get_credential_account(self, user_id: str) -> Account | None:
+        """The user's email/password account."""
+
+    async def update_account_password(self, account_id: str, password_hash: str, now: datetime) -> None:
+        """Replace an account's password hash."""
+
+    async def insert_session(self, session: Session) -> None:
+        """Insert a session row."""
+
+    async def refresh_session(self, stored_token: str, expires_at: datetime, now: datetime) -> bool:
+        """Extend a session; False when it no longer exists."""
+
+    async def delete_session_by_token(self, stored_token: str) -> Session | None:
+        """Delete one session by token; returns what was deleted."""
+
+    async def delete_session_by_id(self, user_id: str, session_id: str) -> Session | None:
+        """Delete one of the user's sessions by id; returns what was deleted."""
+
+    async def delete_user_sessions(self, user_id: str, except_session_id: str | None = None) -> list[Session]:
+        """Delete all of the user's sessions (but one); returns what was deleted."""
+
+    async def list_user_sessions(self, user_id: str, now: datetime) -> list[Session]:
+        """The user's unexpired sessions, newest first."""
+
+
+class Database(Protocol):
+    """The store of record."""
+
+    def transaction(self) -> AbstractAsyncContextManager[UnitOfWork]:
+        """Open a transaction; commits when the block exits cleanly, rolls back otherwise."""
+
+    async def find_session(self, stored_token: str) -> SessionWithUser | None:
+        """The hot path's cache-miss query: one round trip, session joined with its user, no transaction."""
+
+    async def ping(self) -> None:
+        """Raise BackendUnavailable when the database cannot be reached."""
+
+    async def close(self) -> None:
+        """Dispose of the connection pool."""
+
+
+class SessionCache(Protocol):
+    """Secondary storage for validated sessions (Redis or in-process).
+
+    Implementations must never resurrect a revoked session: ``put`` is refused for a key invalidated within
+    the last ``ttl`` seconds given to ``invalidate``.
+    """
+
+    async def get(self, key: str) -> SessionWithUser | None:
+        """The cached session, or None on a miss (or when the cache is unavailable)."""
+
+    async def put(self, key: str, entry: SessionWithUser, ttl: int) -> None:
+        """Cache a session for ``ttl`` seconds and index it under its user."""
+
+    async def invalidate(self, user_id: str, keys: Sequence[str], ttl: int) -> None:
+        """Remove sessions and block their re-caching for ``ttl`` seconds."""
+
+    async def purge(self) -> None:
+        """Drop every cached session (used when invalidations may have been lost)."""
+
+    async def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,192 @@
+"""Domain exceptions. Services raise only these; the transport maps each class to a gRPC status in one place.
+
+Every class has a stable machine ``reason`` (the ErrorInfo.reason clients switch on)::
+
+    AuthSidecarError                    INTERNAL
+    ├── InvalidArgument                 VALIDATION_ERROR       (carries field violations)
+    │   ├── MissingField                MISSING_FIELD
+    │   ├── InvalidEmail                INVALID_EMAIL
+    │   ├── PasswordTooShort            PASSWORD_TOO_SHORT
+    │   └── PasswordTooLong             PASSWORD_TOO_LONG
+    ├── Unauthenticated
+    │   ├── InvalidCredentials          INVALID_EMAIL_OR_PASSWORD
+    │   ├── InvalidToken                INVALID_TOKEN
+    │   └── SessionExpired              SESSION_EXPIRED
+    ├── AlreadyExists
+    │   └── UserAlreadyExists           USER_ALREADY_EXISTS
+    ├── NotFound
+    │   └── SessionNotFound             SESSION_NOT_FOUND
+    ├── TooManyRequests                 TOO_MANY_REQUESTS      (carries retry_after)
+    ├── BackendUnavailable              BACKEND_UNAVAILABLE    (carries retry_after)
+    └── Conflict                        (storage: a unique constraint was violated; services translate it)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "AlreadyExists",
+    "AuthSidecarError",
+    "BackendUnavailable",
+    "Conflict",
+    "FieldViolation",
+    "InvalidArgument",
+    "InvalidCredentials",
+    "InvalidEmail",
+    "InvalidToken",
+    "MissingField",
+    "NotFound",
+    "PasswordTooLong",
+    "PasswordTooShort",
+    "SessionExpired",
+    "SessionNotFound",
+    "TooManyRequests",
+    "Unauthenticated",
+    "UserAlreadyExists",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One bad request field: its name (snake_case, as in the proto) and what is wrong with it."""
+
+    field: str
+    description: str
+
+
+class AuthSidecarError(Exception):
+    """Base of every error the server reports to clients. ``message`` is safe to show to a caller."""
+
+    reason = "INTERNAL"
+    default_message = "internal error"
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message or self.default_message
+        super().__init__(self.message)
+
+
+class InvalidArgument(AuthSidecarError):
+    """The request is malformed; ``violations`` names each bad field."""
+
+    reason = "VALIDATION_ERROR"
+    default_message = "invalid request"
+
+    def __init__(self, violations: list[FieldViolation], message: str | None = None) -> None:
+        self.violations = violations
+        super().__init__(message or "; ".join(f"{v.field}: {v.description}" for v in violations))
+
+    @classmethod
+    def field(cls, field: str, description: str) -> InvalidArgument:
+        """One violation of this class's reason."""
+        return cls([FieldViolation(field, description)])
+
+
+class MissingField(InvalidArgument):
+    """A required field is empty."""
+
+    reason = "MISSING_FIELD"
+
+
+class InvalidEmail(InvalidArgument):
+    """The email address is malformed."""
+
+    reason = "INVALID_EMAIL"
+
+
+class PasswordTooShort(InvalidArgument):
+    """The password is shorter than the configured minimum."""
+
+    reason = "PASSWORD_TOO_SHORT"
+
+
+class PasswordTooLong(InvalidArgument):
+    """The password is longer than the configured maximum."""
+
+    reason = "PASSWORD_TOO_LONG"
+
+
+class Unauthenticated(AuthSidecarError):
+    """The caller's credentials or token do not hold."""
+
+    reason = "INVALID_TOKEN"
+
+
+class InvalidCredentials(Unauthenticated):
+    """Unknown email or wrong password; deliberately indistinguishable."""
+
+    reason = "INVALID_EMAIL_OR_PASSWORD"
+    default_message = "invalid email or password"
+
+
+class InvalidToken(Unauthenticated):
+    """The token is unknown, revoked or malformed."""
+
+    reason = "INVALID_TOKEN"
+    default_message = "invalid session token"
+
+
+class SessionExpired(Unauthenticated):
+    """The session has expired."""
+
+    reason = "SESSION_EXPIRED"
+    default_message = "session expired"
+
+
+class AlreadyExists(AuthSidecarError):
+    """The resource already exists."""
+
+    reason = "ALREADY_EXISTS"
+
+
+class UserAlreadyExists(AlreadyExists):
+    """A user with that email already exists."""
+
+    reason = "USER_ALREADY_EXISTS"
+    default_message = "a user with this email already exists"
+
+
+class NotFound(AuthSidecarError):
+    """The referenced resource does not exist (or is not the caller's)."""
+
+    reason = "NOT_FOUND"
+
+
+class SessionNotFound(NotFound):
+    """No session of the caller's user has that id."""
+
+    reason = "SESSION_NOT_FOUND"
+    default_message = "session not found"
+
+
+class TooManyRequests(AuthSidecarError):
+    """Load shedding: the work was refused rather than queued; retry after ``retry_after`` seconds."""
+
+    reason = "TOO_MANY_REQUESTS"
+    default_message = "too many requests, retry later"
+
+    def __init__(self, retry_after: float, message: str | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class BackendUnavailable(AuthSidecarError):
+    """The database is unreachable; retry after ``retry_after`` seconds."""
+
+    reason = "BACKEND_UNAVAILABLE"
+    default_message = "storage backend unavailable, retry later"
+
+    def __init__(self, message: str | None = None, retry_after: float = 1.0) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class Conflict(AuthSidecarError):
+    """A unique constraint was violated. Raised by storage; services translate it to a specific error."""
+
+    reason = "ALREADY_EXISTS"
+    default_message = "conflicting write"
+
+    def __init__(self, constraint: str | None = None) -> None:
+        self.constraint = constraint
+        super().__init__(f"unique constraint violated: {constraint or 'unknown'}")

@@ -1,0 +1,137 @@
+"""Sign-up and sign-in with email and password.
+
+Hashing always happens outside any database transaction. Sign-up writes user + credential account (+ session)
+in one transaction and relies on the unique constraint on email, never on check-then-insert. Sign-in costs the
+same hash time whether or not the email exists.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from authsidecar.domain.models import CREDENTIAL_PROVIDER, Account, Session, SessionWithUser, User
+from authsidecar.domain.ports import Database
+from authsidecar.errors import Conflict, InvalidCredentials, MissingField, TooManyRequests, UserAlreadyExists
+from authsidecar.security.ids import generate_id
+from authsidecar.security.passwords import PasswordHasher
+from authsidecar.services.clock import Clock, utc_now
+from authsidecar.services.rules import CredentialRules, normalize_email
+from authsidecar.services.sessions import ClientInfo, SessionManager
+
+__all__ = ["AccountService", "AuthResult"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    """A user and, when one was created, a session with its bearer token."""
+
+    user: User
+    session: Session | None = None
+    token: str | None = None
+
+
+class AccountService:
+    """Email/password accounts."""
+
+    def __init__(
+        self,
+        db: Database,
+        hasher: PasswordHasher,
+        sessions: SessionManager,
+        rules: CredentialRules,
+        auto_sign_in: bool = True,
+        clock: Clock = utc_now,
+    ) -> None:
+        self._db = db
+        self._hasher = hasher
+        self._sessions = sessions
+        self._rules = rules
+        self._auto_sign_in = auto_sign_in
+        self._clock = clock
+
+    async def sign_up(
+        self,
+        email: str,
+        password: str,
+        name: str,
+        image: str | None,
+        client: ClientInfo,
+        remember_me: bool = True,
+    ) -> AuthResult:
+        """Create a user with a credential account, and a session unless auto sign-in is off."""
+        email = normalize_email(email)
+        if not name.strip():
+            raise MissingField.field("name", "is required")
+        self._rules.check_password(password)
+        password_hash = await self._hasher.hash(password)
+        now = self._clock()
+        user = User(
+            id=generate_id(),
+            name=name,
+            email=email,
+            email_verified=False,
+            image=image or None,
+            created_at=now,
+            updated_at=now,
+        )
+        account = Account(
+            id=generate_id(),
+            account_id=user.id,
+            provider_id=CREDENTIAL_PROVIDER,
+            user_id=user.id,
+            password=password_hash,
+            created_at=now,
+            updated_at=now,
+        )
+        session, token = (None, None)
+        if self._auto_sign_in:
+            session, token = self._sessions.new_session(user.id, client, remember_me, now)
+        try:
+            async with self._db.transaction() as tx:
+                await tx.insert_user(user)
+                await tx.insert_account(account)
+                if session is not None:
+                    await tx.insert_session(session)
+        except Conflict as exc:
+            raise UserAlreadyExists() from exc
+        if session is not None:
+            await self._sessions.remember(SessionWithUser(session, user))
+        return AuthResult(user, session, token)
+
+    async def sign_in(self, email: str, password: str, client: ClientInfo, remember_me: bool = True) -> AuthResult:
+        """Check the password and create a session; raises InvalidCredentials for any mismatch."""
+        email = normalize_email(email)
+        if not password:
+            raise MissingField.field("password", "is required")
+        if len(password) > self._rules.max_password_length:
+            raise InvalidCredentials()  # no stored password can be this long; do not spend a hash on it
+        async with self._db.transaction() as tx:
+            user = await tx.get_user_by_email(email)
+            account = await tx.get_credential_account(user.id) if user is not None else None
+        if user is None or account is None or account.password is None:
+            await self._hasher.verify_dummy(password)
+            raise InvalidCredentials()
+        if not await self._hasher.verify(account.password, password):
+            raise InvalidCredentials()
+        new_hash = await self._rehash(account.password, password)
+        now = self._clock()
+        session, token = self._sessions.new_session(user.id, client, remember_me, now)
+        async with self._db.transaction() as tx:
+            await tx.insert_session(session)
+            if new_hash is not None:
+                await tx.update_account_password(account.id, new_hash, now)
+        await self._sessions.remember(SessionWithUser(session, user))
+        return AuthResult(user, session, token)
+
+    async def _rehash(self, encoded: str, password: str) -> str | None:
+        """A new hash when the stored one used other parameters; skipped (retried next sign-in) under load."""
+        if not self._hasher.needs_rehash(encoded):
+            return None
+        try:
+            return await self._hasher.hash(password)
+        except TooManyRequests:
+            log.info("password rehash deferred: hashing is at capacity")
+            return None

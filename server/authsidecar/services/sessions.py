@@ -1,0 +1,170 @@
+"""Sessions: creation, validation (the hot path), listing and revocation.
+
+Validation answers from the secondary storage on a hit; on a miss it runs one SQL query and refills the cache.
+Every revocation deletes from SQL first, then invalidates the cache with a tombstone, so a concurrent refill
+cannot resurrect the session. Expiry is always checked, whatever the source.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from authsidecar.domain.models import Session, SessionWithUser
+from authsidecar.domain.ports import Database, SessionCache
+from authsidecar.errors import InvalidToken, SessionExpired, SessionNotFound
+from authsidecar.security.ids import generate_id
+from authsidecar.security.tokens import TokenPolicy
+from authsidecar.services.clock import Clock, utc_now
+
+__all__ = ["ClientInfo", "SessionManager", "SessionPolicy"]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """The end user's client as reported by the calling service."""
+
+    ip_address: str | None = None
+    user_agent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPolicy:
+    """Better Auth's session lifetime rules.
+
+    A remember_me=false session lives ``short_expires_in`` and is never refreshed; it is recognised by its
+    lifetime (expiresAt - createdAt <= short_expires_in), so no extra column is needed.
+    """
+
+    expires_in: timedelta = timedelta(days=7)
+    update_age: timedelta = timedelta(days=1)
+    short_expires_in: timedelta = timedelta(days=1)
+
+    def needs_refresh(self, session: Session, now: datetime) -> bool:
+        """Better Auth's rule: refresh once ``update_age`` has passed since the expiry was last set."""
+        if session.expires_at - session.created_at <= self.short_expires_in:
+            return False
+        return session.expires_at - self.expires_in + self.update_age <= now
+
+
+def _ttl(expires_at: datetime, now: datetime) -> int:
+    return int((expires_at - now).total_seconds())
+
+
+class SessionManager:
+    """Session rules over the store of record and the secondary storage."""
+
+    def __init__(
+        self,
+        db: Database,
+        cache: SessionCache,
+        tokens: TokenPolicy,
+        policy: SessionPolicy,
+        clock: Clock = utc_now,
+    ) -> None:
+        self._db = db
+        self._cache = cache
+        self._tokens = tokens
+        self._policy = policy
+        self._clock = clock
+
+    def new_session(self, user_id: str, client: ClientInfo, remember_me: bool, now: datetime) -> tuple[Session, str]:
+        """A session record (not yet stored) and its bearer token."""
+        token = self._tokens.generate()
+        lifetime = self._policy.expires_in if remember_me else self._policy.short_expires_in
+        session = Session(
+            id=generate_id(),
+            user_id=user_id,
+            stored_token=self._tokens.stored(token),
+            expires_at=now + lifetime,
+            created_at=now,
+            updated_at=now,
+            ip_address=client.ip_address,
+            user_agent=client.user_agent,
+        )
+        return session, token
+
+    async def remember(self, entry: SessionWithUser) -> None:
+        """Write a freshly created session through to the cache."""
+        ttl = _ttl(entry.session.expires_at, self._clock())
+        await self._cache.put(self._tokens.cache_key(entry.session.stored_token), entry, ttl)
+
+    async def validate(self, token: str) -> SessionWithUser:
+        """The session and user of a token; raises InvalidToken / SessionExpired."""
+        stored = self._tokens.stored(token)
+        key = self._tokens.cache_key(stored)
+        now = self._clock()
+        entry = await self._cache.get(key)
+        from_cache = entry is not None and hmac.compare_digest(entry.session.stored_token, stored)
+        if entry is None or not from_cache:
+            entry = await self._db.find_session(stored)
+            if entry is None:
+                raise InvalidToken()
+        session = entry.session
+        if session.expires_at <= now:
+            await self._forget([session], now)
+            raise SessionExpired()
+        if self._policy.needs_refresh(session, now):
+            entry = await self._refresh(entry, now)
+        elif not from_cache:
+            await self._cache.put(key, entry, _ttl(session.expires_at, now))
+        return entry
+
+    async def _refresh(self, entry: SessionWithUser, now: datetime) -> SessionWithUser:
+        session = replace(entry.session, expires_at=now + self._policy.expires_in, updated_at=now)
+        async with self._db.transaction() as tx:
+            alive = await tx.refresh_session(session.stored_token, session.expires_at, now)
+        if not alive:  # revoked between the read and the refresh
+            raise InvalidToken()
+        refreshed = SessionWithUser(session, entry.user)
+        await self._cache.put(self._tokens.cache_key(session.stored_token), refreshed, _ttl(session.expires_at, now))
+        return refreshed
+
+    async def list_sessions(self, token: str) -> list[Session]:
+        """The token's user's active sessions, newest first."""
+        current = await self.validate(token)
+        async with self._db.transaction() as tx:
+            return await tx.list_user_sessions(current.user.id, self._clock())
+
+    async def revoke(self, token: str, session_id: str) -> None:
+        """Revoke one of the token's user's sessions; raises SessionNotFound."""
+        current = await self.validate(token)
+        async with self._db.transaction() as tx:
+            deleted = await tx.delete_session_by_id(current.user.id, session_id)
+        if deleted is None:
+            raise SessionNotFound()
+        await self._forget([deleted], self._clock())
+
+    async def revoke_others(self, token: str) -> int:
+        """Revoke all of the user's sessions but the token's own; returns how many."""
+        current = await self.validate(token)
+        async with self._db.transaction() as tx:
+            deleted = await tx.delete_user_sessions(current.user.id, except_session_id=current.session.id)
+        await self._forget(deleted, self._clock())
+        return len(deleted)
+
+    async def revoke_all(self, token: str) -> int:
+        """Revoke all of the user's sessions, the token's own included; returns how many."""
+        current = await self.validate(token)
+        async with self._db.transaction() as tx:
+            deleted = await tx.delete_user_sessions(current.user.id)
+        await self._forget(deleted, self._clock())
+        return len(deleted)
+
+    async def sign_out(self, token: str) -> None:
+        """End the token's session; unknown or expired tokens are not an error."""
+        stored = self._tokens.stored(token)
+        async with self._db.transaction() as tx:
+            deleted = await tx.delete_session_by_token(stored)
+        if deleted is not None:
+            await self._forget([deleted], self._clock())
+
+    async def _forget(self, sessions: list[Session], now: datetime) -> None:
+        """Remove sessions from the cache and block their re-caching for as long as they could live."""
+        by_user: dict[str, list[str]] = {}
+        for s in sessions:
+            by_user.setdefault(s.user_id, []).append(self._tokens.cache_key(s.stored_token))
+        ttl = max(int(self._policy.expires_in.total_seconds()), 1)
+        for user_id, keys in by_user.items():
+            await self._cache.invalidate(user_id, keys, ttl)

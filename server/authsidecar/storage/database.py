@@ -1,0 +1,265 @@
+"""Engine, unit of work and the queries behind the ``Database`` / ``UnitOfWork`` ports (SQLAlchemy Core)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from authsidecar.domain.models import CREDENTIAL_PROVIDER, Account, Session, SessionWithUser, User
+from authsidecar.domain.ports import Database, UnitOfWork
+from authsidecar.errors import AuthSidecarError, BackendUnavailable
+from authsidecar.storage.errors import translate_error
+from authsidecar.storage.schema import Schema
+from authsidecar.storage.urls import DatabaseTarget
+
+__all__ = ["SqlDatabase", "SqlUnitOfWork", "create_database"]
+
+
+def _translated(error: BaseException) -> AuthSidecarError | BaseException:
+    return translate_error(error) or error
+
+
+class _Rows:
+    """Row mapping (keyed by logical column name) -> domain record."""
+
+    @staticmethod
+    def user(m: Mapping[str, Any]) -> User:
+        return User(
+            id=m["id"],
+            name=m["name"],
+            email=m["email"],
+            email_verified=bool(m["email_verified"]),
+            image=m["image"],
+            created_at=m["created_at"],
+            updated_at=m["updated_at"],
+        )
+
+    @staticmethod
+    def session(m: Mapping[str, Any]) -> Session:
+        return Session(
+            id=m["id"],
+            user_id=m["user_id"],
+            stored_token=m["token"],
+            expires_at=m["expires_at"],
+            created_at=m["created_at"],
+            updated_at=m["updated_at"],
+            ip_address=m["ip_address"],
+            user_agent=m["user_agent"],
+        )
+
+
+class SqlUnitOfWork:
+    """UnitOfWork over one SQLAlchemy connection inside an open transaction. Never commits by itself."""
+
+    def __init__(self, conn: AsyncConnection, schema: Schema) -> None:
+        self._conn = conn
+        self._s = schema
+
+    async def _execute(self, stmt: sa.Executable) -> sa.CursorResult[Any]:
+        return await self._conn.execute(stmt)
+
+    async def insert_user(self, user: User) -> None:
+        """Insert a user row."""
+        await self._execute(
+            sa.insert(self._s.user).values(
+                id=user.id,
+                name=user.name,
+                email=user.email,
+                email_verified=user.email_verified,
+                image=user.image,
+                created_at=user.created_at,
+                updated_at=user.updated_at,
+            )
+        )
+
+    async def get_user_by_email(self, email: str) -> User | None:
+        """The user with that email."""
+        row = (await self._execute(sa.select(self._s.user).where(self._s.user.c.email == email))).first()
+        return _Rows.user(row._mapping) if row else None
+
+    async def insert_account(self, account: Account) -> None:
+        """Insert an account row."""
+        await self._execute(
+            sa.insert(self._s.account).values(
+                id=account.id,
+                account_id=account.account_id,
+                provider_id=account.provider_id,
+                user_id=account.user_id,
+                password=account.password,
+                created_at=account.created_at,
+                updated_at=account.updated_at,
+            )
+        )
+
+    async def get_credential_account(self, user_id: str) -> Account | None:
+        """The user's email/password account."""
+        a = self._s.account
+        stmt = sa.select(a).where(a.c.user_id == user_id, a.c.provider_id == CREDENTIAL_PROVIDER).limit(1)
+        row = (await self._execute(stmt)).first()
+        if row is None:
+            return None
+        m = row._mapping
+        return Account(
+            id=m["id"],
+            account_id=m["account_id"],
+            provider_id=m["provider_id"],
+            user_id=m["user_id"],
+            password=m["password"],
+            created_at=m["created_at"],
+            updated_at=m["updated_at"],
+        )
+
+    async def update_account_password(self, account_id: str, password_hash: str, now: datetime) -> None:
+        """Replace an account's password hash."""
+        a = self._s.account
+        await self._execute(sa.update(a).where(a.c.id == account_id).values(password=password_hash, updated_at=now))
+
+    async def insert_session(self, session: Session) -> None:
+        """Insert a session row."""
+        await self._execute(
+            sa.insert(self._s.session).values(
+                id=session.id,
+                user_id=session.user_id,
+                token=session.stored_token,
+                expires_at=session.expires_at,
+                created_at=session.created_at,
+                updated_at=session.updated_at,
+                ip_address=session.ip_address,
+                user_agent=session.user_agent,
+            )
+        )
+
+    async def refresh_session(self, stored_token: str, expires_at: datetime, now: datetime) -> bool:
+        """Extend a session; False when it no longer exists."""
+        s = self._s.session
+        stmt = sa.update(s).where(s.c.token == stored_token).values(expires_at=expires_at, updated_at=now)
+        return (await self._execute(stmt)).rowcount > 0
+
+    async def _delete_sessions(self, *where: sa.ColumnElement[bool]) -> list[Session]:
+        s = self._s.session
+        result = await self._execute(sa.delete(s).where(*where).returning(*s.c))
+        return [_Rows.session(row._mapping) for row in result]
+
+    async def delete_session_by_token(self, stored_token: str) -> Session | None:
+        """Delete one session by token."""
+        deleted = await self._delete_sessions(self._s.session.c.token == stored_token)
+        return deleted[0] if deleted else None
+
+    async def delete_session_by_id(self, user_id: str, session_id: str) -> Session | None:
+        """Delete one of the user's sessions by id."""
+        s = self._s.session
+        deleted = await self._delete_sessions(s.c.id == session_id, s.c.user_id == user_id)
+        return deleted[0] if deleted else None
+
+    async def delete_user_sessions(self, user_id: str, except_session_id: str | None = None) -> list[Session]:
+        """Delete the user's sessions, optionally sparing one."""
+        s = self._s.session
+        where = [s.c.user_id == user_id]
+        if except_session_id is not None:
+            where.append(s.c.id != except_session_id)
+        return await self._delete_sessions(*where)
+
+    async def list_user_sessions(self, user_id: str, now: datetime) -> list[Session]:
+        """The user's unexpired sessions, newest first."""
+        s = self._s.session
+        stmt = (
+            sa.select(s)
+            .where(s.c.user_id == user_id, s.c.expires_at > now)
+            .order_by(s.c.created_at.desc(), s.c.id)
+        )
+        return [_Rows.session(row._mapping) for row in await self._execute(stmt)]
+
+
+class SqlDatabase:
+    """The store of record over an AsyncEngine (asyncpg for Postgres, aiosqlite for the embedded default)."""
+
+    def __init__(self, engine: AsyncEngine, schema: Schema) -> None:
+        self.engine = engine
+        self.schema = schema
+        s, u = schema.session, schema.user
+        # The hot path's cache-miss query, built once: session JOIN user by token, one round trip.
+        self._session_keys = [c.key for c in s.c]
+        self._user_keys = [c.key for c in u.c]
+        self._find_session = (
+            sa.select(*s.c, *u.c)
+            .select_from(s.join(u, s.c.user_id == u.c.id))
+            .where(s.c.token == sa.bindparam("token"))
+        )
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[UnitOfWork]:
+        """One transaction; driver errors leave as domain errors, nothing half-written."""
+        try:
+            async with self.engine.begin() as conn:
+                yield SqlUnitOfWork(conn, self.schema)
+        except AuthSidecarError:
+            raise
+        except Exception as exc:
+            raise _translated(exc) from exc
+
+    async def find_session(self, stored_token: str) -> SessionWithUser | None:
+        """Session joined with its user, by stored token."""
+        try:
+            async with self.engine.connect() as conn:
+                row = (await conn.execute(self._find_session, {"token": stored_token})).first()
+        except Exception as exc:
+            raise _translated(exc) from exc
+        if row is None:
+            return None
+        n = len(self._session_keys)
+        session = _Rows.session(dict(zip(self._session_keys, row[:n], strict=True)))
+        user = _Rows.user(dict(zip(self._user_keys, row[n:], strict=True)))
+        return SessionWithUser(session, user)
+
+    async def ping(self, timeout: float = 2.0) -> None:
+        """SELECT 1, or BackendUnavailable."""
+        try:
+            async with asyncio.timeout(timeout), self.engine.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+        except Exception as exc:
+            raise BackendUnavailable() from exc
+
+    async def close(self) -> None:
+        """Dispose of the pool."""
+        await self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    for pragma in ("foreign_keys=ON", "journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=5000"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+def create_database(
+    target: DatabaseTarget,
+    schema: Schema,
+    pool_size: int = 10,
+    max_overflow: int = 5,
+    connect_timeout: float = 5.0,
+) -> SqlDatabase:
+    """Build the engine for a resolved target (no connection is opened yet)."""
+    connect_args = dict(target.connect_args)
+    if target.is_sqlite:
+        engine = create_async_engine(target.url, connect_args={"timeout": 5.0, **connect_args})
+        sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    else:
+        connect_args.setdefault("timeout", connect_timeout)
+        connect_args.setdefault("command_timeout", 30)
+        engine = create_async_engine(
+            target.url,
+            connect_args=connect_args,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_recycle=1800,
+            pool_timeout=connect_timeout,
+        )
+    db = SqlDatabase(engine, schema)
+    _check: Database = db
+    return db

@@ -1,0 +1,50 @@
+"""The one place driver errors become domain errors (asyncpg and sqlite3, as wrapped by SQLAlchemy)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import exc as sa_exc
+
+from authsidecar.errors import AuthSidecarError, BackendUnavailable, Conflict
+
+__all__ = ["translate_error"]
+
+_UNIQUE_VIOLATION = "23505"
+
+
+def _sqlstate(error: sa_exc.DBAPIError) -> str | None:
+    orig = error.orig
+    for candidate in (orig, getattr(orig, "__cause__", None)):
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(code, str):
+            return code
+    return None
+
+
+def _constraint(error: sa_exc.DBAPIError) -> str | None:
+    orig = error.orig
+    for candidate in (orig, getattr(orig, "__cause__", None)):
+        name = getattr(candidate, "constraint_name", None)
+        if isinstance(name, str):
+            return name
+    text = str(orig)
+    marker = "UNIQUE constraint failed: "  # sqlite names the columns, e.g. "user.email"
+    return text.split(marker, 1)[1].strip() if marker in text else None
+
+
+def translate_error(error: BaseException) -> AuthSidecarError | None:
+    """The domain error for a storage failure, or None when it is not a known storage condition."""
+    if isinstance(error, sa_exc.IntegrityError):
+        if _sqlstate(error) == _UNIQUE_VIOLATION or "UNIQUE constraint failed" in str(error.orig):
+            return Conflict(_constraint(error))
+        return None
+    if isinstance(error, sa_exc.DBAPIError) and (
+        error.connection_invalidated or isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError)
+    ):
+        if "database is locked" in str(error.orig):
+            return BackendUnavailable("the embedded database is busy, retry later", retry_after=0.1)
+        return BackendUnavailable()
+    if isinstance(error, OSError | asyncio.TimeoutError | sa_exc.TimeoutError):
+        return BackendUnavailable()
+    return None

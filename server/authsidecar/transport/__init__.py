@@ -1,0 +1,1 @@
+"""Transports. Only gRPC for now."""

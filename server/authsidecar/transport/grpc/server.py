@@ -1,0 +1,72 @@
+"""The grpc.aio server: servicers, health, reflection, listening address, graceful stop."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from authsidecar_client.v1 import auth_service_pb2, auth_service_pb2_grpc, session_service_pb2, session_service_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from authsidecar.transport.grpc.servicers import AuthServicer, SessionServicer
+
+__all__ = ["GrpcServer"]
+
+log = logging.getLogger(__name__)
+
+_SERVICES = (
+    auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
+    session_service_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name,
+)
+MAX_MESSAGE_BYTES = 1 << 20
+
+
+class GrpcServer:
+    """Owns the grpc.aio server and the health status of every service."""
+
+    def __init__(self, auth: AuthServicer, sessions: SessionServicer, listen: str) -> None:
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 1),
+            ]
+        )
+        auth_service_pb2_grpc.add_AuthServiceServicer_to_server(auth, self._server)
+        session_service_pb2_grpc.add_SessionServiceServicer_to_server(sessions, self._server)
+        self.health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (*_SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self._server,
+        )
+        self.listen = listen
+        self.port = 0
+
+    async def start(self) -> None:
+        """Bind and start serving; raises OSError when the address cannot be bound."""
+        try:
+            self.port = self._server.add_insecure_port(self.listen)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {self.listen}") from exc
+        if self.port == 0 and not self.listen.startswith("unix:"):
+            raise OSError(f"cannot listen on {self.listen}")
+        await self._server.start()
+        where = self.listen if self.listen.startswith("unix:") else f"{self.listen.rpartition(':')[0]}:{self.port}"
+        log.info("authsidecar listening on %s", where)
+
+    async def set_serving(self, serving: bool) -> None:
+        """Report SERVING / NOT_SERVING for the server as a whole and for each service."""
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *_SERVICES):
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting, let in-flight calls finish within ``grace`` seconds, then cancel the rest."""
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+
+    async def wait(self) -> None:
+        """Until the server has stopped."""
+        await self._server.wait_for_termination()

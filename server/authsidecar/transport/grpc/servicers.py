@@ -1,0 +1,134 @@
+"""Thin servicers: check the request's shape, call one service method, build the response."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from authsidecar_client.v1 import auth_service_pb2 as auth_pb
+from authsidecar_client.v1 import auth_service_pb2_grpc as auth_grpc
+from authsidecar_client.v1 import session_service_pb2 as session_pb
+from authsidecar_client.v1 import session_service_pb2_grpc as session_grpc
+
+from authsidecar.services.accounts import AccountService, AuthResult
+from authsidecar.services.sessions import SessionManager
+from authsidecar.transport.grpc.convert import session_to_proto, user_to_proto
+from authsidecar.transport.grpc.fields import MAX_EMAIL, MAX_ID, MAX_IMAGE, MAX_NAME, MAX_PASSWORD, FieldChecker
+from authsidecar.transport.grpc.status import rpc
+
+__all__ = ["AuthServicer", "SessionServicer"]
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _auth_parts(result: AuthResult) -> dict[str, Any]:
+    parts: dict[str, Any] = {"user": user_to_proto(result.user)}
+    if result.session is not None:
+        parts["session"] = session_to_proto(result.session)
+        parts["token"] = result.token or ""
+    return parts
+
+
+def _token(request: Any) -> str:
+    check = FieldChecker()
+    token = check.token("token", request.token)
+    check.done()
+    return token
+
+
+class AuthServicer(auth_grpc.AuthServiceServicer):  # type: ignore[misc]
+    """authsidecar.v1.AuthService."""
+
+    def __init__(self, accounts: AccountService, sessions: SessionManager) -> None:
+        self._accounts = accounts
+        self._sessions = sessions
+
+    @rpc
+    async def SignUp(self, request: auth_pb.SignUpRequest, context: Context) -> auth_pb.SignUpResponse:  # noqa: N802
+        """Create a user (and a session)."""
+        check = FieldChecker()
+        email = check.text("email", request.email, MAX_EMAIL)
+        password = check.text("password", request.password, MAX_PASSWORD)
+        name = check.text("name", request.name, MAX_NAME)
+        image = check.text("image", request.image, MAX_IMAGE, required=False)
+        client = check.client("client", request.client.ip_address, request.client.user_agent)
+        check.done()
+        remember = request.remember_me if request.HasField("remember_me") else True
+        result = await self._accounts.sign_up(email, password, name, image or None, client, remember)
+        return auth_pb.SignUpResponse(**_auth_parts(result))
+
+    @rpc
+    async def SignIn(self, request: auth_pb.SignInRequest, context: Context) -> auth_pb.SignInResponse:  # noqa: N802
+        """Check a password and create a session."""
+        check = FieldChecker()
+        email = check.text("email", request.email, MAX_EMAIL)
+        password = check.text("password", request.password, MAX_PASSWORD)
+        client = check.client("client", request.client.ip_address, request.client.user_agent)
+        check.done()
+        remember = request.remember_me if request.HasField("remember_me") else True
+        result = await self._accounts.sign_in(email, password, client, remember)
+        return auth_pb.SignInResponse(**_auth_parts(result))
+
+    @rpc
+    async def SignOut(self, request: auth_pb.SignOutRequest, context: Context) -> auth_pb.SignOutResponse:  # noqa: N802
+        """End a session."""
+        await self._sessions.sign_out(_token(request))
+        return auth_pb.SignOutResponse()
+
+
+class SessionServicer(session_grpc.SessionServiceServicer):  # type: ignore[misc]
+    """authsidecar.v1.SessionService."""
+
+    def __init__(self, sessions: SessionManager) -> None:
+        self._sessions = sessions
+
+    @rpc
+    async def ValidateSession(  # noqa: N802
+        self, request: session_pb.ValidateSessionRequest, context: Context
+    ) -> session_pb.ValidateSessionResponse:
+        """The hot path: token -> session + user."""
+        token = request.token
+        if not token or len(token) > 256 or "\x00" in token:
+            token = _token(request)  # raises the precise INVALID_ARGUMENT
+        entry = await self._sessions.validate(token)
+        return session_pb.ValidateSessionResponse(
+            session=session_to_proto(entry.session), user=user_to_proto(entry.user)
+        )
+
+    @rpc
+    async def ListSessions(  # noqa: N802
+        self, request: session_pb.ListSessionsRequest, context: Context
+    ) -> session_pb.ListSessionsResponse:
+        """The user's active sessions."""
+        sessions = await self._sessions.list_sessions(_token(request))
+        return session_pb.ListSessionsResponse(sessions=[session_to_proto(s) for s in sessions])
+
+    @rpc
+    async def RevokeSession(  # noqa: N802
+        self, request: session_pb.RevokeSessionRequest, context: Context
+    ) -> session_pb.RevokeSessionResponse:
+        """Revoke one session by id."""
+        check = FieldChecker()
+        token = check.token("token", request.token)
+        session_id = check.text("session_id", request.session_id, MAX_ID)
+        check.done()
+        await self._sessions.revoke(token, session_id)
+        return session_pb.RevokeSessionResponse()
+
+    @rpc
+    async def RevokeOtherSessions(  # noqa: N802
+        self, request: session_pb.RevokeOtherSessionsRequest, context: Context
+    ) -> session_pb.RevokeOtherSessionsResponse:
+        """Revoke all but the caller's session."""
+        count = await self._sessions.revoke_others(_token(request))
+        return session_pb.RevokeOtherSessionsResponse(revoked_count=count)
+
+    @rpc
+    async def RevokeSessions(  # noqa: N802
+        self, request: session_pb.RevokeSessionsRequest, context: Context
+    ) -> session_pb.RevokeSessionsResponse:
+        """Revoke all sessions of the user."""
+        count = await self._sessions.revoke_all(_token(request))
+        return session_pb.RevokeSessionsResponse(revoked_count=count)
+
+

@@ -1,0 +1,109 @@
+"""Domain exceptions -> gRPC status with google.rpc.ErrorInfo (+ BadRequest / RetryInfo). The only mapping."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from authsidecar import errors
+
+__all__ = ["DOMAIN", "abort", "grpc_code", "rpc", "to_status"]
+
+log = logging.getLogger("authsidecar.rpc")
+
+DOMAIN = "authsidecar"
+
+_CODES: dict[type[errors.AuthSidecarError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.Conflict: grpc.StatusCode.ALREADY_EXISTS,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.TooManyRequests: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.BackendUnavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def grpc_code(error: errors.AuthSidecarError) -> grpc.StatusCode:
+    """The canonical code of a domain error (most specific class wins)."""
+    for cls in type(error).__mro__:
+        code = _CODES.get(cls)
+        if code is not None:
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(max(int(seconds * 1e9), 1_000_000))
+    return d
+
+
+def to_status(error: errors.AuthSidecarError, metadata: dict[str, str] | None = None) -> grpc.Status:
+    """The full status for a domain error."""
+    code = grpc_code(error)
+    details = [_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=metadata or {}))]
+    if isinstance(error, errors.InvalidArgument):
+        violations = [
+            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+            for v in error.violations
+        ]
+        details.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))
+    retry_after = getattr(error, "retry_after", None)
+    if isinstance(retry_after, int | float):
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=_duration(retry_after))))
+    status = status_pb2.Status(code=code.value[0], message=error.message, details=details)
+    return rpc_status.to_status(status)
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], error: errors.AuthSidecarError) -> NoReturn:
+    """End the call with the error's status."""
+    await context.abort_with_status(to_status(error))
+    raise AssertionError("abort_with_status returned")  # pragma: no cover
+
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Self = TypeVar("Self")
+Handler = Callable[[Self, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]
+
+
+def rpc(method: Handler[Self, Req, Resp]) -> Handler[Self, Req, Resp]:
+    """Wrap a servicer method: domain errors become their status; anything else becomes INTERNAL with a
+    request id that is logged with the traceback (never sent to the client)."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Self, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
+        try:
+            return await method(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except errors.AuthSidecarError as exc:
+            metadata = None
+            if grpc_code(exc) is grpc.StatusCode.INTERNAL:
+                metadata = {"request_id": uuid.uuid4().hex[:16]}
+                log.error("internal error in %s (request_id=%s): %s", method.__name__, metadata["request_id"], exc)
+            await context.abort_with_status(to_status(exc, metadata))
+            raise  # pragma: no cover
+        except Exception:
+            request_id = uuid.uuid4().hex[:16]
+            log.exception("unexpected error in %s (request_id=%s)", method.__name__, request_id)
+            internal = errors.AuthSidecarError("internal error; quote request_id " + request_id)
+            await context.abort_with_status(to_status(internal, {"request_id": request_id}))
+            raise  # pragma: no cover
+
+    return wrapper
