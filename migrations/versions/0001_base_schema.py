@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
-
 from authsidecar.storage.schema import Schema, UTCDateTime
 
 revision = "0001"
@@ -36,7 +35,10 @@ def upgrade(schema: Schema) -> None:
 
     def user_fk(table: str) -> sa.Column[object]:
         return sa.Column(
-            n.column(table, "user_id"), sa.Text(), sa.ForeignKey(f"{user}.{uid}", ondelete="CASCADE"), nullable=False
+            n.column(table, "user_id"),
+            sa.Text(),
+            sa.ForeignKey(f"{user}.{uid}", ondelete="CASCADE"),
+            nullable=False,
         )
 
     op.create_table(

@@ -115,7 +115,7 @@ class App:
 
     async def _check_health(self) -> None:
         try:
-            await self.database.ping(timeout=self.settings.health_interval)
+            await self.database.ping(within=self.settings.health_interval)
         except BackendUnavailable:
             await self.server.set_serving(False)
             return
@@ -126,7 +126,7 @@ class App:
         while True:
             await asyncio.sleep(self.settings.health_interval)
             try:
-                await self.database.ping(timeout=self.settings.health_interval)
+                await self.database.ping(within=self.settings.health_interval)
                 serving = True
             except BackendUnavailable:
                 serving = False

@@ -26,14 +26,14 @@ def _configure_logging(settings: Settings) -> None:
 
 def _event_loop_policy() -> None:
     try:
-        import uvloop  # noqa: PLC0415
+        import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def _serve(settings: Settings) -> int:
-    from authsidecar.app import run  # noqa: PLC0415 - keeps `migrate` and `--help` light
+    from authsidecar.app import run
 
     _event_loop_policy()
     try:
@@ -45,9 +45,9 @@ def _serve(settings: Settings) -> int:
 
 
 def _migrate(settings: Settings) -> int:
-    from authsidecar.app import database_target  # noqa: PLC0415
-    from authsidecar.storage.migrate import upgrade  # noqa: PLC0415
-    from authsidecar.storage.schema import Schema  # noqa: PLC0415
+    from authsidecar.app import database_target
+    from authsidecar.storage.migrate import upgrade
+    from authsidecar.storage.schema import Schema
 
     try:
         asyncio.run(upgrade(database_target(settings), Schema()))

@@ -99,7 +99,10 @@ class ResilientSessionCache:
         self._probe_at = self._clock() + self._retry_after
         if not self._down:
             self._down = True
-            log.warning("secondary storage unavailable (%s); validating sessions against the database", type(exc).__name__)
+            log.warning(
+                "secondary storage unavailable (%s); validating sessions against the database",
+                type(exc).__name__,
+            )
 
     async def _try_recover(self) -> bool:
         now = self._clock()

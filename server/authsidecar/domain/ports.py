@@ -58,7 +58,7 @@ class Database(Protocol):
     async def find_session(self, stored_token: str) -> SessionWithUser | None:
         """The hot path's cache-miss query: one round trip, session joined with its user, no transaction."""
 
-    async def ping(self) -> None:
+    async def ping(self, within: float = 2.0) -> None:
         """Raise BackendUnavailable when the database cannot be reached."""
 
     async def close(self) -> None:

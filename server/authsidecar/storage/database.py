@@ -29,7 +29,7 @@ class _Rows:
     """Row mapping (keyed by logical column name) -> domain record."""
 
     @staticmethod
-    def user(m: Mapping[str, Any]) -> User:
+    def user(m: Mapping[Any, Any]) -> User:
         return User(
             id=m["id"],
             name=m["name"],
@@ -41,7 +41,7 @@ class _Rows:
         )
 
     @staticmethod
-    def session(m: Mapping[str, Any]) -> Session:
+    def session(m: Mapping[Any, Any]) -> Session:
         return Session(
             id=m["id"],
             user_id=m["user_id"],
@@ -168,11 +168,7 @@ class SqlUnitOfWork:
     async def list_user_sessions(self, user_id: str, now: datetime) -> list[Session]:
         """The user's unexpired sessions, newest first."""
         s = self._s.session
-        stmt = (
-            sa.select(s)
-            .where(s.c.user_id == user_id, s.c.expires_at > now)
-            .order_by(s.c.created_at.desc(), s.c.id)
-        )
+        stmt = sa.select(s).where(s.c.user_id == user_id, s.c.expires_at > now).order_by(s.c.created_at.desc(), s.c.id)
         return [_Rows.session(row._mapping) for row in await self._execute(stmt)]
 
 
@@ -217,10 +213,10 @@ class SqlDatabase:
         user = _Rows.user(dict(zip(self._user_keys, row[n:], strict=True)))
         return SessionWithUser(session, user)
 
-    async def ping(self, timeout: float = 2.0) -> None:
+    async def ping(self, within: float = 2.0) -> None:
         """SELECT 1, or BackendUnavailable."""
         try:
-            async with asyncio.timeout(timeout), self.engine.connect() as conn:
+            async with asyncio.timeout(within), self.engine.connect() as conn:
                 await conn.execute(sa.text("SELECT 1"))
         except Exception as exc:
             raise BackendUnavailable() from exc

@@ -194,4 +194,6 @@ class Schema:
             sa.Index(f"{n.table(table)}_{physical}_idx", *(tbl.c[c] for c in columns))
         for table, column in (("user", "email"), ("session", "token")):
             tbl = getattr(self, table)
-            tbl.append_constraint(sa.UniqueConstraint(tbl.c[column], name=f"{n.table(table)}_{n.column(table, column)}_key"))
+            tbl.append_constraint(
+                sa.UniqueConstraint(tbl.c[column], name=f"{n.table(table)}_{n.column(table, column)}_key")
+            )

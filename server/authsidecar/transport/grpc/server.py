@@ -5,7 +5,12 @@ from __future__ import annotations
 import logging
 
 import grpc
-from authsidecar_client.v1 import auth_service_pb2, auth_service_pb2_grpc, session_service_pb2, session_service_pb2_grpc
+from authsidecar_client.v1 import (
+    auth_service_pb2,
+    auth_service_pb2_grpc,
+    session_service_pb2,
+    session_service_pb2_grpc,
+)
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
@@ -33,8 +38,8 @@ class GrpcServer:
                 ("grpc.so_reuseport", 1),
             ]
         )
-        auth_service_pb2_grpc.add_AuthServiceServicer_to_server(auth, self._server)
-        session_service_pb2_grpc.add_SessionServiceServicer_to_server(sessions, self._server)
+        auth_service_pb2_grpc.add_AuthServiceServicer_to_server(auth, self._server)  # type: ignore[no-untyped-call]
+        session_service_pb2_grpc.add_SessionServiceServicer_to_server(sessions, self._server)  # type: ignore[no-untyped-call]
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(

@@ -13,7 +13,14 @@ from authsidecar_client.v1 import session_service_pb2_grpc as session_grpc
 from authsidecar.services.accounts import AccountService, AuthResult
 from authsidecar.services.sessions import SessionManager
 from authsidecar.transport.grpc.convert import session_to_proto, user_to_proto
-from authsidecar.transport.grpc.fields import MAX_EMAIL, MAX_ID, MAX_IMAGE, MAX_NAME, MAX_PASSWORD, FieldChecker
+from authsidecar.transport.grpc.fields import (
+    MAX_EMAIL,
+    MAX_ID,
+    MAX_IMAGE,
+    MAX_NAME,
+    MAX_PASSWORD,
+    FieldChecker,
+)
 from authsidecar.transport.grpc.status import rpc
 
 __all__ = ["AuthServicer", "SessionServicer"]
@@ -36,7 +43,7 @@ def _token(request: Any) -> str:
     return token
 
 
-class AuthServicer(auth_grpc.AuthServiceServicer):  # type: ignore[misc]
+class AuthServicer(auth_grpc.AuthServiceServicer):
     """authsidecar.v1.AuthService."""
 
     def __init__(self, accounts: AccountService, sessions: SessionManager) -> None:
@@ -44,7 +51,7 @@ class AuthServicer(auth_grpc.AuthServiceServicer):  # type: ignore[misc]
         self._sessions = sessions
 
     @rpc
-    async def SignUp(self, request: auth_pb.SignUpRequest, context: Context) -> auth_pb.SignUpResponse:  # noqa: N802
+    async def SignUp(self, request: auth_pb.SignUpRequest, context: Context) -> auth_pb.SignUpResponse:
         """Create a user (and a session)."""
         check = FieldChecker()
         email = check.text("email", request.email, MAX_EMAIL)
@@ -58,7 +65,7 @@ class AuthServicer(auth_grpc.AuthServiceServicer):  # type: ignore[misc]
         return auth_pb.SignUpResponse(**_auth_parts(result))
 
     @rpc
-    async def SignIn(self, request: auth_pb.SignInRequest, context: Context) -> auth_pb.SignInResponse:  # noqa: N802
+    async def SignIn(self, request: auth_pb.SignInRequest, context: Context) -> auth_pb.SignInResponse:
         """Check a password and create a session."""
         check = FieldChecker()
         email = check.text("email", request.email, MAX_EMAIL)
@@ -70,20 +77,20 @@ class AuthServicer(auth_grpc.AuthServiceServicer):  # type: ignore[misc]
         return auth_pb.SignInResponse(**_auth_parts(result))
 
     @rpc
-    async def SignOut(self, request: auth_pb.SignOutRequest, context: Context) -> auth_pb.SignOutResponse:  # noqa: N802
+    async def SignOut(self, request: auth_pb.SignOutRequest, context: Context) -> auth_pb.SignOutResponse:
         """End a session."""
         await self._sessions.sign_out(_token(request))
         return auth_pb.SignOutResponse()
 
 
-class SessionServicer(session_grpc.SessionServiceServicer):  # type: ignore[misc]
+class SessionServicer(session_grpc.SessionServiceServicer):
     """authsidecar.v1.SessionService."""
 
     def __init__(self, sessions: SessionManager) -> None:
         self._sessions = sessions
 
     @rpc
-    async def ValidateSession(  # noqa: N802
+    async def ValidateSession(
         self, request: session_pb.ValidateSessionRequest, context: Context
     ) -> session_pb.ValidateSessionResponse:
         """The hot path: token -> session + user."""
@@ -96,7 +103,7 @@ class SessionServicer(session_grpc.SessionServiceServicer):  # type: ignore[misc
         )
 
     @rpc
-    async def ListSessions(  # noqa: N802
+    async def ListSessions(
         self, request: session_pb.ListSessionsRequest, context: Context
     ) -> session_pb.ListSessionsResponse:
         """The user's active sessions."""
@@ -104,7 +111,7 @@ class SessionServicer(session_grpc.SessionServiceServicer):  # type: ignore[misc
         return session_pb.ListSessionsResponse(sessions=[session_to_proto(s) for s in sessions])
 
     @rpc
-    async def RevokeSession(  # noqa: N802
+    async def RevokeSession(
         self, request: session_pb.RevokeSessionRequest, context: Context
     ) -> session_pb.RevokeSessionResponse:
         """Revoke one session by id."""
@@ -116,7 +123,7 @@ class SessionServicer(session_grpc.SessionServiceServicer):  # type: ignore[misc
         return session_pb.RevokeSessionResponse()
 
     @rpc
-    async def RevokeOtherSessions(  # noqa: N802
+    async def RevokeOtherSessions(
         self, request: session_pb.RevokeOtherSessionsRequest, context: Context
     ) -> session_pb.RevokeOtherSessionsResponse:
         """Revoke all but the caller's session."""
@@ -124,11 +131,9 @@ class SessionServicer(session_grpc.SessionServiceServicer):  # type: ignore[misc
         return session_pb.RevokeOtherSessionsResponse(revoked_count=count)
 
     @rpc
-    async def RevokeSessions(  # noqa: N802
+    async def RevokeSessions(
         self, request: session_pb.RevokeSessionsRequest, context: Context
     ) -> session_pb.RevokeSessionsResponse:
         """Revoke all sessions of the user."""
         count = await self._sessions.revoke_all(_token(request))
         return session_pb.RevokeSessionsResponse(revoked_count=count)
-
-

@@ -70,7 +70,7 @@ def to_status(error: errors.AuthSidecarError, metadata: dict[str, str] | None = 
     return rpc_status.to_status(status)
 
 
-async def abort(context: grpc.aio.ServicerContext[Any, Any], error: errors.AuthSidecarError) -> NoReturn:
+async def abort(context: Any, error: errors.AuthSidecarError) -> NoReturn:
     """End the call with the error's status."""
     await context.abort_with_status(to_status(error))
     raise AssertionError("abort_with_status returned")  # pragma: no cover
@@ -79,7 +79,8 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], error: errors.AuthS
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Self = TypeVar("Self")
-Handler = Callable[[Self, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]
+# grpc-stubs' aio ServicerContext lacks abort_with_status; the context is typed loosely here.
+Handler = Callable[[Self, Req, Any], Awaitable[Resp]]
 
 
 def rpc(method: Handler[Self, Req, Resp]) -> Handler[Self, Req, Resp]:
@@ -87,7 +88,7 @@ def rpc(method: Handler[Self, Req, Resp]) -> Handler[Self, Req, Resp]:
     request id that is logged with the traceback (never sent to the client)."""
 
     @functools.wraps(method)
-    async def wrapper(self: Self, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
+    async def wrapper(self: Self, request: Req, context: Any) -> Resp:
         try:
             return await method(self, request, context)
         except grpc.aio.AbortError:
