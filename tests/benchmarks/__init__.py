@@ -1,0 +1,1 @@
+"""authsidecar benchmark: `make bench`."""
