@@ -1,0 +1,93 @@
+"""Shared fixtures: a fresh Postgres database and Redis key prefix per test run (dropped/deleted afterwards),
+a migrated SQLite file, and cheap argon2 parameters for tests that are not about hashing cost."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import pytest
+import redis
+
+from authsidecar.security.passwords import Argon2Parameters
+from authsidecar.storage.migrate import upgrade
+from authsidecar.storage.schema import Schema
+from authsidecar.storage.urls import resolve_database_url
+
+PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+FAST_ARGON2 = Argon2Parameters(time_cost=1, memory_kib=8192, parallelism=1)
+
+T = TypeVar("T")
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion on a private loop in another thread (leaves pytest-asyncio's loop alone)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+async def _pg_admin(sql: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN_URL.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def create_pg_database(prefix: str = "authsidecar_test") -> str:
+    """A new, empty database; returns its URL."""
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    run_sync(_pg_admin(f'CREATE DATABASE "{name}"'))
+    return f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+
+
+def drop_pg_database(url: str) -> None:
+    """Drop a database made by create_pg_database, even with connections still open."""
+    name = url.rsplit("/", 1)[1]
+    run_sync(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def migrate(url: str) -> None:
+    """Apply the migrations to a database URL (postgresql:// or sqlite:///)."""
+    run_sync(upgrade(resolve_database_url(url, ""), Schema()))
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A migrated Postgres database for this test run."""
+    url = create_pg_database()
+    try:
+        migrate(url)
+        yield url
+    finally:
+        drop_pg_database(url)
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A migrated SQLite file for this test run."""
+    path: Path = tmp_path_factory.mktemp("sqlite") / "authsidecar.db"
+    url = f"sqlite:///{path}"
+    migrate(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_prefix() -> Iterator[str]:
+    """A key prefix of this test run; every key under it is deleted afterwards."""
+    prefix = f"authsidecar-test-{secrets.token_hex(6)}:"
+    yield prefix
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
