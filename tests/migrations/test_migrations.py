@@ -67,7 +67,9 @@ async def test_models_and_migrations_do_not_drift(fresh_url: str) -> None:
 async def test_better_auth_tables_columns_and_indexes(fresh_url: str) -> None:
     migrate(fresh_url)
     facts = await _inspect(fresh_url, _schema_facts)
-    assert facts["user"]["columns"] == sorted(["id", "name", "email", "emailVerified", "image", "createdAt", "updatedAt"])
+    assert facts["user"]["columns"] == sorted(
+        ["id", "name", "email", "emailVerified", "image", "createdAt", "updatedAt"]
+    )
     assert facts["session"]["columns"] == sorted(
         ["id", "expiresAt", "token", "createdAt", "updatedAt", "ipAddress", "userAgent", "userId"]
     )

@@ -1,0 +1,185 @@
+"""Run the real server (``python -m authsidecar serve``) on a free port and talk to it through the generated stubs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+from authsidecar_client.v1 import auth_service_pb2_grpc, session_service_pb2_grpc
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.conftest import REDIS_URL
+
+FAST_ARGON2_ENV = {"AUTHSIDECAR_ARGON2_TIME_COST": "1", "AUTHSIDECAR_ARGON2_MEMORY_KIB": "8192"}
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def clean_env() -> dict[str, str]:
+    """The test process's environment without any authsidecar setting."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.upper().startswith("AUTHSIDECAR_") and k not in ("DATABASE_URL", "REDIS_URL")
+    }
+
+
+@dataclass
+class Server:
+    """A running server process."""
+
+    address: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def log(self) -> str:
+        """Everything the server wrote to stderr/stdout so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def health(self, timeout: float = 1.0) -> int | None:
+        """The overall health status, or None when unreachable."""
+        with grpc.insecure_channel(self.address) as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+            except grpc.RpcError:
+                return None
+            return int(reply.status)
+
+    def wait_for(self, status: int, deadline: float = 20.0) -> None:
+        """Block until health reports ``status``; fail with the server log otherwise."""
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            if self.process.poll() is not None:
+                pytest.fail(f"server exited with {self.process.returncode}:\n{self.log()}")
+            if self.health() == status:
+                return
+            time.sleep(0.05)
+        pytest.fail(f"server never reported health {status}:\n{self.log()}")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return int(self.process.returncode)
+
+
+def start_server(tmp_path: Path, env: dict[str, str], listen: str | None = None) -> Server:
+    """Start ``authsidecar serve`` with ``env`` (on top of a clean environment) and return at once."""
+    listen = listen or f"127.0.0.1:{free_port()}"
+    full_env = {**clean_env(), **FAST_ARGON2_ENV, "AUTHSIDECAR_LISTEN": listen, **env}
+    log_path = tmp_path / f"server-{time.monotonic_ns()}.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "authsidecar", "serve"],
+            env=full_env,
+            cwd=tmp_path,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    address = listen if listen.startswith("unix:") else listen
+    return Server(address, process, log_path, full_env)
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A temporary folder per test module."""
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="module", params=["postgres+redis", "sqlite+memory"])
+def server(request: pytest.FixtureRequest, module_tmp: Path, pg_url: str, redis_prefix: str) -> Iterator[Server]:
+    """The real server on each backend, shared by a test module."""
+    if request.param == "postgres+redis":
+        env = {"DATABASE_URL": pg_url, "REDIS_URL": REDIS_URL, "AUTHSIDECAR_REDIS_KEY_PREFIX": redis_prefix}
+    else:  # the embedded default: no DATABASE_URL, no REDIS_URL; `migrate` creates the SQLite file first
+        folder = module_tmp / "embedded"
+        folder.mkdir(exist_ok=True)
+        subprocess.run([sys.executable, "-m", "authsidecar", "migrate"], cwd=folder, env=clean_env(), check=True)
+        env = {"AUTHSIDECAR_SQLITE_PATH": str(folder / "authsidecar.db")}
+    srv = start_server(module_tmp, env)
+    srv.wait_for(health_pb2.HealthCheckResponse.SERVING)
+    yield srv
+    assert srv.stop() == 0, srv.log()
+
+
+@dataclass
+class Stubs:
+    """Generated async stubs over one channel."""
+
+    channel: grpc.aio.Channel
+    auth: auth_service_pb2_grpc.AuthServiceStub
+    sessions: session_service_pb2_grpc.SessionServiceStub
+
+
+def stubs_for(address: str) -> Stubs:
+    """Open a channel to ``address``."""
+    channel = grpc.aio.insecure_channel(address)
+    return Stubs(
+        channel,
+        auth_service_pb2_grpc.AuthServiceStub(channel),
+        session_service_pb2_grpc.SessionServiceStub(channel),
+    )
+
+
+@dataclass(frozen=True)
+class ErrorDetails:
+    """What a client sees of a failed call."""
+
+    code: grpc.StatusCode
+    message: str
+    reason: str
+    domain: str
+    metadata: dict[str, str]
+    field_violations: list[tuple[str, str]]
+    retry_delay: float | None
+
+
+def error_details(exc: grpc.aio.AioRpcError) -> ErrorDetails:
+    """Decode google.rpc.Status details from a failed call."""
+    raw = dict(exc.trailing_metadata() or ()).get("grpc-status-details-bin")
+    assert raw is not None, f"no rich status on {exc.code()}: {exc.details()}"
+    status = status_pb2.Status.FromString(raw if isinstance(raw, bytes) else raw.encode())
+    info = error_details_pb2.ErrorInfo()
+    bad = error_details_pb2.BadRequest()
+    retry = error_details_pb2.RetryInfo()
+    has_info = has_retry = False
+    for detail in status.details:
+        if detail.Is(info.DESCRIPTOR):
+            detail.Unpack(info)
+            has_info = True
+        elif detail.Is(bad.DESCRIPTOR):
+            detail.Unpack(bad)
+        elif detail.Is(retry.DESCRIPTOR):
+            detail.Unpack(retry)
+            has_retry = True
+    assert has_info, "every error must carry an ErrorInfo"
+    return ErrorDetails(
+        code=exc.code(),
+        message=exc.details() or "",
+        reason=info.reason,
+        domain=info.domain,
+        metadata=dict(info.metadata),
+        field_violations=[(v.field, v.description) for v in bad.field_violations],
+        retry_delay=retry.retry_delay.ToTimedelta().total_seconds() if has_retry else None,
+    )

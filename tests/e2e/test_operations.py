@@ -1,0 +1,242 @@
+"""Operating the server: Redis outages, Postgres down, unix sockets, graceful shutdown, configuration errors."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from authsidecar_client.v1 import auth_service_pb2 as auth_pb
+from authsidecar_client.v1 import session_service_pb2 as session_pb
+from grpc_health.v1 import health_pb2
+
+from tests.e2e.conftest import Server, clean_env, error_details, free_port, start_server, stubs_for
+
+PASSWORD = "correct horse battery"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class RedisProcess:
+    """A private redis-server on a free port, so the test can stop and pause it."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is part of the test environment (see README)"
+        self.binary = binary
+        self.port = free_port()
+        self.dir = tmp_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--enable-debug-command",
+                "local",
+            ],
+            cwd=self.dir,
+            stdout=subprocess.DEVNULL,
+        )
+        for _ in range(100):
+            if self.cli("ping") == "PONG":
+                return
+            time.sleep(0.05)
+        pytest.fail("private redis-server did not start")
+
+    def cli(self, *args: str) -> str:
+        out = subprocess.run(
+            ["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True, timeout=10, check=False
+        )
+        return out.stdout.strip()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    redis = RedisProcess(tmp_path)
+    redis.start()
+    yield redis
+    redis.stop()
+
+
+@pytest.fixture
+def redis_backed_server(tmp_path: Path, pg_url: str, private_redis: RedisProcess) -> Iterator[Server]:
+    server = start_server(
+        tmp_path,
+        {
+            "DATABASE_URL": pg_url,
+            "REDIS_URL": private_redis.url,
+            "AUTHSIDECAR_REDIS_TIMEOUT": "0.2",
+            "AUTHSIDECAR_REDIS_RETRY_AFTER": "0.3",
+        },
+    )
+    server.wait_for(SERVING)
+    yield server
+    assert server.stop() == 0, server.log()
+
+
+async def validate(stubs: object, token: str) -> str:
+    """'ok' or the error reason."""
+    try:
+        await stubs.sessions.ValidateSession(session_pb.ValidateSessionRequest(token=token), timeout=5)  # type: ignore[attr-defined]
+    except grpc.aio.AioRpcError as exc:
+        return error_details(exc).reason
+    return "ok"
+
+
+async def test_redis_outage_falls_back_to_postgres_and_never_serves_revoked_sessions(
+    redis_backed_server: Server, private_redis: RedisProcess
+) -> None:
+    stubs = stubs_for(redis_backed_server.address)
+    try:
+        email = f"outage-{secrets.token_hex(4)}@example.com"
+        keep = await stubs.auth.SignUp(auth_pb.SignUpRequest(email=email, password=PASSWORD, name="Ada"))
+        revoke = await stubs.auth.SignIn(auth_pb.SignInRequest(email=email, password=PASSWORD))
+        assert await validate(stubs, keep.token) == "ok" and await validate(stubs, revoke.token) == "ok"
+        assert int(private_redis.cli("dbsize")) >= 3  # both sessions + the user index are cached
+
+        # Redis hangs (keeps its data): validation still answers from Postgres; a revocation still takes effect.
+        sleeper = subprocess.Popen(["redis-cli", "-p", str(private_redis.port), "debug", "sleep", "2"])
+        await asyncio.sleep(0.2)
+        assert await validate(stubs, keep.token) == "ok"
+        await stubs.auth.SignOut(auth_pb.SignOutRequest(token=revoke.token), timeout=5)
+        assert await validate(stubs, revoke.token) == "INVALID_TOKEN"
+        sleeper.wait(10)
+
+        # Redis is back with the stale entry: the missed invalidation is replayed before the cache is read.
+        await asyncio.sleep(0.4)
+        assert await validate(stubs, revoke.token) == "INVALID_TOKEN"
+        assert await validate(stubs, keep.token) == "ok"
+        assert "secondary storage is back" in redis_backed_server.log()
+
+        # Redis gone entirely, then restarted empty: still working throughout.
+        private_redis.stop()
+        assert await validate(stubs, keep.token) == "ok"
+        private_redis.start()
+        await asyncio.sleep(0.4)
+        assert await validate(stubs, keep.token) == "ok"
+        assert await validate(stubs, keep.token) == "ok"
+        assert int(private_redis.cli("dbsize")) >= 1  # refilled after the restart
+    finally:
+        await stubs.channel.close()
+    assert "secondary storage unavailable" in redis_backed_server.log()
+
+
+async def test_postgres_down_means_not_serving_and_unavailable(tmp_path: Path) -> None:
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
+    server = start_server(tmp_path, {"DATABASE_URL": dead, "AUTHSIDECAR_HEALTH_INTERVAL": "0.2"})
+    try:
+        server.wait_for(NOT_SERVING)
+        stubs = stubs_for(server.address)
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stubs.auth.SignIn(auth_pb.SignInRequest(email="a@example.com", password=PASSWORD), timeout=10)
+        finally:
+            await stubs.channel.close()
+        details = error_details(info.value)
+        assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "BACKEND_UNAVAILABLE")
+        assert details.retry_delay is not None and details.retry_delay > 0
+        assert "Traceback" not in details.message
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+async def test_unix_socket_listener(tmp_path: Path, pg_url: str) -> None:
+    socket_path = tmp_path / "authsidecar.sock"
+    server = start_server(tmp_path, {"DATABASE_URL": pg_url}, listen=f"unix://{socket_path}")
+    try:
+        server.wait_for(SERVING)
+        stubs = stubs_for(f"unix://{socket_path}")
+        try:
+            up = await stubs.auth.SignUp(
+                auth_pb.SignUpRequest(email=f"unix-{secrets.token_hex(4)}@example.com", password=PASSWORD, name="U")
+            )
+            assert await validate(stubs, up.token) == "ok"
+        finally:
+            await stubs.channel.close()
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+async def test_sigterm_drains_in_flight_calls(tmp_path: Path, pg_url: str) -> None:
+    # Slow hashing so calls are still in flight when SIGTERM arrives.
+    server = start_server(
+        tmp_path,
+        {"DATABASE_URL": pg_url, "AUTHSIDECAR_ARGON2_TIME_COST": "3", "AUTHSIDECAR_ARGON2_MEMORY_KIB": "65536"},
+    )
+    server.wait_for(SERVING)
+    stubs = stubs_for(server.address)
+    try:
+        calls = [
+            asyncio.ensure_future(
+                stubs.auth.SignUp(
+                    auth_pb.SignUpRequest(
+                        email=f"drain-{i}-{secrets.token_hex(4)}@example.com", password=PASSWORD, name="D"
+                    )
+                )
+            )
+            for i in range(4)
+        ]
+        await asyncio.sleep(0.05)
+        server.process.send_signal(signal.SIGTERM)
+        results = await asyncio.gather(*calls, return_exceptions=True)
+    finally:
+        await stubs.channel.close()
+    assert all(isinstance(r, auth_pb.SignUpResponse) for r in results), results
+    assert server.stop() == 0
+    assert "stopped" in server.log()
+
+
+def test_bad_configuration_stops_with_one_clear_line(tmp_path: Path) -> None:
+    env = {**clean_env(), "AUTHSIDECAR_SESSION_EXPIRES_IN": "soon", "DATABASE_URL": "postgresql://u:s3cret@h/db"}
+    out = subprocess.run(
+        [sys.executable, "-m", "authsidecar", "serve"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "AUTHSIDECAR_SESSION_EXPIRES_IN" in lines[0]
+    assert "s3cret" not in out.stderr
+
+
+def test_bad_database_url_is_a_configuration_error(tmp_path: Path) -> None:
+    env = {**clean_env(), "DATABASE_URL": "mysql://u:s3cret@h/db"}
+    out = subprocess.run(
+        [sys.executable, "-m", "authsidecar", "serve"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "DATABASE_URL" in out.stderr and "s3cret" not in out.stderr
