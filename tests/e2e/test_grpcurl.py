@@ -59,7 +59,7 @@ def test_grpcurl_walkthrough(server: Server) -> None:
 
     rejected = grpcurl(server, "authsidecar.v1.SessionService/ValidateSession", data={"token": token})
     assert rejected.returncode != 0
-    error = json.loads(rejected.stdout)
+    error = json.loads(rejected.stderr)  # -format-error prints the status as JSON on stderr
     assert error["code"] == 16  # UNAUTHENTICATED
     assert error["details"][0]["reason"] == "INVALID_TOKEN"
 
