@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+
 from authsidecar.storage.schema import Schema, UTCDateTime
 
 revision = "0001"

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from authsidecar_client.v1 import auth_service_pb2_grpc, session_service_pb2_grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from authsidecar_client.v1 import auth_service_pb2_grpc, session_service_pb2_grpc
 from tests.conftest import REDIS_URL
 
 FAST_ARGON2_ENV = {"AUTHSIDECAR_ARGON2_TIME_COST": "1", "AUTHSIDECAR_ARGON2_MEMORY_KIB": "8192"}
@@ -97,8 +97,7 @@ def start_server(tmp_path: Path, env: dict[str, str], listen: str | None = None)
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
-    address = listen if listen.startswith("unix:") else listen
-    return Server(address, process, log_path, full_env)
+    return Server(listen, process, log_path, full_env)
 
 
 @pytest.fixture(scope="module")

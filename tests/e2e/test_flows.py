@@ -7,10 +7,10 @@ import secrets
 
 import grpc
 import pytest
+
 from authsidecar_client.v1 import auth_service_pb2 as auth_pb
 from authsidecar_client.v1 import resources_pb2
 from authsidecar_client.v1 import session_service_pb2 as session_pb
-
 from tests.e2e.conftest import Server, error_details, stubs_for
 
 PASSWORD = "correct horse battery"

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from authsidecar_client.v1 import auth_service_pb2 as auth_pb
-from authsidecar_client.v1 import session_service_pb2 as session_pb
 from grpc_health.v1 import health_pb2
 
+from authsidecar_client.v1 import auth_service_pb2 as auth_pb
+from authsidecar_client.v1 import session_service_pb2 as session_pb
 from tests.e2e.conftest import Server, clean_env, error_details, free_port, start_server, stubs_for
 
 PASSWORD = "correct horse battery"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from authsidecar_client.v1 import resources_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from authsidecar.domain.models import Session, User
+from authsidecar_client.v1 import resources_pb2
 
 __all__ = ["session_to_proto", "timestamp", "user_to_proto"]
 

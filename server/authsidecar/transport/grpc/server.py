@@ -5,17 +5,17 @@ from __future__ import annotations
 import logging
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from authsidecar.transport.grpc.servicers import AuthServicer, SessionServicer
 from authsidecar_client.v1 import (
     auth_service_pb2,
     auth_service_pb2_grpc,
     session_service_pb2,
     session_service_pb2_grpc,
 )
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
-
-from authsidecar.transport.grpc.servicers import AuthServicer, SessionServicer
 
 __all__ = ["GrpcServer"]
 

@@ -5,10 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from authsidecar_client.v1 import auth_service_pb2 as auth_pb
-from authsidecar_client.v1 import auth_service_pb2_grpc as auth_grpc
-from authsidecar_client.v1 import session_service_pb2 as session_pb
-from authsidecar_client.v1 import session_service_pb2_grpc as session_grpc
 
 from authsidecar.services.accounts import AccountService, AuthResult
 from authsidecar.services.sessions import SessionManager
@@ -22,6 +18,10 @@ from authsidecar.transport.grpc.fields import (
     FieldChecker,
 )
 from authsidecar.transport.grpc.status import rpc
+from authsidecar_client.v1 import auth_service_pb2 as auth_pb
+from authsidecar_client.v1 import auth_service_pb2_grpc as auth_grpc
+from authsidecar_client.v1 import session_service_pb2 as session_pb
+from authsidecar_client.v1 import session_service_pb2_grpc as session_grpc
 
 __all__ = ["AuthServicer", "SessionServicer"]
 

@@ -1,0 +1,123 @@
+"""A small typed async wrapper over the generated stubs: one method per RPC, errors with their machine reason.
+
+async with AuthClient("127.0.0.1:50051") as auth:
+    signed_up = await auth.sign_up("ada@example.com", "correct horse", name="Ada")
+    current = await auth.validate_session(signed_up.token)
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+from authsidecar_client.v1 import auth_service_pb2 as auth_pb
+from authsidecar_client.v1 import auth_service_pb2_grpc as auth_grpc
+from authsidecar_client.v1 import resources_pb2
+from authsidecar_client.v1 import session_service_pb2 as session_pb
+from authsidecar_client.v1 import session_service_pb2_grpc as session_grpc
+
+__all__ = ["AuthClient", "AuthSidecarError"]
+
+
+class AuthSidecarError(Exception):
+    """A failed call: gRPC code, ErrorInfo reason (e.g. "INVALID_TOKEN"), metadata and field violations."""
+
+    def __init__(self, rpc_error: grpc.aio.AioRpcError) -> None:
+        self.code = rpc_error.code()
+        self.message = rpc_error.details() or ""
+        self.reason = ""
+        self.metadata: dict[str, str] = {}
+        self.field_violations: list[tuple[str, str]] = []
+        raw = dict(rpc_error.trailing_metadata() or ()).get("grpc-status-details-bin")
+        if isinstance(raw, bytes):
+            for detail in status_pb2.Status.FromString(raw).details:
+                info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+                if detail.Unpack(info):
+                    self.reason, self.metadata = info.reason, dict(info.metadata)
+                elif detail.Unpack(bad):
+                    self.field_violations = [(v.field, v.description) for v in bad.field_violations]
+        super().__init__(f"{self.code.name} {self.reason}: {self.message}")
+
+
+class AuthClient:
+    """Async client for AuthService and SessionService over one channel."""
+
+    def __init__(self, target: str, channel: grpc.aio.Channel | None = None, timeout: float = 5.0) -> None:
+        self._channel = channel or grpc.aio.insecure_channel(target)
+        self._auth = auth_grpc.AuthServiceStub(self._channel)
+        self._sessions = session_grpc.SessionServiceStub(self._channel)
+        self._timeout = timeout
+
+    async def __aenter__(self) -> AuthClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self._channel.close()
+
+    async def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return await method(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise AuthSidecarError(exc) from None
+
+    async def sign_up(
+        self,
+        email: str,
+        password: str,
+        name: str,
+        image: str = "",
+        remember_me: bool = True,
+        ip_address: str = "",
+        user_agent: str = "",
+    ) -> auth_pb.SignUpResponse:
+        """Create a user (and a session unless auto sign-in is off)."""
+        client = resources_pb2.ClientContext(ip_address=ip_address, user_agent=user_agent)
+        request = auth_pb.SignUpRequest(
+            email=email, password=password, name=name, image=image, client=client, remember_me=remember_me
+        )
+        return await self._call(self._auth.SignUp, request)
+
+    async def sign_in(
+        self, email: str, password: str, remember_me: bool = True, ip_address: str = "", user_agent: str = ""
+    ) -> auth_pb.SignInResponse:
+        """Check a password; returns user, session and token."""
+        client = resources_pb2.ClientContext(ip_address=ip_address, user_agent=user_agent)
+        request = auth_pb.SignInRequest(email=email, password=password, client=client, remember_me=remember_me)
+        return await self._call(self._auth.SignIn, request)
+
+    async def sign_out(self, token: str) -> None:
+        """End a session."""
+        await self._call(self._auth.SignOut, auth_pb.SignOutRequest(token=token))
+
+    async def validate_session(self, token: str) -> session_pb.ValidateSessionResponse:
+        """Token -> session + user; raises AuthSidecarError (reason INVALID_TOKEN / SESSION_EXPIRED)."""
+        return await self._call(self._sessions.ValidateSession, session_pb.ValidateSessionRequest(token=token))
+
+    async def list_sessions(self, token: str) -> list[resources_pb2.Session]:
+        """The user's active sessions."""
+        reply = await self._call(self._sessions.ListSessions, session_pb.ListSessionsRequest(token=token))
+        return list(reply.sessions)
+
+    async def revoke_session(self, token: str, session_id: str) -> None:
+        """Revoke one of the user's sessions."""
+        request = session_pb.RevokeSessionRequest(token=token, session_id=session_id)
+        await self._call(self._sessions.RevokeSession, request)
+
+    async def revoke_other_sessions(self, token: str) -> int:
+        """Revoke all but this session; returns how many."""
+        request = session_pb.RevokeOtherSessionsRequest(token=token)
+        return int((await self._call(self._sessions.RevokeOtherSessions, request)).revoked_count)
+
+    async def revoke_sessions(self, token: str) -> int:
+        """Revoke all of the user's sessions; returns how many."""
+        request = session_pb.RevokeSessionsRequest(token=token)
+        return int((await self._call(self._sessions.RevokeSessions, request)).revoked_count)
