@@ -8,7 +8,7 @@ async with AuthClient("127.0.0.1:50051") as auth:
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -21,6 +21,8 @@ from authsidecar_client.v1 import session_service_pb2_grpc as session_grpc
 
 __all__ = ["AuthClient", "AuthSidecarError"]
 
+_Reply = TypeVar("_Reply")
+
 
 class AuthSidecarError(Exception):
     """A failed call: gRPC code, ErrorInfo reason (e.g. "INVALID_TOKEN"), metadata and field violations."""
@@ -31,7 +33,8 @@ class AuthSidecarError(Exception):
         self.reason = ""
         self.metadata: dict[str, str] = {}
         self.field_violations: list[tuple[str, str]] = []
-        raw = dict(rpc_error.trailing_metadata() or ()).get("grpc-status-details-bin")
+        metadata: Any = rpc_error.trailing_metadata() or ()
+        raw = dict(metadata).get("grpc-status-details-bin")
         if isinstance(raw, bytes):
             for detail in status_pb2.Status.FromString(raw).details:
                 info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
@@ -47,8 +50,8 @@ class AuthClient:
 
     def __init__(self, target: str, channel: grpc.aio.Channel | None = None, timeout: float = 5.0) -> None:
         self._channel = channel or grpc.aio.insecure_channel(target)
-        self._auth = auth_grpc.AuthServiceStub(self._channel)
-        self._sessions = session_grpc.SessionServiceStub(self._channel)
+        self._auth = auth_grpc.AuthServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._sessions = session_grpc.SessionServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._timeout = timeout
 
     async def __aenter__(self) -> AuthClient:
@@ -61,13 +64,16 @@ class AuthClient:
 
     async def close(self) -> None:
         """Close the channel."""
-        await self._channel.close()
+        await self._channel.close(None)
 
-    async def _call(self, method: Any, request: Any) -> Any:
+    async def _call(self, method: Any, request: Any, reply: type[_Reply]) -> _Reply:
         try:
-            return await method(request, timeout=self._timeout)
+            result = await method(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
             raise AuthSidecarError(exc) from None
+        if not isinstance(result, reply):
+            raise TypeError(f"unexpected reply type {type(result).__name__}")
+        return result
 
     async def sign_up(
         self,
@@ -84,7 +90,7 @@ class AuthClient:
         request = auth_pb.SignUpRequest(
             email=email, password=password, name=name, image=image, client=client, remember_me=remember_me
         )
-        return await self._call(self._auth.SignUp, request)
+        return await self._call(self._auth.SignUp, request, auth_pb.SignUpResponse)
 
     async def sign_in(
         self, email: str, password: str, remember_me: bool = True, ip_address: str = "", user_agent: str = ""
@@ -92,32 +98,36 @@ class AuthClient:
         """Check a password; returns user, session and token."""
         client = resources_pb2.ClientContext(ip_address=ip_address, user_agent=user_agent)
         request = auth_pb.SignInRequest(email=email, password=password, client=client, remember_me=remember_me)
-        return await self._call(self._auth.SignIn, request)
+        return await self._call(self._auth.SignIn, request, auth_pb.SignInResponse)
 
     async def sign_out(self, token: str) -> None:
         """End a session."""
-        await self._call(self._auth.SignOut, auth_pb.SignOutRequest(token=token))
+        await self._call(self._auth.SignOut, auth_pb.SignOutRequest(token=token), auth_pb.SignOutResponse)
 
     async def validate_session(self, token: str) -> session_pb.ValidateSessionResponse:
         """Token -> session + user; raises AuthSidecarError (reason INVALID_TOKEN / SESSION_EXPIRED)."""
-        return await self._call(self._sessions.ValidateSession, session_pb.ValidateSessionRequest(token=token))
+        request = session_pb.ValidateSessionRequest(token=token)
+        return await self._call(self._sessions.ValidateSession, request, session_pb.ValidateSessionResponse)
 
     async def list_sessions(self, token: str) -> list[resources_pb2.Session]:
         """The user's active sessions."""
-        reply = await self._call(self._sessions.ListSessions, session_pb.ListSessionsRequest(token=token))
+        request = session_pb.ListSessionsRequest(token=token)
+        reply = await self._call(self._sessions.ListSessions, request, session_pb.ListSessionsResponse)
         return list(reply.sessions)
 
     async def revoke_session(self, token: str, session_id: str) -> None:
         """Revoke one of the user's sessions."""
         request = session_pb.RevokeSessionRequest(token=token, session_id=session_id)
-        await self._call(self._sessions.RevokeSession, request)
+        await self._call(self._sessions.RevokeSession, request, session_pb.RevokeSessionResponse)
 
     async def revoke_other_sessions(self, token: str) -> int:
         """Revoke all but this session; returns how many."""
         request = session_pb.RevokeOtherSessionsRequest(token=token)
-        return int((await self._call(self._sessions.RevokeOtherSessions, request)).revoked_count)
+        reply = await self._call(self._sessions.RevokeOtherSessions, request, session_pb.RevokeOtherSessionsResponse)
+        return reply.revoked_count
 
     async def revoke_sessions(self, token: str) -> int:
         """Revoke all of the user's sessions; returns how many."""
         request = session_pb.RevokeSessionsRequest(token=token)
-        return int((await self._call(self._sessions.RevokeSessions, request)).revoked_count)
+        reply = await self._call(self._sessions.RevokeSessions, request, session_pb.RevokeSessionsResponse)
+        return reply.revoked_count
