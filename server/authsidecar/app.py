@@ -20,12 +20,13 @@ from authsidecar.services.accounts import AccountService
 from authsidecar.services.rules import CredentialRules
 from authsidecar.services.sessions import SessionManager, SessionPolicy
 from authsidecar.storage.database import SqlDatabase, create_database
+from authsidecar.storage.migrate import schema_status
 from authsidecar.storage.schema import Schema
 from authsidecar.storage.urls import DatabaseTarget, resolve_database_url
 from authsidecar.transport.grpc.server import GrpcServer
 from authsidecar.transport.grpc.servicers import AuthServicer, SessionServicer
 
-__all__ = ["App", "build_cache", "build_database", "build_hasher", "database_target", "run"]
+__all__ = ["App", "SchemaNotReady", "build_cache", "build_database", "build_hasher", "database_target", "run"]
 
 log = logging.getLogger("authsidecar")
 
@@ -82,6 +83,10 @@ def build_session_policy(settings: Settings) -> SessionPolicy:
     )
 
 
+class SchemaNotReady(RuntimeError):
+    """The database has not been migrated to the version this server needs."""
+
+
 @dataclass
 class App:
     """Every long-lived component, wired."""
@@ -107,7 +112,17 @@ class App:
         return cls(settings, database, cache, hasher, server)
 
     async def start(self) -> None:
-        """Start serving; health follows the database's reachability."""
+        """Start serving; health follows the database's reachability.
+
+        Raises SchemaNotReady when the database is reachable but not migrated (checked once, at start).
+        """
+        try:
+            problem = await schema_status(self.database.engine)
+        except Exception:  # unreachable: serve anyway, NOT_SERVING until it comes up
+            problem = None
+            log.warning("database unreachable at start-up; schema not checked")
+        if problem is not None:
+            raise SchemaNotReady(problem)
         await self.server.set_serving(False)
         await self.server.start()
         await self._check_health()
@@ -146,10 +161,14 @@ class App:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
         await self.server.stop(self.settings.shutdown_grace)
+        await self.close_resources()
+        log.info("stopped")
+
+    async def close_resources(self) -> None:
+        """Close pools and threads (after the server stopped, or when it never started)."""
         await self.cache.close()
         await self.database.close()
         self.hasher.close()
-        log.info("stopped")
 
 
 async def run(settings: Settings) -> None:
@@ -159,7 +178,11 @@ async def run(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await app.start()
+    try:
+        await app.start()
+    except BaseException:
+        await app.close_resources()
+        raise
     try:
         await stop.wait()
     finally:

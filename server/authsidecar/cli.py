@@ -33,12 +33,12 @@ def _event_loop_policy() -> None:
 
 
 def _serve(settings: Settings) -> int:
-    from authsidecar.app import run
+    from authsidecar.app import SchemaNotReady, run
 
     _event_loop_policy()
     try:
         asyncio.run(run(settings))
-    except OSError as exc:
+    except (OSError, SchemaNotReady) as exc:
         log.error("%s", exc)
         return 1
     return 0

@@ -15,6 +15,8 @@ from multiprocessing.synchronize import Barrier
 from typing import Any
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
+
 from authsidecar_client.v1 import (
     auth_service_pb2,
     auth_service_pb2_grpc,
@@ -22,7 +24,6 @@ from authsidecar_client.v1 import (
     session_service_pb2,
     session_service_pb2_grpc,
 )
-from google.rpc import error_details_pb2, status_pb2
 
 CALL_TIMEOUT = 10.0
 MAX_CALLS_PER_CLIENT = 200_000
@@ -64,7 +65,9 @@ def _validate_requests(tokens: list[str]) -> list[session_service_pb2.ValidateSe
     return [session_service_pb2.ValidateSessionRequest(token=t) for t in tokens]
 
 
-def sequential(addresses: dict[str, str], tokens: list[str], warmup: int, calls: int, rounds: int, queue: Queue[Any]) -> None:
+def sequential(
+    addresses: dict[str, str], tokens: list[str], warmup: int, calls: int, rounds: int, queue: Queue[Any]
+) -> None:
     """One client, one call at a time: per-call latencies (seconds) per target, rounds interleaved across targets."""
     _report(queue, _sequential(addresses, tokens, warmup, calls, rounds))
 
@@ -169,7 +172,9 @@ async def _timed_sign_in(stub: auth_service_pb2_grpc.AuthServiceStub, request: A
     return time.perf_counter() - start, result
 
 
-def sign_in_load(address: str, credentials: list[tuple[str, str]], in_flight: int, seconds: float, queue: Queue[Any]) -> None:
+def sign_in_load(
+    address: str, credentials: list[tuple[str, str]], in_flight: int, seconds: float, queue: Queue[Any]
+) -> None:
     """``in_flight`` concurrent SignIn callers for ``seconds``: outcome counts and the elapsed time."""
     _report(queue, _sign_in_load(address, credentials, in_flight, seconds))
 

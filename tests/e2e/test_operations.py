@@ -240,3 +240,18 @@ def test_bad_database_url_is_a_configuration_error(tmp_path: Path) -> None:
     )
     assert out.returncode == 2, out.stderr
     assert "DATABASE_URL" in out.stderr and "s3cret" not in out.stderr
+
+
+def test_unmigrated_database_stops_the_server_with_a_hint(tmp_path: Path) -> None:
+    env = {**clean_env(), "AUTHSIDECAR_SQLITE_PATH": str(tmp_path / "empty.db")}
+    out = subprocess.run(
+        [sys.executable, "-m", "authsidecar", "serve"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 1
+    assert "run `authsidecar migrate`" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -7,13 +7,15 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from authsidecar.storage.schema import Schema
 from authsidecar.storage.urls import DatabaseTarget
 
-__all__ = ["alembic_config", "migrations_dir", "upgrade"]
+__all__ = ["alembic_config", "migrations_dir", "schema_status", "upgrade"]
 
 
 def migrations_dir() -> Path:
@@ -47,3 +49,17 @@ async def upgrade(target: DatabaseTarget, schema: Schema, revision: str = "head"
             await conn.run_sync(_upgrade, alembic_config(schema), revision)
     finally:
         await engine.dispose()
+
+
+def _current_revisions(connection: Connection) -> set[str]:
+    return set(MigrationContext.configure(connection).get_current_heads())
+
+
+async def schema_status(engine: AsyncEngine) -> str | None:
+    """None when the database is at the latest migration, else a one-line explanation."""
+    heads = set(ScriptDirectory.from_config(alembic_config(Schema())).get_heads())
+    async with engine.connect() as conn:
+        current = await conn.run_sync(_current_revisions)
+    if current == heads:
+        return None
+    return f"database schema is at {sorted(current) or 'nothing'}, needs {sorted(heads)}: run `authsidecar migrate`"

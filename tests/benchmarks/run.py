@@ -1,0 +1,323 @@
+"""authsidecar benchmark: ``python -m tests.benchmarks.run`` (``make bench``); writes tests/benchmarks/RESULTS.md.
+
+In one run, against real server processes on Postgres + Redis and a bare grpc.aio echo server as the floor:
+ValidateSession sequential latency and max throughput (echo / cache hit / cache disabled), SignIn throughput
+against the raw argon2 verify rate, and a SignIn overload burst. Everything it creates (database, Redis keys,
+processes) is removed at the end, also on failure. It reports; it never fails on a missed target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import multiprocessing
+import os
+import platform
+import secrets
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+import argon2
+import grpc
+
+from authsidecar_client.v1 import auth_service_pb2, auth_service_pb2_grpc, session_service_pb2, session_service_pb2_grpc
+from tests.benchmarks import infra, load
+
+USERS = 8
+SEQ_WARMUP, SEQ_CALLS, SEQ_ROUNDS = 300, 2000, 4
+LOAD_PROCESSES, LOAD_IN_FLIGHT, LOAD_SECONDS, LOAD_ROUNDS = 2, 4, 3.0, 2  # 8 in flight against one server process
+SIGNIN_IN_FLIGHT, SIGNIN_SECONDS = 8, 5.0  # 8 = the server's default admission bound (4 x 2 hash workers)
+ARGON2_SECONDS = 4.0
+BURST_CALLS = 200
+ARGON2_ENV = {"AUTHSIDECAR_ARGON2_TIME_COST": "2", "AUTHSIDECAR_ARGON2_MEMORY_KIB": "19456"}
+ARGON2_ENV |= {"AUTHSIDECAR_ARGON2_PARALLELISM": "1"}  # OWASP minimum = the server's defaults
+RESULTS = Path(__file__).with_name("RESULTS.md")
+ECHO, HIT, NOCACHE = "echo (floor)", "ValidateSession, cache hit (Redis)", "ValidateSession, cache disabled (SQL)"
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..1)."""
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))]
+
+
+def run_jobs(
+    target: Callable[..., None], arg_lists: list[tuple[Any, ...]], timeout: float, between: Any = None
+) -> list[Any]:
+    """Run ``target(*args, queue)`` in one spawned process per arg tuple; their results, or RuntimeError.
+
+    ``between`` (optional) runs in this process while the jobs run, before their results are collected.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    processes = [ctx.Process(target=target, args=(*args, queue), daemon=True) for args in arg_lists]
+    for p in processes:
+        p.start()
+    try:
+        if between is not None:
+            between()
+        deadline = time.monotonic() + timeout
+        replies = [queue.get(timeout=max(deadline - time.monotonic(), 0.1)) for _ in processes]
+    finally:
+        for p in processes:
+            p.join(5)
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
+    errors = [value for status, value in replies if status != "ok"]
+    if errors:
+        raise RuntimeError(f"load job failed: {errors[0]}")
+    return [value for _, value in replies]
+
+
+@dataclass
+class Figures:
+    """Everything measured."""
+
+    seq: dict[str, list[float]]
+    calls: dict[str, int]
+    rate: dict[str, float]
+    errors: dict[str, int]
+    cpu_us: dict[str, float]
+    sign_in_rate: float
+    sign_in_outcomes: dict[str, int]
+    argon2_rate: float
+    argon2_threads: int
+    burst: list[tuple[float, str]]
+    cached_documents: str
+
+
+def sign_up_users(address: str, tag: str) -> tuple[list[str], list[tuple[str, str]], bytes]:
+    """SignUp USERS users; their tokens, (email, password) pairs and one real serialized ValidateSessionResponse."""
+    tokens, credentials = [], []
+    with grpc.insecure_channel(address) as channel:
+        auth = auth_service_pb2_grpc.AuthServiceStub(channel)
+        for i in range(USERS):
+            email, password = f"bench-{tag}-{i}@example.com", f"bench-password-{i}-{tag}"
+            reply = auth.SignUp(
+                auth_service_pb2.SignUpRequest(
+                    email=email,
+                    password=password,
+                    name=f"Benchmark User {i:02d}",
+                    image=f"https://avatars.example.com/u/{tag}{i:02d}.png",
+                    client=load.CLIENT,
+                ),
+                timeout=10,
+            )
+            tokens.append(reply.token)
+            credentials.append((email, password))
+        sessions = session_service_pb2_grpc.SessionServiceStub(channel)
+        sample = sessions.ValidateSession(session_service_pb2.ValidateSessionRequest(token=tokens[0]), timeout=10)
+    return tokens, credentials, sample.SerializeToString()
+
+
+def raw_argon2_rate(seconds: float) -> tuple[float, int]:
+    """argon2id verifies/s with the server's parameters in a pool of os.cpu_count() threads."""
+    hasher = argon2.PasswordHasher(
+        time_cost=2, memory_cost=19_456, parallelism=1, hash_len=32, salt_len=16, type=argon2.Type.ID
+    )
+    password = "bench-password-raw"
+    encoded = hasher.hash(password)
+    threads = os.cpu_count() or 2
+    end = time.perf_counter() + seconds
+
+    def verify_loop(_: int) -> int:
+        done = 0
+        while time.perf_counter() < end and done < 100_000:
+            hasher.verify(encoded, password)
+            done += 1
+        return done
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        total = sum(pool.map(verify_loop, range(threads)))
+    return total / (time.perf_counter() - start), threads
+
+
+def measure(
+    servers: dict[str, infra.ServerProcess], tokens: list[str], credentials: list[tuple[str, str]], prefix: str
+) -> Figures:
+    """Every phase in turn; servers not under test are idle."""
+    addresses = {label: srv.address for label, srv in servers.items()}
+    print("sequential latency ...", flush=True)
+    (seq,) = run_jobs(load.sequential, [(addresses, tokens, SEQ_WARMUP, SEQ_CALLS, SEQ_ROUNDS)], timeout=120)
+
+    print("max throughput ...", flush=True)
+    schedule = list(addresses) * LOAD_ROUNDS
+    barrier = multiprocessing.get_context("spawn").Barrier(LOAD_PROCESSES + 1)
+    samples: list[dict[str, float]] = []
+
+    def sample_cpu_at_each_phase() -> None:
+        for _ in range(len(schedule) + 1):
+            barrier.wait(LOAD_SECONDS + load.BARRIER_TIMEOUT)
+            samples.append({label: srv.cpu_seconds() for label, srv in servers.items()})
+
+    args = [(i, addresses, schedule, tokens, LOAD_IN_FLIGHT, LOAD_SECONDS, barrier) for i in range(LOAD_PROCESSES)]
+    phases = run_jobs(
+        load.throughput, args, timeout=len(schedule) * LOAD_SECONDS + 90, between=sample_cpu_at_each_phase
+    )
+    calls: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    rate: Counter[str] = Counter()
+    cpu: Counter[str] = Counter()
+    for i, label in enumerate(schedule):
+        cpu[label] += samples[i + 1][label] - samples[i][label]
+        for worker in phases:
+            calls[label] += worker[i]["ok"]
+            errors[label] += worker[i]["errors"]
+            rate[label] += worker[i]["ok"] / worker[i]["s"] / LOAD_ROUNDS
+    cpu_us = {label: 1e6 * cpu[label] / max(calls[label], 1) for label in addresses}
+    hit_keys = [f"{prefix}session:{hashlib.sha256(t.encode()).hexdigest()}" for t in tokens]
+    cached = f"{infra.redis_exists(hit_keys)}/{len(tokens)}"
+
+    print("raw argon2 verify rate ...", flush=True)
+    argon2_rate, threads = raw_argon2_rate(ARGON2_SECONDS)
+    print("SignIn throughput ...", flush=True)
+    signin_args = [(servers[HIT].address, credentials, SIGNIN_IN_FLIGHT, SIGNIN_SECONDS)]
+    (signin,) = run_jobs(load.sign_in_load, signin_args, timeout=SIGNIN_SECONDS + 60)
+    time.sleep(0.5)
+    print("SignIn overload burst ...", flush=True)
+    (burst,) = run_jobs(load.sign_in_burst, [(servers[HIT].address, credentials, BURST_CALLS)], timeout=90)
+    return Figures(
+        seq=seq,
+        calls=dict(calls),
+        rate=dict(rate),
+        errors=dict(errors),
+        cpu_us=cpu_us,
+        sign_in_rate=signin["outcomes"].get("OK", 0) / signin["s"],
+        sign_in_outcomes=signin["outcomes"],
+        argon2_rate=argon2_rate,
+        argon2_threads=threads,
+        burst=[tuple(b) for b in burst],
+        cached_documents=cached,
+    )
+
+
+def verdict(value: float, target: str) -> str:
+    """PASS/FAIL for '<= x' / '>= x' targets; '-' for informational ratios."""
+    if target == "-":
+        return "-"
+    op, bound = target.split()
+    ok = value <= float(bound) if op == "<=" else value >= float(bound)
+    return "PASS" if ok else "FAIL"
+
+
+def report(f: Figures, problems: list[str]) -> str:
+    """The results as Markdown."""
+    ms = 1e3
+    p50 = {label: percentile(v, 0.5) for label, v in f.seq.items()}
+    lines = [
+        "# authsidecar benchmark results",
+        "",
+        f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M UTC}",
+        f"- machine: {os.cpu_count()} CPUs (nproc), {platform.machine()}, Python {platform.python_version()}, "
+        f"grpcio {grpc.__version__}",
+        "- figures are from ONE run on a noisy 2-core machine where the load-generating clients, the servers, "
+        "Postgres and Redis all share the same cores; read the ratios, not the absolute numbers.",
+        f"- sequential: 1 client, 1 call at a time, {SEQ_WARMUP} warm-up then {SEQ_CALLS} calls per target "
+        f"({SEQ_ROUNDS} interleaved rounds); throughput: {LOAD_PROCESSES} processes x {LOAD_IN_FLIGHT} calls in "
+        f"flight, {LOAD_ROUNDS} interleaved rounds of {LOAD_SECONDS:.0f} s per target; {USERS} users' tokens.",
+        "- server CPU/call counts the server process only (not Postgres/Redis).",
+        "",
+        "## ValidateSession",
+        "",
+        "| target | p50 | p99 | max throughput | server CPU/call | errors |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, values in f.seq.items():
+        lines.append(
+            f"| {label} | {p50[label] * ms:.3f} ms | {percentile(values, 0.99) * ms:.3f} ms | "
+            f"{f.rate[label]:,.0f} calls/s | {f.cpu_us[label]:.0f} us | {f.errors[label]} |"
+        )
+    lines.append(f"\nCache documents present in Redis for the validated tokens: {f.cached_documents}.")
+    burst_codes = Counter(outcome for _, outcome in f.burst)
+    latencies = [t for t, _ in f.burst]
+    lines += [
+        "",
+        "## SignIn (argon2id m=19456 KiB, t=2, p=1)",
+        "",
+        f"- SignIn throughput ({SIGNIN_IN_FLIGHT} in flight, {SIGNIN_SECONDS:.0f} s, cache-on server): "
+        f"{f.sign_in_rate:.1f} successful sign-ins/s; outcomes {dict(sorted(f.sign_in_outcomes.items()))}",
+        f"- raw argon2-cffi verify, {f.argon2_threads} threads in the benchmark process: {f.argon2_rate:.1f} verifies/s",
+        f"- overload, {BURST_CALLS} concurrent SignIn at once: {dict(sorted(burst_codes.items()))}; latency of all "
+        f"calls p50 {percentile(latencies, 0.5) * ms:.1f} ms, p99 {percentile(latencies, 0.99) * ms:.1f} ms, "
+        f"max {max(latencies) * ms:.1f} ms",
+        "",
+        "## Ratios",
+        "",
+        "| ratio | value | target | verdict |",
+        "|---|---|---|---|",
+    ]
+    ratios = [
+        ("cache hit p50 / echo p50", p50[HIT] / p50[ECHO], "<= 1.3"),
+        ("cache hit throughput / echo throughput", f.rate[HIT] / f.rate[ECHO], ">= 0.70"),
+        ("SignIn/s / raw argon2 verify/s", f.sign_in_rate / f.argon2_rate, ">= 0.85"),
+        ("cache disabled p50 / echo p50", p50[NOCACHE] / p50[ECHO], "-"),
+        ("cache disabled throughput / echo throughput", f.rate[NOCACHE] / f.rate[ECHO], "-"),
+        ("cache hit p50 / cache disabled p50", p50[HIT] / p50[NOCACHE], "-"),
+    ]
+    lines += [f"| {name} | {value:.2f} | {target} | {verdict(value, target)} |" for name, value, target in ratios]
+    lines += ["", "## Server logs (WARNING and above)", ""]
+    lines += [f"    {p}" for p in problems[:20]] or ["none"]
+    return "\n".join(lines) + "\n"
+
+
+def _exit_on_sigterm(signum: int, _frame: Any) -> NoReturn:
+    raise SystemExit(128 + signum)
+
+
+def main() -> int:
+    """Set up, measure, report, clean up."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    tag = secrets.token_hex(4)
+    prefix = f"authsidecar-bench-{tag}:"
+    db_name = f"authsidecar_bench_{tag}"
+    started = time.monotonic()
+    with contextlib.ExitStack() as cleanup:
+        log_dir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="authsidecar-bench-")))
+        print(f"database {db_name}, redis prefix {prefix}", flush=True)
+        cleanup.callback(infra.drop_database, db_name)
+        db_url = infra.create_database(db_name)
+        cleanup.callback(infra.purge_redis, prefix)
+        env = {"DATABASE_URL": db_url, "REDIS_URL": infra.REDIS_URL, "AUTHSIDECAR_REDIS_KEY_PREFIX": prefix}
+        env |= ARGON2_ENV
+        serve = [sys.executable, "-m", "authsidecar", "serve"]
+        servers: dict[str, infra.ServerProcess] = {}
+        for label, name, extra in (
+            (HIT, "cache-on", {}),
+            (NOCACHE, "cache-off", {"AUTHSIDECAR_CACHE_ENABLED": "false"}),
+        ):
+            servers[label] = srv = infra.ServerProcess.start(name, serve, env | extra, log_dir)
+            cleanup.callback(srv.stop)
+        for srv in servers.values():
+            srv.wait_serving()
+        tokens, credentials, sample = sign_up_users(servers[HIT].address, tag)
+        echo_argv = [sys.executable, "-m", "tests.benchmarks.echo_server", "{listen}", sample.hex()]
+        echo = infra.ServerProcess.start("echo", echo_argv, {"PYTHONPATH": str(infra.ROOT)}, log_dir)
+        cleanup.callback(echo.stop)
+        echo.wait_serving()
+        servers = {ECHO: echo, **servers}
+        print(f"servers up; ValidateSessionResponse is {len(sample)} bytes", flush=True)
+        figures = measure(servers, tokens, credentials, prefix)
+        problems = [f"[{srv.name}] exit code {code} after SIGTERM" for srv in servers.values() if (code := srv.stop())]
+        problems += [f"[{srv.name}] {line}" for srv in servers.values() for line in srv.log_problems()]
+        text = report(figures, problems)
+    print()
+    print(text)
+    RESULTS.write_text(text)
+    print(f"wrote {RESULTS.relative_to(infra.ROOT)} in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
