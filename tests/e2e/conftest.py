@@ -20,7 +20,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from authsidecar_client.v1 import auth_service_pb2_grpc, session_service_pb2_grpc
 from tests.conftest import REDIS_URL
 
-FAST_ARGON2_ENV = {"AUTHSIDECAR_ARGON2_TIME_COST": "1", "AUTHSIDECAR_ARGON2_MEMORY_KIB": "8192"}
+FAST_ARGON2_ENV = {
+    "AUTHSIDECAR_ARGON2_TIME_COST": "1",
+    "AUTHSIDECAR_ARGON2_MEMORY_KIB": "8192",
+    "AUTHSIDECAR_HASH_MAX_PENDING": "256",
+}
 
 
 def free_port() -> int:
