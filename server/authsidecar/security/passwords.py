@@ -64,9 +64,13 @@ class PasswordHasher:
         """Hashes admitted and not finished."""
         return self._pending
 
-    async def _run(self, fn: Callable[..., _T], *args: str) -> _T:
+    def check_capacity(self) -> None:
+        """Raise TooManyRequests now if a hash would be refused, before the caller does other work for it."""
         if self._pending >= self._max_pending:
             raise TooManyRequests(retry_after=0.05 * (self._pending // self._workers + 1))
+
+    async def _run(self, fn: Callable[..., _T], *args: str) -> _T:
+        self.check_capacity()
         self._pending += 1
         try:
             loop = asyncio.get_running_loop()

@@ -108,6 +108,7 @@ class AccountService:
             raise MissingField.field("password", "is required")
         if len(password) > self._rules.max_password_length:
             raise InvalidCredentials()  # no stored password can be this long; do not spend a hash on it
+        self._hasher.check_capacity()  # shed load before touching the database
         async with self._db.transaction() as tx:
             user = await tx.get_user_by_email(email)
             account = await tx.get_credential_account(user.id) if user is not None else None
