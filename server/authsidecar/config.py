@@ -141,8 +141,9 @@ def load_settings(**overrides: Any) -> Settings:
         settings = Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
-    except ValueError as exc:  # e.g. a malformed TOML file
-        raise ConfigError(f"invalid configuration: {exc}") from None
+    except ValueError as exc:  # a malformed TOML file
+        path = os.environ.get("AUTHSIDECAR_CONFIG", "")
+        raise ConfigError(f"invalid configuration: AUTHSIDECAR_CONFIG: {path}: {exc}") from None
     if settings.password_min_length > settings.password_max_length:
         raise ConfigError("invalid configuration: AUTHSIDECAR_PASSWORD_MIN_LENGTH: greater than password_max_length")
     return settings

@@ -18,7 +18,8 @@ Every class has a stable machine ``reason`` (the ErrorInfo.reason clients switch
     │   └── SessionNotFound             SESSION_NOT_FOUND
     ├── TooManyRequests                 TOO_MANY_REQUESTS      (carries retry_after)
     ├── BackendUnavailable              BACKEND_UNAVAILABLE    (carries retry_after)
-    └── Conflict                        (storage: a unique constraint was violated; services translate it)
+    └── Conflict                        INTERNAL (storage: unique constraint violated; services translate it,
+                                                  so one reaching a client is a bug)
 """
 
 from __future__ import annotations
@@ -184,7 +185,7 @@ class BackendUnavailable(AuthSidecarError):
 class Conflict(AuthSidecarError):
     """A unique constraint was violated. Raised by storage; services translate it to a specific error."""
 
-    reason = "ALREADY_EXISTS"
+    reason = "INTERNAL"
     default_message = "conflicting write"
 
     def __init__(self, constraint: str | None = None) -> None:

@@ -11,7 +11,12 @@ from authsidecar.domain.models import Session, SessionWithUser, User
 
 __all__ = ["decode_session", "encode_session", "iso"]
 
-_from_iso = datetime.fromisoformat
+
+def _from_iso(value: str) -> datetime:
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError("cached date without a time zone")
+    return parsed
 
 
 def iso(value: datetime) -> str:

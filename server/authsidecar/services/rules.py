@@ -10,7 +10,8 @@ from authsidecar.errors import InvalidEmail, MissingField, PasswordTooLong, Pass
 __all__ = ["CredentialRules", "normalize_email"]
 
 MAX_EMAIL_LENGTH = 254
-_EMAIL = re.compile(r"[^\s@\x00-\x1f\x7f]+@[^\s@\x00-\x1f\x7f]+\.[^\s@\x00-\x1f\x7f.][^\s@\x00-\x1f\x7f]*")
+_ATOM = r"[^\s@\x00-\x1f\x7f-\x9f]"
+_EMAIL = re.compile(rf"{_ATOM}+@{_ATOM}+\.(?!\.){_ATOM}+")
 
 
 def normalize_email(raw: str, field: str = "email") -> str:

@@ -1,0 +1,121 @@
+"""Input rules: email normalisation and the password length policy."""
+
+from __future__ import annotations
+
+import pytest
+
+from authsidecar.errors import InvalidEmail, MissingField, PasswordTooLong, PasswordTooShort
+from authsidecar.services.rules import MAX_EMAIL_LENGTH, CredentialRules, normalize_email
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("alice@example.com", "alice@example.com"),
+        ("  Alice@Example.COM \t\n", "alice@example.com"),
+        ("first.last+tag@sub.example.co.uk", "first.last+tag@sub.example.co.uk"),
+        ("a@b.co", "a@b.co"),
+    ],
+)
+def test_normalize_email_trims_and_lowercases(raw: str, expected: str) -> None:
+    assert normalize_email(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["", "   ", "\t\n"])
+def test_normalize_email_empty_is_missing_field(raw: str) -> None:
+    with pytest.raises(MissingField) as info:
+        normalize_email(raw, field="new_email")
+    assert info.value.reason == "MISSING_FIELD"
+    assert [v.field for v in info.value.violations] == ["new_email"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "plainaddress",
+        "@example.com",
+        "alice@",
+        "alice@example",  # no dot in the domain
+        "alice@@example.com",
+        "al@ice@example.com",
+        "alice smith@example.com",  # inner space
+        "alice@exa mple.com",
+        "alice@example..com",  # '..' in the domain
+        "alice@sub..example.com",
+        "alice@example.",  # nothing after the last dot
+        "alice@example.com\x00",  # NUL
+        "ali\x00ce@example.com",
+        "ali\x07ce@example.com",  # BEL
+        "alice@exam\x1bple.com",  # ESC
+        "alice@example.c\x7fom",  # DEL
+    ],
+)
+def test_normalize_email_rejects_malformed_addresses(raw: str) -> None:
+    with pytest.raises(InvalidEmail) as info:
+        normalize_email(raw)
+    assert info.value.reason == "INVALID_EMAIL"
+    assert [v.field for v in info.value.violations] == ["email"]
+
+
+def _email_of_length(length: int) -> str:
+    domain = "@example.com"
+    return "a" * (length - len(domain)) + domain
+
+
+def test_normalize_email_length_limit() -> None:
+    longest = _email_of_length(MAX_EMAIL_LENGTH)
+    assert MAX_EMAIL_LENGTH == 254
+    assert normalize_email(longest) == longest
+    with pytest.raises(InvalidEmail):
+        normalize_email(_email_of_length(MAX_EMAIL_LENGTH + 1))
+
+
+def test_normalize_email_length_is_checked_after_trimming() -> None:
+    longest = _email_of_length(MAX_EMAIL_LENGTH)
+    assert normalize_email(f"  {longest}  ") == longest
+
+
+def test_normalize_email_is_not_missing_field_for_invalid_input() -> None:
+    # InvalidEmail and MissingField are siblings: a malformed address must not be reported as missing.
+    with pytest.raises(InvalidEmail) as info:
+        normalize_email("nope")
+    assert not isinstance(info.value, MissingField)
+
+
+class TestCredentialRules:
+    rules = CredentialRules(min_password_length=8, max_password_length=12)
+
+    @pytest.mark.parametrize("password", ["a" * 8, "a" * 10, "a" * 12, "pässwörd"])
+    def test_within_bounds(self, password: str) -> None:
+        self.rules.check_password(password)
+
+    def test_empty_is_missing(self) -> None:
+        with pytest.raises(MissingField) as info:
+            self.rules.check_password("", field="new_password")
+        assert [v.field for v in info.value.violations] == ["new_password"]
+
+    def test_one_below_minimum(self) -> None:
+        with pytest.raises(PasswordTooShort) as info:
+            self.rules.check_password("a" * 7)
+        assert info.value.reason == "PASSWORD_TOO_SHORT"
+        assert info.value.violations[0].field == "password"
+        assert "8" in info.value.violations[0].description
+
+    def test_one_above_maximum(self) -> None:
+        with pytest.raises(PasswordTooLong) as info:
+            self.rules.check_password("a" * 13)
+        assert info.value.reason == "PASSWORD_TOO_LONG"
+        assert "12" in info.value.violations[0].description
+
+    def test_length_counts_characters_not_bytes(self) -> None:
+        # 12 characters, 24 bytes in UTF-8.
+        self.rules.check_password("é" * 12)
+
+    def test_defaults(self) -> None:
+        rules = CredentialRules()
+        rules.check_password("a" * 8)
+        rules.check_password("a" * 128)
+        with pytest.raises(PasswordTooShort):
+            rules.check_password("a" * 7)
+        with pytest.raises(PasswordTooLong):
+            rules.check_password("a" * 129)
