@@ -18,8 +18,8 @@ class UnitOfWork(Protocol):
     async def insert_user(self, user: User) -> None:
         """Insert a user; raises Conflict on a duplicate email."""
 
-    async def get_user_by_email(self, email: str) -> User | None:
-        """The user with that (normalised) email."""
+    async def get_user_with_credential(self, email: str) -> tuple[User, Account | None] | None:
+        """The user with that (normalised) email and their credential account, if any."""
 
     async def insert_account(self, account: Account) -> None:
         """Insert an account row."""

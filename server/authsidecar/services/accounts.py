@@ -110,8 +110,8 @@ class AccountService:
             raise InvalidCredentials()  # no stored password can be this long; do not spend a hash on it
         self._hasher.check_capacity()  # shed load before touching the database
         async with self._db.transaction() as tx:
-            user = await tx.get_user_by_email(email)
-            account = await tx.get_credential_account(user.id) if user is not None else None
+            found = await tx.get_user_with_credential(email)
+        user, account = found if found is not None else (None, None)
         if user is None or account is None or account.password is None:
             await self._hasher.verify_dummy(password)
             raise InvalidCredentials()

@@ -41,6 +41,18 @@ class _Rows:
         )
 
     @staticmethod
+    def account(m: Mapping[Any, Any]) -> Account:
+        return Account(
+            id=m["id"],
+            account_id=m["account_id"],
+            provider_id=m["provider_id"],
+            user_id=m["user_id"],
+            password=m["password"],
+            created_at=m["created_at"],
+            updated_at=m["updated_at"],
+        )
+
+    @staticmethod
     def session(m: Mapping[Any, Any]) -> Session:
         return Session(
             id=m["id"],
@@ -78,10 +90,24 @@ class SqlUnitOfWork:
             )
         )
 
-    async def get_user_by_email(self, email: str) -> User | None:
-        """The user with that email."""
-        row = (await self._execute(sa.select(self._s.user).where(self._s.user.c.email == email))).first()
-        return _Rows.user(row._mapping) if row else None
+    async def get_user_with_credential(self, email: str) -> tuple[User, Account | None] | None:
+        """The user with that email and their credential account, in one round trip (LEFT JOIN)."""
+        u, a = self._s.user, self._s.account
+        on = sa.and_(a.c.user_id == u.c.id, a.c.provider_id == CREDENTIAL_PROVIDER)
+        stmt = (
+            sa.select(*u.c, *(c.label(f"a_{c.key}") for c in a.c))
+            .select_from(u.outerjoin(a, on))
+            .where(u.c.email == email)
+            .limit(1)
+        )
+        row = (await self._execute(stmt)).first()
+        if row is None:
+            return None
+        m = row._mapping
+        user = _Rows.user(m)
+        if m["a_id"] is None:  # no credential account (LEFT JOIN)
+            return user, None
+        return user, _Rows.account({c.key: m[f"a_{c.key}"] for c in a.c})
 
     async def insert_account(self, account: Account) -> None:
         """Insert an account row."""
@@ -102,18 +128,7 @@ class SqlUnitOfWork:
         a = self._s.account
         stmt = sa.select(a).where(a.c.user_id == user_id, a.c.provider_id == CREDENTIAL_PROVIDER).limit(1)
         row = (await self._execute(stmt)).first()
-        if row is None:
-            return None
-        m = row._mapping
-        return Account(
-            id=m["id"],
-            account_id=m["account_id"],
-            provider_id=m["provider_id"],
-            user_id=m["user_id"],
-            password=m["password"],
-            created_at=m["created_at"],
-            updated_at=m["updated_at"],
-        )
+        return _Rows.account(row._mapping) if row else None
 
     async def update_account_password(self, account_id: str, password_hash: str, now: datetime) -> None:
         """Replace an account's password hash."""
