@@ -10,6 +10,8 @@ import pytest
 import sqlalchemy as sa
 
 from authsidecar import errors
+from authsidecar.domain.models import User
+from authsidecar.security.ids import generate_id
 from authsidecar.security.passwords import Argon2Parameters, PasswordHasher
 from authsidecar.services.sessions import ClientInfo
 from tests.integration.conftest import Backend
@@ -263,3 +265,12 @@ async def test_sign_up_without_auto_sign_in_creates_no_session(backend: Backend,
     up = await accounts.sign_up(new_email(), PASSWORD, "Ada", None, CLIENT)
     assert up.session is None and up.token is None
     assert await count(backend, "session", user_id=up.user.id) == 0
+
+
+async def test_user_without_a_password_cannot_sign_in_with_one(backend: Backend) -> None:
+    email = new_email()
+    now = backend.clock.now
+    async with backend.db.transaction() as tx:  # e.g. a user who only ever signed in with a social provider
+        await tx.insert_user(User(generate_id(), "Social", email, True, None, now, now))
+    with pytest.raises(errors.InvalidCredentials):
+        await backend.accounts.sign_in(email, PASSWORD, CLIENT)
