@@ -11,6 +11,7 @@ from datetime import timedelta
 
 from authsidecar.cache import MemorySessionCache, NullSessionCache, RedisSessionCache, ResilientSessionCache
 from authsidecar.cache.redis import connect_redis
+from authsidecar.cache.resp import PipelinedGetClient
 from authsidecar.config import ConfigError, Settings
 from authsidecar.domain.ports import SessionCache
 from authsidecar.errors import BackendUnavailable
@@ -57,11 +58,14 @@ def build_cache(settings: Settings) -> SessionCache:
         return NullSessionCache()
     if settings.redis_url is None:
         return MemorySessionCache(settings.memory_cache_max_entries)
+    url = settings.redis_url.get_secret_value()
     try:
-        client = connect_redis(settings.redis_url.get_secret_value(), settings.redis_timeout)
+        client = connect_redis(url, settings.redis_timeout)
+        getter = PipelinedGetClient(url, settings.redis_timeout)
     except ValueError as exc:
         raise ConfigError(f"invalid configuration: REDIS_URL: {exc}") from None
-    return ResilientSessionCache(RedisSessionCache(client, settings.redis_key_prefix), settings.redis_retry_after)
+    cache = RedisSessionCache(client, settings.redis_key_prefix, getter)
+    return ResilientSessionCache(cache, settings.redis_retry_after)
 
 
 def build_hasher(settings: Settings) -> PasswordHasher:

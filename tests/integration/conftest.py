@@ -11,6 +11,7 @@ import pytest_asyncio
 
 from authsidecar.cache import MemorySessionCache, RedisSessionCache, ResilientSessionCache
 from authsidecar.cache.redis import connect_redis
+from authsidecar.cache.resp import PipelinedGetClient
 from authsidecar.domain.ports import SessionCache
 from authsidecar.security.passwords import PasswordHasher
 from authsidecar.security.tokens import HashedTokenPolicy
@@ -64,7 +65,8 @@ async def backend(
     cache: SessionCache
     if request.param == "postgres+redis":
         db = create_database(resolve_database_url(pg_url, ""), Schema())
-        cache = ResilientSessionCache(RedisSessionCache(connect_redis(REDIS_URL, 0.5), redis_prefix))
+        getter = PipelinedGetClient(REDIS_URL, 0.5)
+        cache = ResilientSessionCache(RedisSessionCache(connect_redis(REDIS_URL, 0.5), redis_prefix, getter))
     else:
         db = create_database(resolve_database_url(sqlite_url, ""), Schema())
         cache = MemorySessionCache()

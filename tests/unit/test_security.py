@@ -194,6 +194,19 @@ class TestPasswordHasher:
         finally:
             hasher.close()
 
+    async def test_a_held_slot_refuses_others_and_is_reused_by_its_own_hashes(self) -> None:
+        hasher = PasswordHasher(FAST, workers=1, max_pending=1)
+        try:
+            with hasher.admitted():
+                assert hasher.pending == 1
+                encoded = await hasher.hash("pw")  # runs in the held slot, no second one needed
+                assert await hasher.verify(encoded, "pw") is True
+                with pytest.raises(TooManyRequests):
+                    await asyncio.create_task(hasher.hash("other"))  # another flow (task) finds no slot
+            assert hasher.pending == 0
+        finally:
+            hasher.close()
+
 
 # ------------------------------------------------------------------------------------------------- refresh policy
 

@@ -21,8 +21,10 @@ from collections.abc import Sequence
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from authsidecar.cache.codec import decode_session, encode_session
+from authsidecar.cache.resp import PipelinedGetClient
 from authsidecar.domain.models import SessionWithUser
 from authsidecar.domain.ports import SessionCache
 
@@ -42,12 +44,13 @@ return 1
 
 
 def connect_redis(url: str, timeout: float) -> Redis:
-    """A client that fails fast (no retries, short timeouts): the caller falls back to SQL instead of waiting."""
+    """A client that fails fast: short timeouts and no retry, except one immediate reconnect when a pooled
+    connection turns out to be dead (as after a Redis restart); the caller falls back to SQL instead of waiting."""
     client: Redis = Redis.from_url(
         url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         decode_responses=False,
     )
     return client
@@ -56,8 +59,9 @@ def connect_redis(url: str, timeout: float) -> Redis:
 class RedisSessionCache:
     """SessionCache on Redis."""
 
-    def __init__(self, client: Redis, prefix: str) -> None:
+    def __init__(self, client: Redis, prefix: str, getter: PipelinedGetClient | None = None) -> None:
         self._redis = client
+        self._getter = getter
         self._prefix = prefix
         self._put = client.register_script(_PUT)
 
@@ -66,7 +70,8 @@ class RedisSessionCache:
 
     async def get(self, key: str) -> SessionWithUser | None:
         """One GET and a JSON parse; a malformed document counts as a miss."""
-        raw = await self._redis.get(self._prefix + key)
+        full = self._prefix + key
+        raw = await (self._getter.get(full) if self._getter is not None else self._redis.get(full))
         if raw is None:
             return None
         try:
@@ -112,6 +117,8 @@ class RedisSessionCache:
 
     async def close(self) -> None:
         """Close the connection pool."""
+        if self._getter is not None:
+            await self._getter.close()
         await self._redis.aclose()
 
 

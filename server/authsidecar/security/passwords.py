@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import secrets
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -24,6 +25,8 @@ from authsidecar.errors import TooManyRequests
 __all__ = ["Argon2Parameters", "PasswordHasher", "normalize_password"]
 
 _T = TypeVar("_T")
+# The task holding a hashing slot (tasks it spawns inherit the variable but are not that task).
+_HOLDER: contextvars.ContextVar[object] = contextvars.ContextVar("authsidecar_hash_slot", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,19 +67,31 @@ class PasswordHasher:
         """Hashes admitted and not finished."""
         return self._pending
 
-    def check_capacity(self) -> None:
-        """Raise TooManyRequests now if a hash would be refused, before the caller does other work for it."""
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Hold one hashing slot for a whole flow (e.g. sign-in: read, verify, maybe rehash), so excess
+        callers are refused before they do any other work. Hashes run inside it take no second slot."""
+        task = asyncio.current_task()
+        if task is not None and _HOLDER.get() is task:
+            yield
+            return
+        self._admit()
+        token = _HOLDER.set(task)
+        try:
+            yield
+        finally:
+            _HOLDER.reset(token)
+            self._pending -= 1
+
+    def _admit(self) -> None:
         if self._pending >= self._max_pending:
             raise TooManyRequests(retry_after=0.05 * (self._pending // self._workers + 1))
+        self._pending += 1
 
     async def _run(self, fn: Callable[..., _T], *args: str) -> _T:
-        self.check_capacity()
-        self._pending += 1
-        try:
+        with self.admitted():
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._executor, fn, *args)
-        finally:
-            self._pending -= 1
 
     async def hash(self, password: str) -> str:
         """An encoded argon2id hash of the (normalised) password."""

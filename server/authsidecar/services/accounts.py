@@ -7,12 +7,11 @@ same hash time whether or not the email exists.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from authsidecar.domain.models import CREDENTIAL_PROVIDER, Account, Session, SessionWithUser, User
 from authsidecar.domain.ports import Database
-from authsidecar.errors import Conflict, InvalidCredentials, MissingField, TooManyRequests, UserAlreadyExists
+from authsidecar.errors import Conflict, InvalidCredentials, MissingField, UserAlreadyExists
 from authsidecar.security.ids import generate_id
 from authsidecar.security.passwords import PasswordHasher
 from authsidecar.services.clock import Clock, utc_now
@@ -20,8 +19,6 @@ from authsidecar.services.rules import CredentialRules, normalize_email
 from authsidecar.services.sessions import ClientInfo, SessionManager
 
 __all__ = ["AccountService", "AuthResult"]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +63,7 @@ class AccountService:
         if not name.strip():
             raise MissingField.field("name", "is required")
         self._rules.check_password(password)
-        password_hash = await self._hasher.hash(password)
+        password_hash = await self._hasher.hash(password)  # takes (and frees) a hashing slot
         now = self._clock()
         user = User(
             id=generate_id(),
@@ -108,16 +105,16 @@ class AccountService:
             raise MissingField.field("password", "is required")
         if len(password) > self._rules.max_password_length:
             raise InvalidCredentials()  # no stored password can be this long; do not spend a hash on it
-        self._hasher.check_capacity()  # shed load before touching the database
-        async with self._db.transaction() as tx:
-            found = await tx.get_user_with_credential(email)
-        user, account = found if found is not None else (None, None)
-        if user is None or account is None or account.password is None:
-            await self._hasher.verify_dummy(password)
-            raise InvalidCredentials()
-        if not await self._hasher.verify(account.password, password):
-            raise InvalidCredentials()
-        new_hash = await self._rehash(account.password, password)
+        with self._hasher.admitted():  # shed load before touching the database
+            async with self._db.transaction() as tx:
+                found = await tx.get_user_with_credential(email)
+            user, account = found if found is not None else (None, None)
+            if user is None or account is None or account.password is None:
+                await self._hasher.verify_dummy(password)
+                raise InvalidCredentials()
+            if not await self._hasher.verify(account.password, password):
+                raise InvalidCredentials()
+            new_hash = await self._rehash(account.password, password)
         now = self._clock()
         session, token = self._sessions.new_session(user.id, client, remember_me, now)
         async with self._db.transaction() as tx:
@@ -128,11 +125,7 @@ class AccountService:
         return AuthResult(user, session, token)
 
     async def _rehash(self, encoded: str, password: str) -> str | None:
-        """A new hash when the stored one used other parameters; skipped (retried next sign-in) under load."""
+        """A new hash when the stored one used other parameters (called inside the sign-in's hashing slot)."""
         if not self._hasher.needs_rehash(encoded):
             return None
-        try:
-            return await self._hasher.hash(password)
-        except TooManyRequests:
-            log.info("password rehash deferred: hashing is at capacity")
-            return None
+        return await self._hasher.hash(password)

@@ -192,6 +192,8 @@ class SqlDatabase:
 
     def __init__(self, engine: AsyncEngine, schema: Schema) -> None:
         self.engine = engine
+        # Single-statement reads need no transaction: no BEGIN/ROLLBACK round trips around them.
+        self._reads = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.schema = schema
         s, u = schema.session, schema.user
         # The hot path's cache-miss query, built once: session JOIN user by token, one round trip.
@@ -217,7 +219,7 @@ class SqlDatabase:
     async def find_session(self, stored_token: str) -> SessionWithUser | None:
         """Session joined with its user, by stored token."""
         try:
-            async with self.engine.connect() as conn:
+            async with self._reads.connect() as conn:
                 row = (await conn.execute(self._find_session, {"token": stored_token})).first()
         except Exception as exc:
             raise _translated(exc) from exc
@@ -231,7 +233,7 @@ class SqlDatabase:
     async def ping(self, within: float = 2.0) -> None:
         """SELECT 1, or BackendUnavailable."""
         try:
-            async with asyncio.timeout(within), self.engine.connect() as conn:
+            async with asyncio.timeout(within), self._reads.connect() as conn:
                 await conn.execute(sa.text("SELECT 1"))
         except Exception as exc:
             raise BackendUnavailable() from exc

@@ -1,0 +1,138 @@
+"""A minimal pipelined Redis client for the hot path's single GET.
+
+redis-py's asyncio client spends far more CPU per command (connection pool checkout, retry wrapper,
+observability hooks) than the GET itself; on ValidateSession that overhead is most of the server's work on a
+cache hit. This client keeps ONE connection per process and pipelines every command on it: replies come back in
+order, so each caller just awaits the next future in a FIFO. A caller that times out leaves its future behind;
+the late reply is consumed and dropped. Any connection error fails every waiter, and the next call reconnects.
+
+It only speaks what it needs: AUTH / SELECT at connect, then GET. URLs are parsed by redis-py (redis://,
+rediss://, unix://). Everything else (scripts, pipelines, scans) goes through redis-py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from typing import Any, cast
+
+import hiredis
+from redis.asyncio.connection import parse_url
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+__all__ = ["PipelinedGetClient"]
+
+
+def _encode(*args: bytes) -> bytes:
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(parts)
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self._reader = hiredis.Reader()
+        self._waiters: deque[asyncio.Future[Any]] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        try:
+            while (reply := self._reader.gets()) is not False:
+                waiter = self._waiters.popleft()
+                if waiter.done():
+                    continue  # its caller timed out
+                if isinstance(reply, hiredis.ReplyError):
+                    waiter.set_exception(ResponseError(str(reply)))
+                else:
+                    waiter.set_result(reply)
+        except (hiredis.ProtocolError, IndexError) as exc:  # out of sync: drop the connection
+            self._fail(RedisConnectionError(f"protocol error: {exc}"))
+            if self.transport is not None:
+                self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(RedisConnectionError("connection to Redis lost"))
+
+    def _fail(self, error: Exception) -> None:
+        self.closed = True
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(error)
+
+    def send(self, payload: bytes) -> asyncio.Future[Any]:
+        if self.closed or self.transport is None or self.transport.is_closing():
+            raise RedisConnectionError("connection to Redis is closed")
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self.transport.write(payload)
+        return waiter
+
+
+class PipelinedGetClient:
+    """GET over one pipelined connection, (re)connected on demand."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self._options = parse_url(url)  # raises ValueError on a malformed URL
+        self._timeout = timeout
+        self._protocol: _Protocol | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self, key: str) -> bytes | None:
+        """The value of ``key`` or None; raises redis-py's ConnectionError / ResponseError, or TimeoutError."""
+        protocol = self._protocol
+        if protocol is None or protocol.closed:
+            protocol = await self._connect()
+        async with asyncio.timeout(self._timeout):
+            value = await protocol.send(_encode(b"GET", key.encode()))
+        assert value is None or isinstance(value, bytes)
+        return value
+
+    async def _connect(self) -> _Protocol:
+        async with self._lock:  # one connect at a time; later callers reuse its connection
+            if self._protocol is None or self._protocol.closed:
+                self._protocol = await self._open()
+            return self._protocol
+
+    async def _open(self) -> _Protocol:
+        o = self._options
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._timeout):
+                if "path" in o:
+                    _, protocol = await loop.create_unix_connection(_Protocol, o["path"])
+                else:
+                    context = None
+                    if o.get("connection_class") is not None and "SSL" in o["connection_class"].__name__:
+                        context = ssl.create_default_context()
+                        if o.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
+                            context.check_hostname = False
+                            context.verify_mode = ssl.CERT_NONE
+                    _, protocol = await loop.create_connection(
+                        _Protocol, o.get("host", "localhost"), o.get("port", 6379), ssl=context
+                    )
+                handshake: list[asyncio.Future[Any]] = []
+                if o.get("password"):
+                    creds = [o["username"].encode()] if o.get("username") else []
+                    handshake.append(protocol.send(_encode(b"AUTH", *creds, o["password"].encode())))
+                if int(o.get("db") or 0):
+                    handshake.append(protocol.send(_encode(b"SELECT", str(int(o["db"])).encode())))
+                for reply in handshake:
+                    await reply
+        except OSError as exc:
+            raise RedisConnectionError(f"cannot connect to Redis: {exc.strerror or exc}") from exc
+        return protocol
+
+    async def close(self) -> None:
+        """Close the connection."""
+        if self._protocol is not None and self._protocol.transport is not None:
+            self._protocol.transport.close()
+        self._protocol = None
