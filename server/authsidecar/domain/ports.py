@@ -52,8 +52,9 @@ class UnitOfWork(Protocol):
 class Database(Protocol):
     """The store of record."""
 
-    def transaction(self) -> AbstractAsyncContextManager[UnitOfWork]:
-        """Open a transaction; commits when the block exits cleanly, rolls back otherwise."""
+    def transaction(self, read_only: bool = False) -> AbstractAsyncContextManager[UnitOfWork]:
+        """Open a transaction; commits when the block exits cleanly, rolls back otherwise.
+        ``read_only``: statements run in autocommit mode (for reads that need no common snapshot)."""
 
     async def find_session(self, stored_token: str) -> SessionWithUser | None:
         """The hot path's cache-miss query: one round trip, session joined with its user, no transaction."""

@@ -124,7 +124,7 @@ class SessionManager:
     async def list_sessions(self, token: str) -> list[Session]:
         """The token's user's active sessions, newest first."""
         current = await self.validate(token)
-        async with self._db.transaction() as tx:
+        async with self._db.transaction(read_only=True) as tx:
             return await tx.list_user_sessions(current.user.id, self._clock())
 
     async def revoke(self, token: str, session_id: str) -> None:

@@ -66,125 +66,154 @@ class _Rows:
         )
 
 
+class _Statements:
+    """Every statement the repositories run, built once per schema with bind parameters.
+
+    Building a SQLAlchemy statement per call costs more CPU than the round trip it makes; a prebuilt one is
+    compiled once and its cache key is memoised.
+    """
+
+    def __init__(self, schema: Schema) -> None:
+        u, a, s = schema.user, schema.account, schema.session
+        p = sa.bindparam
+        self.insert_user = sa.insert(u)
+        self.insert_account = sa.insert(a)
+        self.insert_session = sa.insert(s)
+        self.account_keys = [c.key for c in a.c]
+        self.user_with_credential = (
+            sa.select(*u.c, *(c.label(f"a_{c.key}") for c in a.c))
+            .select_from(u.outerjoin(a, sa.and_(a.c.user_id == u.c.id, a.c.provider_id == CREDENTIAL_PROVIDER)))
+            .where(u.c.email == p("email"))
+            .limit(1)
+        )
+        self.credential_account = (
+            sa.select(a).where(a.c.user_id == p("user_id"), a.c.provider_id == CREDENTIAL_PROVIDER).limit(1)
+        )
+        self.update_password = (
+            sa.update(a).where(a.c.id == p("a_id")).values(password=p("a_password"), updated_at=p("a_now"))
+        )
+        self.refresh_session = (
+            sa.update(s).where(s.c.token == p("s_token")).values(expires_at=p("s_expires"), updated_at=p("s_now"))
+        )
+        returning = list(s.c)
+        self.delete_by_token = sa.delete(s).where(s.c.token == p("s_token")).returning(*returning)
+        self.delete_by_id = sa.delete(s).where(s.c.id == p("s_id"), s.c.user_id == p("s_user")).returning(*returning)
+        self.delete_for_user = sa.delete(s).where(s.c.user_id == p("s_user")).returning(*returning)
+        self.delete_for_user_but = (
+            sa.delete(s).where(s.c.user_id == p("s_user"), s.c.id != p("s_keep")).returning(*returning)
+        )
+        self.list_sessions = (
+            sa.select(s)
+            .where(s.c.user_id == p("s_user"), s.c.expires_at > p("s_now"))
+            .order_by(s.c.created_at.desc(), s.c.id)
+        )
+
+
 class SqlUnitOfWork:
     """UnitOfWork over one SQLAlchemy connection inside an open transaction. Never commits by itself."""
 
-    def __init__(self, conn: AsyncConnection, schema: Schema) -> None:
+    def __init__(self, conn: AsyncConnection, statements: _Statements) -> None:
         self._conn = conn
-        self._s = schema
+        self._q = statements
 
-    async def _execute(self, stmt: sa.Executable) -> sa.CursorResult[Any]:
-        return await self._conn.execute(stmt)
+    async def _execute(self, stmt: sa.Executable, params: dict[str, Any]) -> sa.CursorResult[Any]:
+        return await self._conn.execute(stmt, params)
 
     async def insert_user(self, user: User) -> None:
         """Insert a user row."""
         await self._execute(
-            sa.insert(self._s.user).values(
-                id=user.id,
-                name=user.name,
-                email=user.email,
-                email_verified=user.email_verified,
-                image=user.image,
-                created_at=user.created_at,
-                updated_at=user.updated_at,
-            )
+            self._q.insert_user,
+            {
+                "id": user.id,
+                "name": user.name,
+                "email": user.email,
+                "email_verified": user.email_verified,
+                "image": user.image,
+                "created_at": user.created_at,
+                "updated_at": user.updated_at,
+            },
         )
 
     async def get_user_with_credential(self, email: str) -> tuple[User, Account | None] | None:
         """The user with that email and their credential account, in one round trip (LEFT JOIN)."""
-        u, a = self._s.user, self._s.account
-        on = sa.and_(a.c.user_id == u.c.id, a.c.provider_id == CREDENTIAL_PROVIDER)
-        stmt = (
-            sa.select(*u.c, *(c.label(f"a_{c.key}") for c in a.c))
-            .select_from(u.outerjoin(a, on))
-            .where(u.c.email == email)
-            .limit(1)
-        )
-        row = (await self._execute(stmt)).first()
+        row = (await self._execute(self._q.user_with_credential, {"email": email})).first()
         if row is None:
             return None
         m = row._mapping
         user = _Rows.user(m)
         if m["a_id"] is None:  # no credential account (LEFT JOIN)
             return user, None
-        return user, _Rows.account({c.key: m[f"a_{c.key}"] for c in a.c})
+        return user, _Rows.account({key: m[f"a_{key}"] for key in self._q.account_keys})
 
     async def insert_account(self, account: Account) -> None:
         """Insert an account row."""
         await self._execute(
-            sa.insert(self._s.account).values(
-                id=account.id,
-                account_id=account.account_id,
-                provider_id=account.provider_id,
-                user_id=account.user_id,
-                password=account.password,
-                created_at=account.created_at,
-                updated_at=account.updated_at,
-            )
+            self._q.insert_account,
+            {
+                "id": account.id,
+                "account_id": account.account_id,
+                "provider_id": account.provider_id,
+                "user_id": account.user_id,
+                "password": account.password,
+                "created_at": account.created_at,
+                "updated_at": account.updated_at,
+            },
         )
 
     async def get_credential_account(self, user_id: str) -> Account | None:
         """The user's email/password account."""
-        a = self._s.account
-        stmt = sa.select(a).where(a.c.user_id == user_id, a.c.provider_id == CREDENTIAL_PROVIDER).limit(1)
-        row = (await self._execute(stmt)).first()
+        row = (await self._execute(self._q.credential_account, {"user_id": user_id})).first()
         return _Rows.account(row._mapping) if row else None
 
     async def update_account_password(self, account_id: str, password_hash: str, now: datetime) -> None:
         """Replace an account's password hash."""
-        a = self._s.account
-        await self._execute(sa.update(a).where(a.c.id == account_id).values(password=password_hash, updated_at=now))
+        await self._execute(self._q.update_password, {"a_id": account_id, "a_password": password_hash, "a_now": now})
 
     async def insert_session(self, session: Session) -> None:
         """Insert a session row."""
         await self._execute(
-            sa.insert(self._s.session).values(
-                id=session.id,
-                user_id=session.user_id,
-                token=session.stored_token,
-                expires_at=session.expires_at,
-                created_at=session.created_at,
-                updated_at=session.updated_at,
-                ip_address=session.ip_address,
-                user_agent=session.user_agent,
-            )
+            self._q.insert_session,
+            {
+                "id": session.id,
+                "user_id": session.user_id,
+                "token": session.stored_token,
+                "expires_at": session.expires_at,
+                "created_at": session.created_at,
+                "updated_at": session.updated_at,
+                "ip_address": session.ip_address,
+                "user_agent": session.user_agent,
+            },
         )
 
     async def refresh_session(self, stored_token: str, expires_at: datetime, now: datetime) -> bool:
         """Extend a session; False when it no longer exists."""
-        s = self._s.session
-        stmt = sa.update(s).where(s.c.token == stored_token).values(expires_at=expires_at, updated_at=now)
-        return (await self._execute(stmt)).rowcount > 0
+        params = {"s_token": stored_token, "s_expires": expires_at, "s_now": now}
+        return (await self._execute(self._q.refresh_session, params)).rowcount > 0
 
-    async def _delete_sessions(self, *where: sa.ColumnElement[bool]) -> list[Session]:
-        s = self._s.session
-        result = await self._execute(sa.delete(s).where(*where).returning(*s.c))
-        return [_Rows.session(row._mapping) for row in result]
+    async def _delete_sessions(self, stmt: sa.Executable, params: dict[str, Any]) -> list[Session]:
+        return [_Rows.session(row._mapping) for row in await self._execute(stmt, params)]
 
     async def delete_session_by_token(self, stored_token: str) -> Session | None:
         """Delete one session by token."""
-        deleted = await self._delete_sessions(self._s.session.c.token == stored_token)
+        deleted = await self._delete_sessions(self._q.delete_by_token, {"s_token": stored_token})
         return deleted[0] if deleted else None
 
     async def delete_session_by_id(self, user_id: str, session_id: str) -> Session | None:
         """Delete one of the user's sessions by id."""
-        s = self._s.session
-        deleted = await self._delete_sessions(s.c.id == session_id, s.c.user_id == user_id)
+        deleted = await self._delete_sessions(self._q.delete_by_id, {"s_id": session_id, "s_user": user_id})
         return deleted[0] if deleted else None
 
     async def delete_user_sessions(self, user_id: str, except_session_id: str | None = None) -> list[Session]:
         """Delete the user's sessions, optionally sparing one."""
-        s = self._s.session
-        where = [s.c.user_id == user_id]
-        if except_session_id is not None:
-            where.append(s.c.id != except_session_id)
-        return await self._delete_sessions(*where)
+        if except_session_id is None:
+            return await self._delete_sessions(self._q.delete_for_user, {"s_user": user_id})
+        params = {"s_user": user_id, "s_keep": except_session_id}
+        return await self._delete_sessions(self._q.delete_for_user_but, params)
 
     async def list_user_sessions(self, user_id: str, now: datetime) -> list[Session]:
         """The user's unexpired sessions, newest first."""
-        s = self._s.session
-        stmt = sa.select(s).where(s.c.user_id == user_id, s.c.expires_at > now).order_by(s.c.created_at.desc(), s.c.id)
-        return [_Rows.session(row._mapping) for row in await self._execute(stmt)]
+        result = await self._execute(self._q.list_sessions, {"s_user": user_id, "s_now": now})
+        return [_Rows.session(row._mapping) for row in result]
 
 
 class SqlDatabase:
@@ -195,6 +224,7 @@ class SqlDatabase:
         # Single-statement reads need no transaction: no BEGIN/ROLLBACK round trips around them.
         self._reads = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.schema = schema
+        self._statements = _Statements(schema)
         s, u = schema.session, schema.user
         # The hot path's cache-miss query, built once: session JOIN user by token, one round trip.
         self._session_keys = [c.key for c in s.c]
@@ -206,11 +236,15 @@ class SqlDatabase:
         )
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[UnitOfWork]:
-        """One transaction; driver errors leave as domain errors, nothing half-written."""
+    async def transaction(self, read_only: bool = False) -> AsyncIterator[UnitOfWork]:
+        """One transaction; driver errors leave as domain errors, nothing half-written.
+
+        ``read_only`` runs the block's statements in autocommit mode (no BEGIN/COMMIT round trips): for a
+        single read, or reads that need no common snapshot.
+        """
         try:
-            async with self.engine.begin() as conn:
-                yield SqlUnitOfWork(conn, self.schema)
+            async with (self._reads if read_only else self.engine).begin() as conn:
+                yield SqlUnitOfWork(conn, self._statements)
         except AuthSidecarError:
             raise
         except Exception as exc:
