@@ -52,9 +52,9 @@ class UnitOfWork(Protocol):
 class Database(Protocol):
     """The store of record."""
 
-    def transaction(self, read_only: bool = False) -> AbstractAsyncContextManager[UnitOfWork]:
+    def transaction(self, autocommit: bool = False) -> AbstractAsyncContextManager[UnitOfWork]:
         """Open a transaction; commits when the block exits cleanly, rolls back otherwise.
-        ``read_only``: statements run in autocommit mode (for reads that need no common snapshot)."""
+        ``autocommit``: each statement commits on its own (a single write, or reads needing no snapshot)."""
 
     async def find_session(self, stored_token: str) -> SessionWithUser | None:
         """The hot path's cache-miss query: one round trip, session joined with its user, no transaction."""

@@ -106,7 +106,7 @@ class AccountService:
         if len(password) > self._rules.max_password_length:
             raise InvalidCredentials()  # no stored password can be this long; do not spend a hash on it
         with self._hasher.admitted():  # shed load before touching the database
-            async with self._db.transaction(read_only=True) as tx:
+            async with self._db.transaction(autocommit=True) as tx:
                 found = await tx.get_user_with_credential(email)
             user, account = found if found is not None else (None, None)
             if user is None or account is None or account.password is None:
@@ -117,7 +117,7 @@ class AccountService:
             new_hash = await self._rehash(account.password, password)
         now = self._clock()
         session, token = self._sessions.new_session(user.id, client, remember_me, now)
-        async with self._db.transaction() as tx:
+        async with self._db.transaction(autocommit=new_hash is None) as tx:  # one INSERT needs no BEGIN/COMMIT
             await tx.insert_session(session)
             if new_hash is not None:
                 await tx.update_account_password(account.id, new_hash, now)

@@ -113,7 +113,7 @@ class SessionManager:
 
     async def _refresh(self, entry: SessionWithUser, now: datetime) -> SessionWithUser:
         session = replace(entry.session, expires_at=now + self._policy.expires_in, updated_at=now)
-        async with self._db.transaction() as tx:
+        async with self._db.transaction(autocommit=True) as tx:
             alive = await tx.refresh_session(session.stored_token, session.expires_at, now)
         if not alive:  # revoked between the read and the refresh
             raise InvalidToken()
@@ -124,13 +124,13 @@ class SessionManager:
     async def list_sessions(self, token: str) -> list[Session]:
         """The token's user's active sessions, newest first."""
         current = await self.validate(token)
-        async with self._db.transaction(read_only=True) as tx:
+        async with self._db.transaction(autocommit=True) as tx:
             return await tx.list_user_sessions(current.user.id, self._clock())
 
     async def revoke(self, token: str, session_id: str) -> None:
         """Revoke one of the token's user's sessions; raises SessionNotFound."""
         current = await self.validate(token)
-        async with self._db.transaction() as tx:
+        async with self._db.transaction(autocommit=True) as tx:
             deleted = await tx.delete_session_by_id(current.user.id, session_id)
         if deleted is None:
             raise SessionNotFound()
@@ -139,7 +139,7 @@ class SessionManager:
     async def revoke_others(self, token: str) -> int:
         """Revoke all of the user's sessions but the token's own; returns how many."""
         current = await self.validate(token)
-        async with self._db.transaction() as tx:
+        async with self._db.transaction(autocommit=True) as tx:
             deleted = await tx.delete_user_sessions(current.user.id, except_session_id=current.session.id)
         await self._forget(deleted, self._clock())
         return len(deleted)
@@ -147,7 +147,7 @@ class SessionManager:
     async def revoke_all(self, token: str) -> int:
         """Revoke all of the user's sessions, the token's own included; returns how many."""
         current = await self.validate(token)
-        async with self._db.transaction() as tx:
+        async with self._db.transaction(autocommit=True) as tx:
             deleted = await tx.delete_user_sessions(current.user.id)
         await self._forget(deleted, self._clock())
         return len(deleted)
@@ -155,7 +155,7 @@ class SessionManager:
     async def sign_out(self, token: str) -> None:
         """End the token's session; unknown or expired tokens are not an error."""
         stored = self._tokens.stored(token)
-        async with self._db.transaction() as tx:
+        async with self._db.transaction(autocommit=True) as tx:
             deleted = await tx.delete_session_by_token(stored)
         if deleted is not None:
             await self._forget([deleted], self._clock())

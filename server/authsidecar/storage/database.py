@@ -221,8 +221,8 @@ class SqlDatabase:
 
     def __init__(self, engine: AsyncEngine, schema: Schema) -> None:
         self.engine = engine
-        # Single-statement reads need no transaction: no BEGIN/ROLLBACK round trips around them.
-        self._reads = engine.execution_options(isolation_level="AUTOCOMMIT")
+        # Single statements need no explicit transaction: no BEGIN/COMMIT round trips around them.
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.schema = schema
         self._statements = _Statements(schema)
         s, u = schema.session, schema.user
@@ -236,14 +236,14 @@ class SqlDatabase:
         )
 
     @asynccontextmanager
-    async def transaction(self, read_only: bool = False) -> AsyncIterator[UnitOfWork]:
+    async def transaction(self, autocommit: bool = False) -> AsyncIterator[UnitOfWork]:
         """One transaction; driver errors leave as domain errors, nothing half-written.
 
-        ``read_only`` runs the block's statements in autocommit mode (no BEGIN/COMMIT round trips): for a
-        single read, or reads that need no common snapshot.
+        ``autocommit``: each statement commits on its own, with no BEGIN/COMMIT round trips; for a block of
+        ONE write, or of reads that need no common snapshot.
         """
         try:
-            async with (self._reads if read_only else self.engine).begin() as conn:
+            async with (self._autocommit if autocommit else self.engine).begin() as conn:
                 yield SqlUnitOfWork(conn, self._statements)
         except AuthSidecarError:
             raise
@@ -253,7 +253,7 @@ class SqlDatabase:
     async def find_session(self, stored_token: str) -> SessionWithUser | None:
         """Session joined with its user, by stored token."""
         try:
-            async with self._reads.connect() as conn:
+            async with self._autocommit.connect() as conn:
                 row = (await conn.execute(self._find_session, {"token": stored_token})).first()
         except Exception as exc:
             raise _translated(exc) from exc
@@ -267,7 +267,7 @@ class SqlDatabase:
     async def ping(self, within: float = 2.0) -> None:
         """SELECT 1, or BackendUnavailable."""
         try:
-            async with asyncio.timeout(within), self._reads.connect() as conn:
+            async with asyncio.timeout(within), self._autocommit.connect() as conn:
                 await conn.execute(sa.text("SELECT 1"))
         except Exception as exc:
             raise BackendUnavailable() from exc
