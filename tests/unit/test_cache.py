@@ -589,3 +589,14 @@ class TestResilientSessionCache:
         inner.down = True
         with pytest.raises(RuntimeError, match="bug"):
             await cache.get("k")
+
+
+def test_bounded_memo_stays_bounded_and_keeps_recent_entries() -> None:
+    from authsidecar.cache.memo import BoundedMemo
+
+    memo: BoundedMemo[int, str] = BoundedMemo(10)
+    for i in range(25):
+        memo.put(i, str(i))
+    assert len(memo) <= 10
+    assert memo.get(24) == "24"
+    assert memo.get(0) is None

@@ -24,6 +24,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from authsidecar.cache.codec import decode_session, encode_session
+from authsidecar.cache.memo import BoundedMemo
 from authsidecar.cache.resp import PipelinedGetClient
 from authsidecar.domain.models import SessionWithUser
 from authsidecar.domain.ports import SessionCache
@@ -63,6 +64,9 @@ class RedisSessionCache:
         self._redis = client
         self._getter = getter
         self._prefix = prefix
+        # Content-addressed decode memo: identical bytes decode to the identical entry, so a session validated
+        # again skips JSON and date parsing. Freshness is unaffected: the GET still happens on every call.
+        self._decoded: BoundedMemo[bytes | str, SessionWithUser] = BoundedMemo(4096)
         self._put = client.register_script(_PUT)
 
     def _index(self, user_id: str) -> str:
@@ -74,11 +78,16 @@ class RedisSessionCache:
         raw = await (self._getter.get(full) if self._getter is not None else self._redis.get(full))
         if raw is None:
             return None
+        entry = self._decoded.get(raw)
+        if entry is not None:
+            return entry
         try:
-            return decode_session(raw)
+            entry = decode_session(raw)
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring a malformed cached session document")
             return None
+        self._decoded.put(raw, entry)
+        return entry
 
     async def put(self, key: str, entry: SessionWithUser, ttl: int) -> None:
         """Cache unless revoked (tombstone), index under the user."""

@@ -6,6 +6,8 @@ from typing import Any
 
 import grpc
 
+from authsidecar.cache.memo import BoundedMemo
+from authsidecar.domain.models import SessionWithUser
 from authsidecar.services.accounts import AccountService, AuthResult
 from authsidecar.services.sessions import SessionManager
 from authsidecar.transport.grpc.convert import session_to_proto, user_to_proto
@@ -88,6 +90,8 @@ class SessionServicer(session_grpc.SessionServiceServicer):
 
     def __init__(self, sessions: SessionManager) -> None:
         self._sessions = sessions
+        # Replies by (immutable) entry: validating the same unchanged session again reuses its reply.
+        self._replies: BoundedMemo[SessionWithUser, session_pb.ValidateSessionResponse] = BoundedMemo(4096)
 
     @rpc
     async def ValidateSession(
@@ -98,9 +102,13 @@ class SessionServicer(session_grpc.SessionServiceServicer):
         if not token or len(token) > 256 or "\x00" in token:
             token = _token(request)  # raises the precise INVALID_ARGUMENT
         entry = await self._sessions.validate(token)
-        return session_pb.ValidateSessionResponse(
-            session=session_to_proto(entry.session), user=user_to_proto(entry.user)
-        )
+        reply = self._replies.get(entry)
+        if reply is None:
+            reply = session_pb.ValidateSessionResponse(
+                session=session_to_proto(entry.session), user=user_to_proto(entry.user)
+            )
+            self._replies.put(entry, reply)
+        return reply
 
     @rpc
     async def ListSessions(
