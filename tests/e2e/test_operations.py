@@ -214,16 +214,15 @@ async def test_sigterm_drains_in_flight_calls(tmp_path: Path, pg_url: str) -> No
     assert "stopped" in server.log()
 
 
+def serve_once(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run `authsidecar serve` expecting it to stop by itself (a start-up error)."""
+    cmd = [sys.executable, "-m", "authsidecar", "serve"]
+    return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=30, check=False)
+
+
 def test_bad_configuration_stops_with_one_clear_line(tmp_path: Path) -> None:
     env = {**clean_env(), "AUTHSIDECAR_SESSION_EXPIRES_IN": "soon", "DATABASE_URL": "postgresql://u:s3cret@h/db"}
-    out = subprocess.run(
-        [sys.executable, "-m", "authsidecar", "serve"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = serve_once(env, tmp_path)
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "AUTHSIDECAR_SESSION_EXPIRES_IN" in lines[0]
@@ -232,28 +231,14 @@ def test_bad_configuration_stops_with_one_clear_line(tmp_path: Path) -> None:
 
 def test_bad_database_url_is_a_configuration_error(tmp_path: Path) -> None:
     env = {**clean_env(), "DATABASE_URL": "mysql://u:s3cret@h/db"}
-    out = subprocess.run(
-        [sys.executable, "-m", "authsidecar", "serve"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = serve_once(env, tmp_path)
     assert out.returncode == 2, out.stderr
     assert "DATABASE_URL" in out.stderr and "s3cret" not in out.stderr
 
 
 def test_unmigrated_database_stops_the_server_with_a_hint(tmp_path: Path) -> None:
     env = {**clean_env(), "AUTHSIDECAR_SQLITE_PATH": str(tmp_path / "empty.db")}
-    out = subprocess.run(
-        [sys.executable, "-m", "authsidecar", "serve"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = serve_once(env, tmp_path)
     assert out.returncode == 1
     assert "run `authsidecar migrate`" in out.stderr
     assert "Traceback" not in out.stderr
