@@ -10,12 +10,19 @@ Every class has a stable machine ``reason`` (the ErrorInfo.reason clients switch
     │   └── PasswordTooLong             PASSWORD_TOO_LONG
     ├── Unauthenticated
     │   ├── InvalidCredentials          INVALID_EMAIL_OR_PASSWORD
+    │   ├── InvalidPassword             INVALID_PASSWORD
     │   ├── InvalidToken                INVALID_TOKEN
+    │   ├── TokenExpired                TOKEN_EXPIRED
     │   └── SessionExpired              SESSION_EXPIRED
+    ├── FailedPrecondition
+    │   ├── EmailNotVerified            EMAIL_NOT_VERIFIED
+    │   ├── SessionNotFresh             SESSION_NOT_FRESH
+    │   └── CredentialAccountNotFound   CREDENTIAL_ACCOUNT_NOT_FOUND
     ├── AlreadyExists
     │   └── UserAlreadyExists           USER_ALREADY_EXISTS
     ├── NotFound
-    │   └── SessionNotFound             SESSION_NOT_FOUND
+    │   ├── SessionNotFound             SESSION_NOT_FOUND
+    │   └── UserNotFound                USER_NOT_FOUND
     ├── TooManyRequests                 TOO_MANY_REQUESTS      (carries retry_after)
     ├── BackendUnavailable              BACKEND_UNAVAILABLE    (carries retry_after)
     └── Conflict                        INTERNAL (storage: unique constraint violated; services translate it,
@@ -31,10 +38,14 @@ __all__ = [
     "AuthSidecarError",
     "BackendUnavailable",
     "Conflict",
+    "CredentialAccountNotFound",
+    "EmailNotVerified",
+    "FailedPrecondition",
     "FieldViolation",
     "InvalidArgument",
     "InvalidCredentials",
     "InvalidEmail",
+    "InvalidPassword",
     "InvalidToken",
     "MissingField",
     "NotFound",
@@ -42,9 +53,12 @@ __all__ = [
     "PasswordTooShort",
     "SessionExpired",
     "SessionNotFound",
+    "SessionNotFresh",
+    "TokenExpired",
     "TooManyRequests",
     "Unauthenticated",
     "UserAlreadyExists",
+    "UserNotFound",
 ]
 
 
@@ -134,6 +148,47 @@ class SessionExpired(Unauthenticated):
     default_message = "session expired"
 
 
+class InvalidPassword(Unauthenticated):
+    """The current password given for a sensitive operation is wrong."""
+
+    reason = "INVALID_PASSWORD"
+    default_message = "invalid password"
+
+
+class TokenExpired(Unauthenticated):
+    """The verification or reset token has expired."""
+
+    reason = "TOKEN_EXPIRED"
+    default_message = "token expired"
+
+
+class FailedPrecondition(AuthSidecarError):
+    """The operation is not allowed in the current state."""
+
+    reason = "FAILED_PRECONDITION"
+
+
+class EmailNotVerified(FailedPrecondition):
+    """Sign-in needs a verified email address."""
+
+    reason = "EMAIL_NOT_VERIFIED"
+    default_message = "email not verified"
+
+
+class SessionNotFresh(FailedPrecondition):
+    """The operation needs a recently created session; sign in again."""
+
+    reason = "SESSION_NOT_FRESH"
+    default_message = "session is not fresh enough, sign in again"
+
+
+class CredentialAccountNotFound(FailedPrecondition):
+    """The user has no email/password credential."""
+
+    reason = "CREDENTIAL_ACCOUNT_NOT_FOUND"
+    default_message = "the user has no password"
+
+
 class AlreadyExists(AuthSidecarError):
     """The resource already exists."""
 
@@ -158,6 +213,13 @@ class SessionNotFound(NotFound):
 
     reason = "SESSION_NOT_FOUND"
     default_message = "session not found"
+
+
+class UserNotFound(NotFound):
+    """The user no longer exists."""
+
+    reason = "USER_NOT_FOUND"
+    default_message = "user not found"
 
 
 class TooManyRequests(AuthSidecarError):

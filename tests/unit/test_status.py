@@ -64,6 +64,13 @@ CASES: list[tuple[errors.AuthSidecarError, grpc.StatusCode, str]] = [
     (errors.TooManyRequests(retry_after=0.25), Code.RESOURCE_EXHAUSTED, "TOO_MANY_REQUESTS"),
     (errors.BackendUnavailable(), Code.UNAVAILABLE, "BACKEND_UNAVAILABLE"),
     (errors.Conflict("user_email_key"), Code.INTERNAL, "INTERNAL"),
+    (errors.InvalidPassword(), Code.UNAUTHENTICATED, "INVALID_PASSWORD"),
+    (errors.TokenExpired(), Code.UNAUTHENTICATED, "TOKEN_EXPIRED"),
+    (errors.FailedPrecondition(), Code.FAILED_PRECONDITION, "FAILED_PRECONDITION"),
+    (errors.EmailNotVerified(), Code.FAILED_PRECONDITION, "EMAIL_NOT_VERIFIED"),
+    (errors.SessionNotFresh(), Code.FAILED_PRECONDITION, "SESSION_NOT_FRESH"),
+    (errors.CredentialAccountNotFound(), Code.FAILED_PRECONDITION, "CREDENTIAL_ACCOUNT_NOT_FOUND"),
+    (errors.UserNotFound(), Code.NOT_FOUND, "USER_NOT_FOUND"),
 ]
 
 
@@ -242,7 +249,12 @@ class TestFieldChecker:
 
 # Categories, not errors: their reason is the bare gRPC code name, which says nothing the code does not.
 # AlreadyExists and NotFound are never raised themselves; Conflict is storage-internal and translated by services.
-GENERIC: set[type[errors.AuthSidecarError]] = {errors.AlreadyExists, errors.NotFound, errors.Conflict}
+GENERIC: set[type[errors.AuthSidecarError]] = {
+    errors.AlreadyExists,
+    errors.NotFound,
+    errors.FailedPrecondition,
+    errors.Conflict,
+}
 PREFIX = "ERROR_REASON_"
 
 
@@ -268,7 +280,7 @@ def test_reason_is_in_the_proto_enum(cls: type[errors.AuthSidecarError]) -> None
 
 def test_only_generic_reasons_may_be_missing_from_the_proto() -> None:
     used = {cls.reason for cls in _error_classes()}
-    assert used - proto_reasons() <= {"ALREADY_EXISTS", "NOT_FOUND"}
+    assert used - proto_reasons() <= {"ALREADY_EXISTS", "NOT_FOUND", "FAILED_PRECONDITION"}
 
 
 def test_proto_enum_sanity() -> None:

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class AuthServiceStub:
-    """Account life cycle: sign-up, sign-in, sign-out.
+    """Account life cycle: sign-up, sign-in, sign-out, email verification, password reset and change, email change,
+    profile update and account deletion.
 
     Every error carries a google.rpc.ErrorInfo (domain "authsidecar", reason from ErrorReason without its prefix).
     Any RPC may also return UNAVAILABLE (BACKEND_UNAVAILABLE, with RetryInfo) when the database is unreachable and
@@ -54,10 +55,51 @@ class AuthServiceStub:
                 request_serializer=authsidecar_dot_v1_dot_auth__service__pb2.SignOutRequest.SerializeToString,
                 response_deserializer=authsidecar_dot_v1_dot_auth__service__pb2.SignOutResponse.FromString,
                 _registered_method=True)
+        self.SendVerificationEmail = channel.unary_unary(
+                '/authsidecar.v1.AuthService/SendVerificationEmail',
+                request_serializer=authsidecar_dot_v1_dot_auth__service__pb2.SendVerificationEmailRequest.SerializeToString,
+                response_deserializer=authsidecar_dot_v1_dot_auth__service__pb2.SendVerificationEmailResponse.FromString,
+                _registered_method=True)
+        self.VerifyEmail = channel.unary_unary(
+                '/authsidecar.v1.AuthService/VerifyEmail',
+                request_serializer=authsidecar_dot_v1_dot_auth__service__pb2.VerifyEmailRequest.SerializeToString,
+                response_deserializer=authsidecar_dot_v1_dot_auth__service__pb2.VerifyEmailResponse.FromString,
+                _registered_method=True)
+        self.RequestPasswordReset = channel.unary_unary(
+                '/authsidecar.v1.AuthService/RequestPasswordReset',
+                request_serializer=authsidecar_dot_v1_dot_auth__service__pb2.RequestPasswordResetRequest.SerializeToString,
+                response_deserializer=authsidecar_dot_v1_dot_auth__service__pb2.RequestPasswordResetResponse.FromString,
+                _registered_method=True)
+        self.ResetPassword = channel.unary_unary(
+                '/authsidecar.v1.AuthService/ResetPassword',
+                request_serializer=authsidecar_dot_v1_dot_auth__service__pb2.ResetPasswordRequest.SerializeToString,
+                response_deserializer=authsidecar_dot_v1_dot_auth__service__pb2.ResetPasswordResponse.FromString,
+                _registered_method=True)
+        self.ChangePassword = channel.unary_unary(
+                '/authsidecar.v1.AuthService/ChangePassword',
+                request_serializer=authsidecar_dot_v1_dot_auth__service__pb2.ChangePasswordRequest.SerializeToString,
+                response_deserializer=authsidecar_dot_v1_dot_auth__service__pb2.ChangePasswordResponse.FromString,
+                _registered_method=True)
+        self.ChangeEmail = channel.unary_unary(
+                '/authsidecar.v1.AuthService/ChangeEmail',
+                request_serializer=authsidecar_dot_v1_dot_auth__service__pb2.ChangeEmailRequest.SerializeToString,
+                response_deserializer=authsidecar_dot_v1_dot_auth__service__pb2.ChangeEmailResponse.FromString,
+                _registered_method=True)
+        self.UpdateUser = channel.unary_unary(
+                '/authsidecar.v1.AuthService/UpdateUser',
+                request_serializer=authsidecar_dot_v1_dot_auth__service__pb2.UpdateUserRequest.SerializeToString,
+                response_deserializer=authsidecar_dot_v1_dot_auth__service__pb2.UpdateUserResponse.FromString,
+                _registered_method=True)
+        self.DeleteUser = channel.unary_unary(
+                '/authsidecar.v1.AuthService/DeleteUser',
+                request_serializer=authsidecar_dot_v1_dot_auth__service__pb2.DeleteUserRequest.SerializeToString,
+                response_deserializer=authsidecar_dot_v1_dot_auth__service__pb2.DeleteUserResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
-    """Account life cycle: sign-up, sign-in, sign-out.
+    """Account life cycle: sign-up, sign-in, sign-out, email verification, password reset and change, email change,
+    profile update and account deletion.
 
     Every error carries a google.rpc.ErrorInfo (domain "authsidecar", reason from ErrorReason without its prefix).
     Any RPC may also return UNAVAILABLE (BACKEND_UNAVAILABLE, with RetryInfo) when the database is unreachable and
@@ -90,6 +132,76 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendVerificationEmail(self, request, context):
+        """Sends an email verification message if an unverified user has that address. Always the same (empty)
+        answer, in about the same time, whether or not the address is known; delivery happens in the background.
+        Errors: INVALID_ARGUMENT (MISSING_FIELD, INVALID_EMAIL), RESOURCE_EXHAUSTED (TOO_MANY_REQUESTS).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyEmail(self, request, context):
+        """Consumes an email verification (or email change) token and marks the address verified.
+        Errors: INVALID_ARGUMENT, UNAUTHENTICATED (INVALID_TOKEN, TOKEN_EXPIRED), ALREADY_EXISTS (USER_ALREADY_EXISTS:
+        the new address of an email change was taken meanwhile), NOT_FOUND (USER_NOT_FOUND).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequestPasswordReset(self, request, context):
+        """Sends a password reset message if a user has that address; same answer either way (no enumeration).
+        Errors: INVALID_ARGUMENT (MISSING_FIELD, INVALID_EMAIL), RESOURCE_EXHAUSTED (TOO_MANY_REQUESTS).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetPassword(self, request, context):
+        """Consumes a reset token and sets a new password; by default revokes all of the user's sessions.
+        Errors: INVALID_ARGUMENT (MISSING_FIELD, PASSWORD_TOO_SHORT, PASSWORD_TOO_LONG), UNAUTHENTICATED
+        (INVALID_TOKEN, TOKEN_EXPIRED), RESOURCE_EXHAUSTED (TOO_MANY_REQUESTS).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangePassword(self, request, context):
+        """Changes the password of the session's user after checking the current one.
+        Errors: INVALID_ARGUMENT (MISSING_FIELD, PASSWORD_TOO_SHORT, PASSWORD_TOO_LONG), UNAUTHENTICATED (INVALID_TOKEN,
+        SESSION_EXPIRED, INVALID_PASSWORD), FAILED_PRECONDITION (CREDENTIAL_ACCOUNT_NOT_FOUND), RESOURCE_EXHAUSTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangeEmail(self, request, context):
+        """Starts an email change: sends a verification to the new address; the change applies when it is verified.
+        Needs a fresh session. Errors: INVALID_ARGUMENT (MISSING_FIELD, INVALID_EMAIL), UNAUTHENTICATED (INVALID_TOKEN,
+        SESSION_EXPIRED), FAILED_PRECONDITION (SESSION_NOT_FRESH), ALREADY_EXISTS (USER_ALREADY_EXISTS).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateUser(self, request, context):
+        """Updates the session's user's profile (only the fields that are set).
+        Errors: INVALID_ARGUMENT (MISSING_FIELD, VALIDATION_ERROR), UNAUTHENTICATED (INVALID_TOKEN, SESSION_EXPIRED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteUser(self, request, context):
+        """Deletes the session's user with their sessions, accounts and verifications. With a password, checks it;
+        without one, needs a fresh session. Errors: INVALID_ARGUMENT, UNAUTHENTICATED (INVALID_TOKEN, SESSION_EXPIRED,
+        INVALID_PASSWORD), FAILED_PRECONDITION (SESSION_NOT_FRESH), RESOURCE_EXHAUSTED (TOO_MANY_REQUESTS).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +220,46 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     request_deserializer=authsidecar_dot_v1_dot_auth__service__pb2.SignOutRequest.FromString,
                     response_serializer=authsidecar_dot_v1_dot_auth__service__pb2.SignOutResponse.SerializeToString,
             ),
+            'SendVerificationEmail': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendVerificationEmail,
+                    request_deserializer=authsidecar_dot_v1_dot_auth__service__pb2.SendVerificationEmailRequest.FromString,
+                    response_serializer=authsidecar_dot_v1_dot_auth__service__pb2.SendVerificationEmailResponse.SerializeToString,
+            ),
+            'VerifyEmail': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyEmail,
+                    request_deserializer=authsidecar_dot_v1_dot_auth__service__pb2.VerifyEmailRequest.FromString,
+                    response_serializer=authsidecar_dot_v1_dot_auth__service__pb2.VerifyEmailResponse.SerializeToString,
+            ),
+            'RequestPasswordReset': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestPasswordReset,
+                    request_deserializer=authsidecar_dot_v1_dot_auth__service__pb2.RequestPasswordResetRequest.FromString,
+                    response_serializer=authsidecar_dot_v1_dot_auth__service__pb2.RequestPasswordResetResponse.SerializeToString,
+            ),
+            'ResetPassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetPassword,
+                    request_deserializer=authsidecar_dot_v1_dot_auth__service__pb2.ResetPasswordRequest.FromString,
+                    response_serializer=authsidecar_dot_v1_dot_auth__service__pb2.ResetPasswordResponse.SerializeToString,
+            ),
+            'ChangePassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangePassword,
+                    request_deserializer=authsidecar_dot_v1_dot_auth__service__pb2.ChangePasswordRequest.FromString,
+                    response_serializer=authsidecar_dot_v1_dot_auth__service__pb2.ChangePasswordResponse.SerializeToString,
+            ),
+            'ChangeEmail': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeEmail,
+                    request_deserializer=authsidecar_dot_v1_dot_auth__service__pb2.ChangeEmailRequest.FromString,
+                    response_serializer=authsidecar_dot_v1_dot_auth__service__pb2.ChangeEmailResponse.SerializeToString,
+            ),
+            'UpdateUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateUser,
+                    request_deserializer=authsidecar_dot_v1_dot_auth__service__pb2.UpdateUserRequest.FromString,
+                    response_serializer=authsidecar_dot_v1_dot_auth__service__pb2.UpdateUserResponse.SerializeToString,
+            ),
+            'DeleteUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteUser,
+                    request_deserializer=authsidecar_dot_v1_dot_auth__service__pb2.DeleteUserRequest.FromString,
+                    response_serializer=authsidecar_dot_v1_dot_auth__service__pb2.DeleteUserResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'authsidecar.v1.AuthService', rpc_method_handlers)
@@ -117,7 +269,8 @@ def add_AuthServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AuthService:
-    """Account life cycle: sign-up, sign-in, sign-out.
+    """Account life cycle: sign-up, sign-in, sign-out, email verification, password reset and change, email change,
+    profile update and account deletion.
 
     Every error carries a google.rpc.ErrorInfo (domain "authsidecar", reason from ErrorReason without its prefix).
     Any RPC may also return UNAVAILABLE (BACKEND_UNAVAILABLE, with RetryInfo) when the database is unreachable and
@@ -195,6 +348,222 @@ class AuthService:
             '/authsidecar.v1.AuthService/SignOut',
             authsidecar_dot_v1_dot_auth__service__pb2.SignOutRequest.SerializeToString,
             authsidecar_dot_v1_dot_auth__service__pb2.SignOutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendVerificationEmail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authsidecar.v1.AuthService/SendVerificationEmail',
+            authsidecar_dot_v1_dot_auth__service__pb2.SendVerificationEmailRequest.SerializeToString,
+            authsidecar_dot_v1_dot_auth__service__pb2.SendVerificationEmailResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyEmail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authsidecar.v1.AuthService/VerifyEmail',
+            authsidecar_dot_v1_dot_auth__service__pb2.VerifyEmailRequest.SerializeToString,
+            authsidecar_dot_v1_dot_auth__service__pb2.VerifyEmailResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestPasswordReset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authsidecar.v1.AuthService/RequestPasswordReset',
+            authsidecar_dot_v1_dot_auth__service__pb2.RequestPasswordResetRequest.SerializeToString,
+            authsidecar_dot_v1_dot_auth__service__pb2.RequestPasswordResetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetPassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authsidecar.v1.AuthService/ResetPassword',
+            authsidecar_dot_v1_dot_auth__service__pb2.ResetPasswordRequest.SerializeToString,
+            authsidecar_dot_v1_dot_auth__service__pb2.ResetPasswordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangePassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authsidecar.v1.AuthService/ChangePassword',
+            authsidecar_dot_v1_dot_auth__service__pb2.ChangePasswordRequest.SerializeToString,
+            authsidecar_dot_v1_dot_auth__service__pb2.ChangePasswordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeEmail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authsidecar.v1.AuthService/ChangeEmail',
+            authsidecar_dot_v1_dot_auth__service__pb2.ChangeEmailRequest.SerializeToString,
+            authsidecar_dot_v1_dot_auth__service__pb2.ChangeEmailResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authsidecar.v1.AuthService/UpdateUser',
+            authsidecar_dot_v1_dot_auth__service__pb2.UpdateUserRequest.SerializeToString,
+            authsidecar_dot_v1_dot_auth__service__pb2.UpdateUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authsidecar.v1.AuthService/DeleteUser',
+            authsidecar_dot_v1_dot_auth__service__pb2.DeleteUserRequest.SerializeToString,
+            authsidecar_dot_v1_dot_auth__service__pb2.DeleteUserResponse.FromString,
             options,
             channel_credentials,
             insecure,
