@@ -61,6 +61,50 @@ class Settings(BaseSettings):
     )
     auto_sign_in: bool = Field(True, description="SignUp also creates a session")
 
+    session_fresh_age: Annotated[int, Field(ge=0, le=365 * DAY)] = Field(
+        DAY, description="sessions younger than this may ChangeEmail / DeleteUser without a password"
+    )
+
+    require_email_verification: bool = Field(False, description="SignIn of an unverified user: EMAIL_NOT_VERIFIED")
+    send_verification_on_sign_up: bool = False
+    send_verification_on_sign_in: bool = Field(False, description="with require_email_verification: resend on SignIn")
+    auto_sign_in_after_verification: bool = False
+    revoke_sessions_on_password_reset: bool = True
+    verify_email_expires_in: Annotated[int, Field(ge=60, le=30 * DAY)] = 3600
+    reset_password_expires_in: Annotated[int, Field(ge=60, le=30 * DAY)] = 3600
+    change_email_expires_in: Annotated[int, Field(ge=60, le=30 * DAY)] = 3600
+
+    delivery: Literal["log", "smtp", "webhook"] = Field("log", description="how messages are sent")
+    link_url_template: str = Field(
+        "http://localhost:3000/auth/{purpose}?token={token}",
+        description="the link put in messages; {purpose} and {token} are filled in",
+    )
+    smtp_host: str = "127.0.0.1"
+    smtp_port: Annotated[int, Field(ge=1, le=65535)] = 587
+    smtp_security: Literal["starttls", "ssl", "none"] = "starttls"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "authsidecar <no-reply@localhost>"
+    smtp_timeout: Annotated[float, Field(gt=0, le=120)] = 10.0
+    mail_subject_verify_email: str = "Verify your email address"
+    mail_subject_change_email: str = "Confirm your new email address"
+    mail_subject_reset_password: str = "Reset your password"  # noqa: S105 - a subject line
+    mail_body_template: str = Field(
+        "Hello {name},\n\nopen this link to continue: {url}\n\nIt expires in {minutes} minutes. "
+        "If you did not ask for it, ignore this message.\n",
+        description="placeholders: {name} {email} {url} {token} {purpose} {minutes}",
+    )
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    webhook_timeout: Annotated[float, Field(gt=0, le=120)] = 5.0
+    delivery_attempts: Annotated[int, Field(ge=1, le=20)] = 4
+    delivery_queue_size: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+
+    cleanup_interval: Annotated[int, Field(ge=0, le=30 * DAY)] = Field(
+        3600, description="seconds between removals of expired sessions and verifications; 0 turns it off"
+    )
+    cleanup_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 1000
+
     password_min_length: Annotated[int, Field(ge=1, le=1024)] = 8
     password_max_length: Annotated[int, Field(ge=8, le=4096)] = 128
     argon2_time_cost: Annotated[int, Field(ge=1, le=20)] = 2
@@ -144,6 +188,10 @@ def load_settings(**overrides: Any) -> Settings:
     except ValueError as exc:  # a malformed TOML file
         path = os.environ.get("AUTHSIDECAR_CONFIG", "")
         raise ConfigError(f"invalid configuration: AUTHSIDECAR_CONFIG: {path}: {exc}") from None
+    if settings.delivery == "webhook" and not (settings.webhook_url and settings.webhook_secret):
+        raise ConfigError("invalid configuration: AUTHSIDECAR_WEBHOOK_URL: webhook delivery needs a URL and a secret")
+    if "{token}" not in settings.link_url_template:
+        raise ConfigError("invalid configuration: AUTHSIDECAR_LINK_URL_TEMPLATE: must contain {token}")
     if settings.password_min_length > settings.password_max_length:
         raise ConfigError("invalid configuration: AUTHSIDECAR_PASSWORD_MIN_LENGTH: greater than password_max_length")
     return settings

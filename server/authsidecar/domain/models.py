@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-__all__ = ["CREDENTIAL_PROVIDER", "Account", "Session", "SessionWithUser", "User"]
+__all__ = ["CREDENTIAL_PROVIDER", "Account", "Session", "SessionWithUser", "User", "Verification"]
 
 CREDENTIAL_PROVIDER = "credential"
 
@@ -55,5 +55,17 @@ class Account:
     provider_id: str
     user_id: str
     password: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """A row of ``verification``: ``identifier`` is "<purpose>:<sha256 of the token>", ``value`` a JSON payload."""
+
+    id: str
+    identifier: str
+    value: str
+    expires_at: datetime
     created_at: datetime
     updated_at: datetime

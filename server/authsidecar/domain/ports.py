@@ -7,7 +7,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Protocol
 
-from authsidecar.domain.models import Account, Session, SessionWithUser, User
+from authsidecar.domain.models import Account, Session, SessionWithUser, User, Verification
 
 __all__ = ["Database", "SessionCache", "UnitOfWork"]
 
@@ -20,6 +20,39 @@ class UnitOfWork(Protocol):
 
     async def get_user_with_credential(self, email: str) -> tuple[User, Account | None] | None:
         """The user with that (normalised) email and their credential account, if any."""
+
+    async def get_user_by_id(self, user_id: str) -> User | None:
+        """The user with that id."""
+
+    async def get_user_by_email(self, email: str) -> User | None:
+        """The user with that (normalised) email."""
+
+    async def mark_email_verified(self, user_id: str, email: str, now: datetime) -> User | None:
+        """Set emailVerified if the user still has that email; the updated user, or None."""
+
+    async def change_email(self, user_id: str, old_email: str, new_email: str, now: datetime) -> User | None:
+        """Replace (and mark verified) the email if it is still ``old_email``; raises Conflict if taken."""
+
+    async def update_user(self, user_id: str, changes: dict[str, str | None], now: datetime) -> User | None:
+        """Set the given profile fields (logical names: name, image); the updated user, or None."""
+
+    async def delete_user(self, user_id: str) -> bool:
+        """Delete the user (sessions and accounts cascade); False if it did not exist."""
+
+    async def insert_verification(self, verification: Verification) -> None:
+        """Insert a verification row."""
+
+    async def consume_verification(self, identifier: str, now: datetime) -> str | None:
+        """Atomically delete an unexpired verification and return its value; None if absent or expired."""
+
+    async def verification_exists(self, identifier: str) -> bool:
+        """Whether a row with that identifier exists (expired or not)."""
+
+    async def delete_user_verifications(self, user_id: str) -> int:
+        """Delete the verifications whose payload names the user."""
+
+    async def delete_expired(self, table: str, now: datetime, limit: int) -> int:
+        """Delete up to ``limit`` rows of ``session`` or ``verification`` that expired before ``now``."""
 
     async def insert_account(self, account: Account) -> None:
         """Insert an account row."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -11,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from authsidecar.domain.models import CREDENTIAL_PROVIDER, Account, Session, SessionWithUser, User
+from authsidecar.domain.models import CREDENTIAL_PROVIDER, Account, Session, SessionWithUser, User, Verification
 from authsidecar.domain.ports import Database, UnitOfWork
 from authsidecar.errors import AuthSidecarError, BackendUnavailable
 from authsidecar.storage.errors import translate_error
@@ -102,6 +103,35 @@ class _Statements:
         self.delete_for_user_but = (
             sa.delete(s).where(s.c.user_id == p("s_user"), s.c.id != p("s_keep")).returning(*returning)
         )
+        self.user_by_id = sa.select(u).where(u.c.id == p("u_id"))
+        self.user_by_email = sa.select(u).where(u.c.email == p("u_email"))
+        self.mark_verified = (
+            sa.update(u)
+            .where(u.c.id == p("u_id"), u.c.email == p("u_email"))
+            .values(email_verified=True, updated_at=p("u_now"))
+            .returning(*u.c)
+        )
+        self.change_email = (
+            sa.update(u)
+            .where(u.c.id == p("u_id"), u.c.email == p("u_email"))
+            .values(email=p("u_new_email"), email_verified=True, updated_at=p("u_now"))
+            .returning(*u.c)
+        )
+        self.delete_user = sa.delete(u).where(u.c.id == p("u_id")).returning(u.c.id)
+        v = schema.verification
+        self.insert_verification = sa.insert(v)
+        self.consume_verification = (
+            sa.delete(v).where(v.c.identifier == p("v_identifier"), v.c.expires_at > p("v_now")).returning(v.c.value)
+        )
+        self.verification_exists = sa.select(v.c.id).where(v.c.identifier == p("v_identifier")).limit(1)
+        self.delete_user_verifications = sa.delete(v).where(v.c.value.startswith(p("v_prefix"), autoescape=True))
+        self.expired = {
+            name: sa.delete(t).where(
+                t.c.id.in_(sa.select(t.c.id).where(t.c.expires_at < p("x_now")).limit(p("x_limit")).scalar_subquery())
+            )
+            for name, t in (("session", s), ("verification", v))
+        }
+        self.user_table = u
         self.list_sessions = (
             sa.select(s)
             .where(s.c.user_id == p("s_user"), s.c.expires_at > p("s_now"))
@@ -144,6 +174,69 @@ class SqlUnitOfWork:
         if m["a_id"] is None:  # no credential account (LEFT JOIN)
             return user, None
         return user, _Rows.account({key: m[f"a_{key}"] for key in self._q.account_keys})
+
+    async def _one_user(self, stmt: sa.Executable, params: dict[str, Any]) -> User | None:
+        row = (await self._execute(stmt, params)).first()
+        return _Rows.user(row._mapping) if row else None
+
+    async def get_user_by_id(self, user_id: str) -> User | None:
+        """The user with that id."""
+        return await self._one_user(self._q.user_by_id, {"u_id": user_id})
+
+    async def get_user_by_email(self, email: str) -> User | None:
+        """The user with that email."""
+        return await self._one_user(self._q.user_by_email, {"u_email": email})
+
+    async def mark_email_verified(self, user_id: str, email: str, now: datetime) -> User | None:
+        """Set emailVerified if the user still has that email."""
+        return await self._one_user(self._q.mark_verified, {"u_id": user_id, "u_email": email, "u_now": now})
+
+    async def change_email(self, user_id: str, old_email: str, new_email: str, now: datetime) -> User | None:
+        """Replace the email if it is still ``old_email``."""
+        params = {"u_id": user_id, "u_email": old_email, "u_new_email": new_email, "u_now": now}
+        return await self._one_user(self._q.change_email, params)
+
+    async def update_user(self, user_id: str, changes: dict[str, str | None], now: datetime) -> User | None:
+        """Set the given profile fields."""
+        u = self._q.user_table
+        stmt = sa.update(u).where(u.c.id == user_id).values(**changes, updated_at=now).returning(*u.c)
+        return await self._one_user(stmt, {})
+
+    async def delete_user(self, user_id: str) -> bool:
+        """Delete the user; sessions and accounts cascade."""
+        return (await self._execute(self._q.delete_user, {"u_id": user_id})).first() is not None
+
+    async def insert_verification(self, verification: Verification) -> None:
+        """Insert a verification row."""
+        await self._execute(
+            self._q.insert_verification,
+            {
+                "id": verification.id,
+                "identifier": verification.identifier,
+                "value": verification.value,
+                "expires_at": verification.expires_at,
+                "created_at": verification.created_at,
+                "updated_at": verification.updated_at,
+            },
+        )
+
+    async def consume_verification(self, identifier: str, now: datetime) -> str | None:
+        """One DELETE ... RETURNING: two concurrent consumers cannot both get the value."""
+        row = (await self._execute(self._q.consume_verification, {"v_identifier": identifier, "v_now": now})).first()
+        return str(row[0]) if row else None
+
+    async def verification_exists(self, identifier: str) -> bool:
+        """Whether the identifier is present (expired or not)."""
+        return (await self._execute(self._q.verification_exists, {"v_identifier": identifier})).first() is not None
+
+    async def delete_user_verifications(self, user_id: str) -> int:
+        """Payloads start with {"userId":"<id>", (the services write them so)."""
+        prefix = '{"userId":' + json.dumps(user_id) + ","
+        return (await self._execute(self._q.delete_user_verifications, {"v_prefix": prefix})).rowcount
+
+    async def delete_expired(self, table: str, now: datetime, limit: int) -> int:
+        """One batch of expired rows."""
+        return (await self._execute(self._q.expired[table], {"x_now": now, "x_limit": limit})).rowcount
 
     async def insert_account(self, account: Account) -> None:
         """Insert an account row."""
