@@ -6,20 +6,24 @@ import asyncio
 import contextlib
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from authsidecar.cache import MemorySessionCache, NullSessionCache, RedisSessionCache, ResilientSessionCache
 from authsidecar.cache.redis import connect_redis
 from authsidecar.cache.resp import PipelinedGetClient
 from authsidecar.config import ConfigError, Settings
+from authsidecar.delivery import DeliveryQueue, LogSender, Sender, SmtpSender, WebhookSender
 from authsidecar.domain.ports import SessionCache
-from authsidecar.errors import BackendUnavailable
+from authsidecar.errors import AuthSidecarError, BackendUnavailable
 from authsidecar.security.passwords import Argon2Parameters, PasswordHasher
 from authsidecar.security.tokens import HashedTokenPolicy
-from authsidecar.services.accounts import AccountService
+from authsidecar.services.accounts import AccountService, VerificationPolicy
+from authsidecar.services.cleanup import remove_expired
+from authsidecar.services.profile import ProfileService
 from authsidecar.services.rules import CredentialRules
 from authsidecar.services.sessions import SessionManager, SessionPolicy
+from authsidecar.services.verification import AccountFlows, FlowSettings
 from authsidecar.storage.database import SqlDatabase, create_database
 from authsidecar.storage.migrate import schema_status
 from authsidecar.storage.schema import Schema
@@ -84,11 +88,51 @@ def build_session_policy(settings: Settings) -> SessionPolicy:
         expires_in=timedelta(seconds=settings.session_expires_in),
         update_age=timedelta(seconds=settings.session_update_age),
         short_expires_in=timedelta(seconds=settings.session_short_expires_in),
+        fresh_age=timedelta(seconds=settings.session_fresh_age),
     )
 
 
 class SchemaNotReady(RuntimeError):
     """The database has not been migrated to the version this server needs."""
+
+
+def build_sender(settings: Settings) -> Sender:
+    """The configured message delivery."""
+    if settings.delivery == "smtp":
+        return SmtpSender(
+            settings.smtp_host,
+            settings.smtp_port,
+            settings.smtp_security,
+            settings.smtp_username,
+            settings.smtp_password.get_secret_value() if settings.smtp_password else None,
+            settings.smtp_from,
+            {
+                "verify-email": settings.mail_subject_verify_email,
+                "change-email": settings.mail_subject_change_email,
+                "reset-password": settings.mail_subject_reset_password,
+            },
+            settings.mail_body_template,
+            settings.smtp_timeout,
+        )
+    if settings.delivery == "webhook":
+        if not (settings.webhook_url and settings.webhook_secret):
+            raise ConfigError(
+                "invalid configuration: AUTHSIDECAR_WEBHOOK_URL: webhook delivery needs a URL and a secret"
+            )
+        return WebhookSender(settings.webhook_url, settings.webhook_secret.get_secret_value(), settings.webhook_timeout)
+    return LogSender()
+
+
+def build_flow_settings(settings: Settings) -> FlowSettings:
+    """Token lifetimes and flow switches from settings."""
+    return FlowSettings(
+        link_template=settings.link_url_template,
+        verify_email_ttl=timedelta(seconds=settings.verify_email_expires_in),
+        change_email_ttl=timedelta(seconds=settings.change_email_expires_in),
+        reset_password_ttl=timedelta(seconds=settings.reset_password_expires_in),
+        auto_sign_in_after_verification=settings.auto_sign_in_after_verification,
+        revoke_sessions_on_password_reset=settings.revoke_sessions_on_password_reset,
+    )
 
 
 @dataclass
@@ -100,7 +144,8 @@ class App:
     cache: SessionCache
     hasher: PasswordHasher
     server: GrpcServer
-    _health_task: asyncio.Task[None] | None = None
+    outbox: DeliveryQueue
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
     def build(cls, settings: Settings) -> App:
@@ -109,11 +154,22 @@ class App:
         database = build_database(settings)
         cache = build_cache(settings)
         hasher = build_hasher(settings)
+        outbox = DeliveryQueue(build_sender(settings), settings.delivery_queue_size, settings.delivery_attempts)
         sessions = SessionManager(database, cache, HashedTokenPolicy(), policy)
         rules = CredentialRules(settings.password_min_length, settings.password_max_length)
-        accounts = AccountService(database, hasher, sessions, rules, settings.auto_sign_in)
-        server = GrpcServer(AuthServicer(accounts, sessions), SessionServicer(sessions), settings.listen)
-        return cls(settings, database, cache, hasher, server)
+        flows = AccountFlows(database, hasher, sessions, rules, outbox, build_flow_settings(settings))
+        verification = VerificationPolicy(
+            required=settings.require_email_verification,
+            send_on_sign_up=settings.send_verification_on_sign_up,
+            send_on_sign_in=settings.send_verification_on_sign_in,
+            send=flows.send_verification,
+        )
+        accounts = AccountService(database, hasher, sessions, rules, settings.auto_sign_in, verification=verification)
+        profile = ProfileService(database, hasher, sessions, rules)
+        server = GrpcServer(
+            AuthServicer(accounts, sessions, flows, profile), SessionServicer(sessions), settings.listen
+        )
+        return cls(settings, database, cache, hasher, server, outbox)
 
     async def start(self) -> None:
         """Start serving; health follows the database's reachability.
@@ -130,7 +186,21 @@ class App:
         await self.server.set_serving(False)
         await self.server.start()
         await self._check_health()
-        self._health_task = asyncio.create_task(self._watch_health(), name="health")
+        self.outbox.start()
+        self._tasks.append(asyncio.create_task(self._watch_health(), name="health"))
+        if self.settings.cleanup_interval:
+            self._tasks.append(asyncio.create_task(self._cleanup_periodically(), name="cleanup"))
+
+    async def _cleanup_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.cleanup_interval)
+            try:
+                removed = await remove_expired(self.database, self.settings.cleanup_batch_size)
+            except AuthSidecarError as exc:
+                log.warning("cleanup skipped: %s", exc.message)
+                continue
+            if any(removed.values()):
+                log.info("cleanup removed %s", removed)
 
     async def _check_health(self) -> None:
         try:
@@ -160,11 +230,13 @@ class App:
     async def stop(self) -> None:
         """Stop accepting, drain in-flight calls within the grace period, then close pools."""
         log.info("shutting down (grace %.1fs)", self.settings.shutdown_grace)
-        if self._health_task is not None:
-            self._health_task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._health_task
+                await task
         await self.server.stop(self.settings.shutdown_grace)
+        await self.outbox.stop(self.settings.shutdown_grace)
         await self.close_resources()
         log.info("stopped")
 

@@ -188,8 +188,6 @@ def load_settings(**overrides: Any) -> Settings:
     except ValueError as exc:  # a malformed TOML file
         path = os.environ.get("AUTHSIDECAR_CONFIG", "")
         raise ConfigError(f"invalid configuration: AUTHSIDECAR_CONFIG: {path}: {exc}") from None
-    if settings.delivery == "webhook" and not (settings.webhook_url and settings.webhook_secret):
-        raise ConfigError("invalid configuration: AUTHSIDECAR_WEBHOOK_URL: webhook delivery needs a URL and a secret")
     if "{token}" not in settings.link_url_template:
         raise ConfigError("invalid configuration: AUTHSIDECAR_LINK_URL_TEMPLATE: must contain {token}")
     if settings.password_min_length > settings.password_max_length:

@@ -60,6 +60,11 @@ class MemorySessionCache:
             now = self._clock()
             self._tombstones = {k: t for k, t in self._tombstones.items() if t > now}
 
+    async def evict_user(self, user_id: str) -> None:
+        """Drop the user's entries (no tombstones)."""
+        for key in list(self._by_user.get(user_id, ())):
+            self._drop(key)
+
     def user_keys(self, user_id: str) -> set[str]:
         """Keys cached for a user (the per-user index)."""
         return set(self._by_user.get(user_id, ()))
@@ -107,6 +112,9 @@ class NullSessionCache:
 
     async def invalidate(self, user_id: str, keys: Sequence[str], ttl: int) -> None:
         """Nothing to invalidate."""
+
+    async def evict_user(self, user_id: str) -> None:
+        """Nothing to drop."""
 
     async def purge(self) -> None:
         """Nothing to drop."""

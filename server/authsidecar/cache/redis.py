@@ -44,6 +44,14 @@ return 1
 """
 
 
+_EVICT_USER = """
+local keys = redis.call('ZRANGE', KEYS[1], 0, -1)
+for _, key in ipairs(keys) do redis.call('DEL', ARGV[1] .. key) end
+redis.call('DEL', KEYS[1])
+return #keys
+"""
+
+
 def connect_redis(url: str, timeout: float) -> Redis:
     """A client that fails fast: short timeouts and no retry, except one immediate reconnect when a pooled
     connection turns out to be dead (as after a Redis restart); the caller falls back to SQL instead of waiting."""
@@ -68,6 +76,7 @@ class RedisSessionCache:
         # again skips JSON and date parsing. Freshness is unaffected: the GET still happens on every call.
         self._decoded: BoundedMemo[bytes | str, SessionWithUser] = BoundedMemo(4096)
         self._put = client.register_script(_PUT)
+        self._evict_user = client.register_script(_EVICT_USER)
 
     def _index(self, user_id: str) -> str:
         return f"{self._prefix}active-sessions:{user_id}"
@@ -111,6 +120,10 @@ class RedisSessionCache:
                 pipe.delete(full)
             pipe.zrem(self._index(user_id), *keys)
             await pipe.execute()
+
+    async def evict_user(self, user_id: str) -> None:
+        """Delete every session document indexed under the user, and the index."""
+        await self._evict_user(keys=[self._index(user_id)], args=[self._prefix])
 
     async def purge(self) -> None:
         """Delete every session document under the prefix (tombstones and indexes stay)."""

@@ -42,6 +42,7 @@ class ResilientSessionCache:
         self._down = False
         self._probe_at = 0.0
         self._pending: dict[str, tuple[str, int]] = {}
+        self._pending_users: set[str] = set()
         self._overflowed = False
         self.errors = 0
         self.fallbacks = 0
@@ -86,6 +87,19 @@ class ResilientSessionCache:
                 break
             self._pending[key] = (user_id, ttl)
 
+    async def evict_user(self, user_id: str) -> None:
+        """Inner evict_user; remembered for replay when it cannot be delivered."""
+        if not self._down:
+            try:
+                await self._inner.evict_user(user_id)
+                return
+            except _ERRORS as exc:
+                self._trip(exc)
+        if len(self._pending_users) >= self._max_pending:
+            self._overflowed = True
+        else:
+            self._pending_users.add(user_id)
+
     async def purge(self) -> None:
         """Inner purge."""
         await self._inner.purge()
@@ -116,6 +130,10 @@ class ResilientSessionCache:
                 key, (user_id, ttl) = next(iter(self._pending.items()))
                 await self._inner.invalidate(user_id, [key], ttl)
                 del self._pending[key]
+            while self._pending_users:
+                user_id = next(iter(self._pending_users))
+                await self._inner.evict_user(user_id)
+                self._pending_users.discard(user_id)
         except _ERRORS as exc:
             self._trip(exc)
             return False

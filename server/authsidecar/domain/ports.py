@@ -115,6 +115,9 @@ class SessionCache(Protocol):
     async def invalidate(self, user_id: str, keys: Sequence[str], ttl: int) -> None:
         """Remove sessions and block their re-caching for ``ttl`` seconds."""
 
+    async def evict_user(self, user_id: str) -> None:
+        """Drop the user's cached sessions without blocking re-caching (their user snapshot changed)."""
+
     async def purge(self) -> None:
         """Drop every cached session (used when invalidations may have been lost)."""
 

@@ -7,18 +7,29 @@ same hash time whether or not the email exists.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from authsidecar.domain.models import CREDENTIAL_PROVIDER, Account, Session, SessionWithUser, User
 from authsidecar.domain.ports import Database
-from authsidecar.errors import Conflict, InvalidCredentials, MissingField, UserAlreadyExists
+from authsidecar.errors import Conflict, EmailNotVerified, InvalidCredentials, MissingField, UserAlreadyExists
 from authsidecar.security.ids import generate_id
 from authsidecar.security.passwords import PasswordHasher
 from authsidecar.services.clock import Clock, utc_now
 from authsidecar.services.rules import CredentialRules, normalize_email
 from authsidecar.services.sessions import ClientInfo, SessionManager
 
-__all__ = ["AccountService", "AuthResult"]
+__all__ = ["AccountService", "AuthResult", "VerificationPolicy"]
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationPolicy:
+    """How sign-up and sign-in treat unverified email addresses. ``send`` queues a verification message."""
+
+    required: bool = False
+    send_on_sign_up: bool = False
+    send_on_sign_in: bool = False
+    send: Callable[[str], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +52,7 @@ class AccountService:
         rules: CredentialRules,
         auto_sign_in: bool = True,
         clock: Clock = utc_now,
+        verification: VerificationPolicy | None = None,
     ) -> None:
         self._db = db
         self._hasher = hasher
@@ -48,6 +60,7 @@ class AccountService:
         self._rules = rules
         self._auto_sign_in = auto_sign_in
         self._clock = clock
+        self._verification = verification or VerificationPolicy()
 
     async def sign_up(
         self,
@@ -84,7 +97,7 @@ class AccountService:
             updated_at=now,
         )
         session, token = (None, None)
-        if self._auto_sign_in:
+        if self._auto_sign_in and not self._verification.required:
             session, token = self._sessions.new_session(user.id, client, remember_me, now)
         try:
             async with self._db.transaction() as tx:
@@ -96,6 +109,8 @@ class AccountService:
             raise UserAlreadyExists() from exc
         if session is not None:
             await self._sessions.remember(SessionWithUser(session, user))
+        if self._verification.send_on_sign_up and self._verification.send is not None:
+            self._verification.send(user.email)
         return AuthResult(user, session, token)
 
     async def sign_in(self, email: str, password: str, client: ClientInfo, remember_me: bool = True) -> AuthResult:
@@ -115,6 +130,10 @@ class AccountService:
             if not await self._hasher.verify(account.password, password):
                 raise InvalidCredentials()
             new_hash = await self._rehash(account.password, password)
+        if self._verification.required and not user.email_verified:
+            if self._verification.send_on_sign_in and self._verification.send is not None:
+                self._verification.send(user.email)
+            raise EmailNotVerified()
         now = self._clock()
         session, token = self._sessions.new_session(user.id, client, remember_me, now)
         async with self._db.transaction(autocommit=new_hash is None) as tx:  # one INSERT needs no BEGIN/COMMIT

@@ -11,9 +11,9 @@ import hmac
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from authsidecar.domain.models import Session, SessionWithUser
+from authsidecar.domain.models import Session, SessionWithUser, User
 from authsidecar.domain.ports import Database, SessionCache
-from authsidecar.errors import InvalidToken, SessionExpired, SessionNotFound
+from authsidecar.errors import InvalidToken, SessionExpired, SessionNotFound, SessionNotFresh
 from authsidecar.security.ids import generate_id
 from authsidecar.security.tokens import TokenPolicy
 from authsidecar.services.clock import Clock, utc_now
@@ -40,6 +40,11 @@ class SessionPolicy:
     expires_in: timedelta = timedelta(days=7)
     update_age: timedelta = timedelta(days=1)
     short_expires_in: timedelta = timedelta(days=1)
+    fresh_age: timedelta = timedelta(days=1)
+
+    def is_fresh(self, session: Session, now: datetime) -> bool:
+        """Better Auth's freshAge: sensitive operations need a session created recently."""
+        return now - session.created_at <= self.fresh_age
 
     def needs_refresh(self, session: Session, now: datetime) -> bool:
         """Better Auth's rule: refresh once ``update_age`` has passed since the expiry was last set."""
@@ -84,6 +89,27 @@ class SessionManager:
             user_agent=client.user_agent,
         )
         return session, token
+
+    async def open_session(self, user: User, client: ClientInfo, remember_me: bool = True) -> tuple[Session, str]:
+        """Create, store and cache a new session for the user; returns it with its bearer token."""
+        session, token = self.new_session(user.id, client, remember_me, self._clock())
+        async with self._db.transaction(autocommit=True) as tx:
+            await tx.insert_session(session)
+        await self.remember(SessionWithUser(session, user))
+        return session, token
+
+    def require_fresh(self, entry: SessionWithUser) -> None:
+        """Raise SessionNotFresh unless the session is recent enough for a sensitive operation."""
+        if not self._policy.is_fresh(entry.session, self._clock()):
+            raise SessionNotFresh()
+
+    async def evict_user(self, user_id: str) -> None:
+        """The user's profile changed: drop their cached snapshots (they are re-read from SQL)."""
+        await self._cache.evict_user(user_id)
+
+    async def forget(self, sessions: list[Session]) -> None:
+        """Sessions were deleted in SQL: remove them from the cache for good."""
+        await self._forget(sessions, self._clock())
 
     async def remember(self, entry: SessionWithUser) -> None:
         """Write a freshly created session through to the cache."""

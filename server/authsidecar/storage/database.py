@@ -124,7 +124,7 @@ class _Statements:
             sa.delete(v).where(v.c.identifier == p("v_identifier"), v.c.expires_at > p("v_now")).returning(v.c.value)
         )
         self.verification_exists = sa.select(v.c.id).where(v.c.identifier == p("v_identifier")).limit(1)
-        self.delete_user_verifications = sa.delete(v).where(v.c.value.startswith(p("v_prefix"), autoescape=True))
+        self.verification_table = v
         self.expired = {
             name: sa.delete(t).where(
                 t.c.id.in_(sa.select(t.c.id).where(t.c.expires_at < p("x_now")).limit(p("x_limit")).scalar_subquery())
@@ -232,7 +232,8 @@ class SqlUnitOfWork:
     async def delete_user_verifications(self, user_id: str) -> int:
         """Payloads start with {"userId":"<id>", (the services write them so)."""
         prefix = '{"userId":' + json.dumps(user_id) + ","
-        return (await self._execute(self._q.delete_user_verifications, {"v_prefix": prefix})).rowcount
+        v = self._q.verification_table
+        return (await self._execute(sa.delete(v).where(v.c.value.startswith(prefix, autoescape=True)), {})).rowcount
 
     async def delete_expired(self, table: str, now: datetime, limit: int) -> int:
         """One batch of expired rows."""

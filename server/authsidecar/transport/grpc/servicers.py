@@ -9,7 +9,9 @@ import grpc
 from authsidecar.cache.memo import BoundedMemo
 from authsidecar.domain.models import SessionWithUser
 from authsidecar.services.accounts import AccountService, AuthResult
-from authsidecar.services.sessions import SessionManager
+from authsidecar.services.profile import ProfileService
+from authsidecar.services.sessions import ClientInfo, SessionManager
+from authsidecar.services.verification import AccountFlows
 from authsidecar.transport.grpc.convert import session_to_proto, user_to_proto
 from authsidecar.transport.grpc.fields import (
     MAX_EMAIL,
@@ -48,9 +50,13 @@ def _token(request: Any) -> str:
 class AuthServicer(auth_grpc.AuthServiceServicer):
     """authsidecar.v1.AuthService."""
 
-    def __init__(self, accounts: AccountService, sessions: SessionManager) -> None:
+    def __init__(
+        self, accounts: AccountService, sessions: SessionManager, flows: AccountFlows, profile: ProfileService
+    ) -> None:
         self._accounts = accounts
         self._sessions = sessions
+        self._flows = flows
+        self._profile = profile
 
     @rpc
     async def SignUp(self, request: auth_pb.SignUpRequest, context: Context) -> auth_pb.SignUpResponse:
@@ -83,6 +89,105 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         """End a session."""
         await self._sessions.sign_out(_token(request))
         return auth_pb.SignOutResponse()
+
+    @rpc
+    async def SendVerificationEmail(
+        self, request: auth_pb.SendVerificationEmailRequest, context: Context
+    ) -> auth_pb.SendVerificationEmailResponse:
+        """Queue a verification message (no enumeration)."""
+        check = FieldChecker()
+        email = check.text("email", request.email, MAX_EMAIL)
+        check.done()
+        await self._flows.send_verification_email(email)
+        return auth_pb.SendVerificationEmailResponse()
+
+    @rpc
+    async def VerifyEmail(self, request: auth_pb.VerifyEmailRequest, context: Context) -> auth_pb.VerifyEmailResponse:
+        """Consume a verification token."""
+        check = FieldChecker()
+        token = check.token("token", request.token)
+        client = check.client("client", request.client.ip_address, request.client.user_agent)
+        check.done()
+        result = await self._flows.verify_email(token, client)
+        reply = auth_pb.VerifyEmailResponse(user=user_to_proto(result.user))
+        if result.session is not None:
+            reply.session.CopyFrom(session_to_proto(result.session))
+            reply.token = result.token or ""
+        return reply
+
+    @rpc
+    async def RequestPasswordReset(
+        self, request: auth_pb.RequestPasswordResetRequest, context: Context
+    ) -> auth_pb.RequestPasswordResetResponse:
+        """Queue a reset message (no enumeration)."""
+        check = FieldChecker()
+        email = check.text("email", request.email, MAX_EMAIL)
+        check.done()
+        await self._flows.request_password_reset(email)
+        return auth_pb.RequestPasswordResetResponse()
+
+    @rpc
+    async def ResetPassword(
+        self, request: auth_pb.ResetPasswordRequest, context: Context
+    ) -> auth_pb.ResetPasswordResponse:
+        """Consume a reset token and set a new password."""
+        check = FieldChecker()
+        token = check.token("token", request.token)
+        password = check.text("new_password", request.new_password, MAX_PASSWORD)
+        check.done()
+        await self._flows.reset_password(token, password)
+        return auth_pb.ResetPasswordResponse()
+
+    @rpc
+    async def ChangePassword(
+        self, request: auth_pb.ChangePasswordRequest, context: Context
+    ) -> auth_pb.ChangePasswordResponse:
+        """Change the caller's password."""
+        check = FieldChecker()
+        token = check.token("token", request.token)
+        current = check.text("current_password", request.current_password, MAX_PASSWORD)
+        new = check.text("new_password", request.new_password, MAX_PASSWORD)
+        check.done()
+        result = await self._profile.change_password(token, current, new, request.revoke_other_sessions, ClientInfo())
+        reply = auth_pb.ChangePasswordResponse()
+        if result.session is not None:
+            reply.session.CopyFrom(session_to_proto(result.session))
+            reply.token = result.token or ""
+        return reply
+
+    @rpc
+    async def ChangeEmail(self, request: auth_pb.ChangeEmailRequest, context: Context) -> auth_pb.ChangeEmailResponse:
+        """Start an email change."""
+        check = FieldChecker()
+        token = check.token("token", request.token)
+        new_email = check.text("new_email", request.new_email, MAX_EMAIL)
+        check.done()
+        await self._flows.change_email(token, new_email)
+        return auth_pb.ChangeEmailResponse()
+
+    @rpc
+    async def UpdateUser(self, request: auth_pb.UpdateUserRequest, context: Context) -> auth_pb.UpdateUserResponse:
+        """Update name and/or image."""
+        check = FieldChecker()
+        token = check.token("token", request.token)
+        changes: dict[str, str | None] = {}
+        if request.HasField("name"):
+            changes["name"] = check.text("name", request.name, MAX_NAME)
+        if request.HasField("image"):
+            changes["image"] = check.text("image", request.image, MAX_IMAGE, required=False) or None
+        check.done()
+        user = await self._profile.update_user(token, changes)
+        return auth_pb.UpdateUserResponse(user=user_to_proto(user))
+
+    @rpc
+    async def DeleteUser(self, request: auth_pb.DeleteUserRequest, context: Context) -> auth_pb.DeleteUserResponse:
+        """Delete the caller's account."""
+        check = FieldChecker()
+        token = check.token("token", request.token)
+        password = check.text("password", request.password, MAX_PASSWORD, required=False)
+        check.done()
+        await self._profile.delete_user(token, password)
+        return auth_pb.DeleteUserResponse()
 
 
 class SessionServicer(session_grpc.SessionServiceServicer):

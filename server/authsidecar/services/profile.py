@@ -1,0 +1,104 @@
+"""Operations a signed-in user performs on their own account: change password, update profile, delete."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from authsidecar.domain.models import Account, Session, SessionWithUser, User
+from authsidecar.domain.ports import Database
+from authsidecar.errors import CredentialAccountNotFound, InvalidPassword, MissingField, UserNotFound
+from authsidecar.security.passwords import PasswordHasher
+from authsidecar.services.clock import Clock, utc_now
+from authsidecar.services.rules import CredentialRules
+from authsidecar.services.sessions import ClientInfo, SessionManager
+
+__all__ = ["PasswordChanged", "ProfileService"]
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordChanged:
+    """ChangePassword's outcome: the replacement session when every session was revoked."""
+
+    session: Session | None = None
+    token: str | None = None
+
+
+class ProfileService:
+    """Self-service account operations; each starts by validating the caller's session token."""
+
+    def __init__(
+        self,
+        db: Database,
+        hasher: PasswordHasher,
+        sessions: SessionManager,
+        rules: CredentialRules,
+        clock: Clock = utc_now,
+    ) -> None:
+        self._db = db
+        self._hasher = hasher
+        self._sessions = sessions
+        self._rules = rules
+        self._clock = clock
+
+    async def _check_password(self, user_id: str, password: str) -> Account:
+        """The credential account, once ``password`` is verified against it (inside a hashing slot)."""
+        async with self._db.transaction(autocommit=True) as tx:
+            account = await tx.get_credential_account(user_id)
+        if account is None or account.password is None:
+            raise CredentialAccountNotFound()
+        if not await self._hasher.verify(account.password, password):
+            raise InvalidPassword()
+        return account
+
+    async def change_password(
+        self, token: str, current_password: str, new_password: str, revoke_other_sessions: bool, client: ClientInfo
+    ) -> PasswordChanged:
+        """Check the current password, store the new one; optionally replace every session with a new one."""
+        if not current_password:
+            raise MissingField.field("current_password", "is required")
+        self._rules.check_password(new_password, field="new_password")
+        current = await self._sessions.validate(token)
+        with self._hasher.admitted():
+            account = await self._check_password(current.user.id, current_password)
+            new_hash = await self._hasher.hash(new_password)
+        now = self._clock()
+        async with self._db.transaction() as tx:
+            await tx.update_account_password(account.id, new_hash, now)
+            revoked = await tx.delete_user_sessions(current.user.id) if revoke_other_sessions else []
+        await self._sessions.forget(revoked)
+        if not revoke_other_sessions:
+            return PasswordChanged()
+        session, new_token = await self._sessions.open_session(current.user, client)
+        return PasswordChanged(session, new_token)
+
+    async def update_user(self, token: str, changes: dict[str, str | None]) -> User:
+        """Set name and/or image; cached session snapshots are refreshed."""
+        current = await self._sessions.validate(token)
+        if "name" in changes and not (changes["name"] or "").strip():
+            raise MissingField.field("name", "must not be empty")
+        if not changes:
+            return current.user
+        async with self._db.transaction(autocommit=True) as tx:
+            user = await tx.update_user(current.user.id, changes, self._clock())
+        if user is None:
+            raise UserNotFound()
+        await self._sessions.evict_user(user.id)
+        return user
+
+    async def delete_user(self, token: str, password: str) -> None:
+        """Delete the user with sessions, accounts and verifications; needs the password or a fresh session."""
+        current: SessionWithUser = await self._sessions.validate(token)
+        user_id = current.user.id
+        if password:
+            with self._hasher.admitted():
+                try:
+                    await self._check_password(user_id, password)
+                except CredentialAccountNotFound:
+                    raise InvalidPassword() from None
+        else:
+            self._sessions.require_fresh(current)
+        async with self._db.transaction() as tx:
+            sessions = await tx.delete_user_sessions(user_id)
+            await tx.delete_user_verifications(user_id)
+            await tx.delete_user(user_id)  # accounts cascade
+        await self._sessions.forget(sessions)
