@@ -1,4 +1,4 @@
-"""Command line: ``authsidecar serve | migrate``."""
+"""Command line: ``authsidecar serve | migrate | cleanup``."""
 
 from __future__ import annotations
 
@@ -58,6 +58,27 @@ def _migrate(settings: Settings) -> int:
     return 0
 
 
+def _cleanup(settings: Settings) -> int:
+    from authsidecar.app import build_database
+    from authsidecar.errors import AuthSidecarError
+    from authsidecar.services.cleanup import remove_expired
+
+    async def run() -> dict[str, int]:
+        database = build_database(settings)
+        try:
+            return await remove_expired(database, settings.cleanup_batch_size)
+        finally:
+            await database.close()
+
+    try:
+        removed = asyncio.run(run())
+    except AuthSidecarError as exc:
+        log.error("cleanup failed: %s", exc.message)
+        return 1
+    print(f"removed {removed['session']} expired sessions and {removed['verification']} expired verifications")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``authsidecar`` console script."""
     parser = argparse.ArgumentParser(prog="authsidecar", description="gRPC authentication sidecar")
@@ -65,12 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="serve gRPC until SIGTERM/SIGINT")
     sub.add_parser("migrate", help="create or upgrade the database schema")
+    sub.add_parser("cleanup", help="delete expired sessions and verification tokens, in batches")
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
         _configure_logging(settings)
         if args.command == "serve":
             return _serve(settings)
+        if args.command == "cleanup":
+            return _cleanup(settings)
         return _migrate(settings)
     except ConfigError as exc:
         print(f"authsidecar: {exc}", file=sys.stderr)

@@ -12,13 +12,16 @@ import pytest_asyncio
 from authsidecar.cache import MemorySessionCache, RedisSessionCache, ResilientSessionCache
 from authsidecar.cache.redis import connect_redis
 from authsidecar.cache.resp import PipelinedGetClient
+from authsidecar.delivery import DeliveryQueue, Message
 from authsidecar.domain.ports import SessionCache
 from authsidecar.security.passwords import PasswordHasher
 from authsidecar.security.tokens import HashedTokenPolicy
 from authsidecar.services.accounts import AccountService
 from authsidecar.services.clock import utc_now
+from authsidecar.services.profile import ProfileService
 from authsidecar.services.rules import CredentialRules
 from authsidecar.services.sessions import SessionManager, SessionPolicy
+from authsidecar.services.verification import AccountFlows, FlowSettings
 from authsidecar.storage.database import SqlDatabase, create_database
 from authsidecar.storage.schema import Schema
 from authsidecar.storage.urls import resolve_database_url
@@ -35,6 +38,16 @@ class FakeClock:
         return self.now
 
 
+class RecordingSender:
+    """Delivery boundary for the contract suite: keeps the messages (the e2e tests use real SMTP and HTTP)."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    async def send(self, message: Message) -> None:
+        self.messages.append(message)
+
+
 @dataclass
 class Backend:
     """Everything a contract test needs, wired like app.py does."""
@@ -47,6 +60,15 @@ class Backend:
     sessions: SessionManager
     accounts: AccountService
     make_accounts: Callable[[PasswordHasher], AccountService]
+    flows: AccountFlows
+    profile: ProfileService
+    outbox: DeliveryQueue
+    sender: RecordingSender
+
+    async def delivered(self) -> list[Message]:
+        """Every message sent so far, once the queue is idle."""
+        await self.outbox.drain()
+        return self.sender.messages
 
 
 @pytest.fixture(scope="session")
@@ -73,10 +95,30 @@ async def backend(
     clock = FakeClock()
     tokens = HashedTokenPolicy()
     sessions = SessionManager(db, cache, tokens, SessionPolicy(), clock)
+    sender = RecordingSender()
+    outbox = DeliveryQueue(sender, attempts=1)
+    outbox.start()
+    rules = CredentialRules()
+    flows = AccountFlows(db, hasher, sessions, rules, outbox, FlowSettings(), clock)
+    profile = ProfileService(db, hasher, sessions, rules, clock)
 
     def make_accounts(h: PasswordHasher) -> AccountService:
-        return AccountService(db, h, sessions, CredentialRules(), auto_sign_in=True, clock=clock)
+        return AccountService(db, h, sessions, rules, auto_sign_in=True, clock=clock)
 
-    yield Backend(request.param, db, cache, clock, tokens, sessions, make_accounts(hasher), make_accounts)
+    yield Backend(
+        request.param,
+        db,
+        cache,
+        clock,
+        tokens,
+        sessions,
+        make_accounts(hasher),
+        make_accounts,
+        flows,
+        profile,
+        outbox,
+        sender,
+    )
+    await outbox.stop(5)
     await cache.close()
     await db.close()
