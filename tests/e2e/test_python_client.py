@@ -28,3 +28,20 @@ async def test_python_client_walkthrough(server: Server) -> None:
             await auth.sign_up("nope", "short", name="")
         assert info.value.code.name == "INVALID_ARGUMENT"
         assert info.value.field_violations == [("name", "is required")]
+
+        again = await auth.sign_in(email, "correct horse")
+        assert (await auth.update_user(again.token, name="Ada L.")).user.name == "Ada L."
+        changed = await auth.change_password(again.token, "correct horse", "battery staple", revoke_other_sessions=True)
+        await auth.send_verification_email(email)
+        await auth.request_password_reset(email)
+        with pytest.raises(AuthSidecarError) as info:
+            await auth.verify_email("not-a-token")
+        assert info.value.reason == "INVALID_TOKEN"
+        with pytest.raises(AuthSidecarError) as info:
+            await auth.reset_password("not-a-token", "battery staple 2")
+        assert info.value.reason == "INVALID_TOKEN"
+        await auth.change_email(changed.token, f"new-{email}")
+        await auth.delete_user(changed.token, "battery staple")
+        with pytest.raises(AuthSidecarError) as info:
+            await auth.validate_session(changed.token)
+        assert info.value.reason == "INVALID_TOKEN"

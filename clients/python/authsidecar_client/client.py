@@ -131,3 +131,56 @@ class AuthClient:
         request = session_pb.RevokeSessionsRequest(token=token)
         reply = await self._call(self._sessions.RevokeSessions, request, session_pb.RevokeSessionsResponse)
         return reply.revoked_count
+
+    async def send_verification_email(self, email: str) -> None:
+        """Queue a verification message (same answer whether or not the address exists)."""
+        request = auth_pb.SendVerificationEmailRequest(email=email)
+        await self._call(self._auth.SendVerificationEmail, request, auth_pb.SendVerificationEmailResponse)
+
+    async def verify_email(self, token: str) -> auth_pb.VerifyEmailResponse:
+        """Consume a verification (or email change) token."""
+        request = auth_pb.VerifyEmailRequest(token=token)
+        return await self._call(self._auth.VerifyEmail, request, auth_pb.VerifyEmailResponse)
+
+    async def request_password_reset(self, email: str) -> None:
+        """Queue a reset message (same answer whether or not the address exists)."""
+        request = auth_pb.RequestPasswordResetRequest(email=email)
+        await self._call(self._auth.RequestPasswordReset, request, auth_pb.RequestPasswordResetResponse)
+
+    async def reset_password(self, token: str, new_password: str) -> None:
+        """Set a new password with a reset token."""
+        request = auth_pb.ResetPasswordRequest(token=token, new_password=new_password)
+        await self._call(self._auth.ResetPassword, request, auth_pb.ResetPasswordResponse)
+
+    async def change_password(
+        self, token: str, current_password: str, new_password: str, revoke_other_sessions: bool = False
+    ) -> auth_pb.ChangePasswordResponse:
+        """Change the password; with revoke_other_sessions, the reply carries the replacement session token."""
+        request = auth_pb.ChangePasswordRequest(
+            token=token,
+            current_password=current_password,
+            new_password=new_password,
+            revoke_other_sessions=revoke_other_sessions,
+        )
+        return await self._call(self._auth.ChangePassword, request, auth_pb.ChangePasswordResponse)
+
+    async def change_email(self, token: str, new_email: str) -> None:
+        """Send a verification to the new address; the change applies when it is verified."""
+        request = auth_pb.ChangeEmailRequest(token=token, new_email=new_email)
+        await self._call(self._auth.ChangeEmail, request, auth_pb.ChangeEmailResponse)
+
+    async def update_user(
+        self, token: str, name: str | None = None, image: str | None = None
+    ) -> auth_pb.UpdateUserResponse:
+        """Set the fields given (image "" clears it)."""
+        request = auth_pb.UpdateUserRequest(token=token)
+        if name is not None:
+            request.name = name
+        if image is not None:
+            request.image = image
+        return await self._call(self._auth.UpdateUser, request, auth_pb.UpdateUserResponse)
+
+    async def delete_user(self, token: str, password: str = "") -> None:
+        """Delete the account (password, or a fresh session)."""
+        request = auth_pb.DeleteUserRequest(token=token, password=password)
+        await self._call(self._auth.DeleteUser, request, auth_pb.DeleteUserResponse)
