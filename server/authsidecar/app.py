@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -199,6 +198,9 @@ class App:
             except AuthSidecarError as exc:
                 log.warning("cleanup skipped: %s", exc.message)
                 continue
+            except Exception:
+                log.exception("cleanup failed")
+                continue
             if any(removed.values()):
                 log.info("cleanup removed %s", removed)
 
@@ -233,8 +235,12 @@ class App:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                log.exception("background task %s had failed", task.get_name())
         await self.server.stop(self.settings.shutdown_grace)
         await self.outbox.stop(self.settings.shutdown_grace)
         await self.close_resources()

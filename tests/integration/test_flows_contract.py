@@ -14,6 +14,7 @@ from authsidecar.delivery import Message
 from authsidecar.services.accounts import AccountService, VerificationPolicy
 from authsidecar.services.cleanup import remove_expired
 from authsidecar.services.sessions import ClientInfo
+from authsidecar.services.verification import VerificationTokens
 from tests.integration.conftest import Backend
 
 PASSWORD = "correct horse battery"
@@ -208,6 +209,8 @@ async def test_delete_user_removes_everything(backend: Backend) -> None:
     await backend.profile.delete_user(up.token, "")  # fresh session
     with pytest.raises(errors.InvalidToken):
         await backend.sessions.validate(up.token)
+    async with backend.db.transaction() as tx:
+        assert not await tx.verification_exists(VerificationTokens.identifier("reset-password", message.token))
     with pytest.raises(errors.InvalidToken):
         await backend.flows.reset_password(message.token, NEW_PASSWORD)  # its verification went too
     with pytest.raises(errors.InvalidCredentials):

@@ -5,7 +5,7 @@ Layout under the configured prefix ``P``:
 | key | value | TTL |
 |---|---|---|
 | ``P<cache key>`` (``P session:<sha256>``) | JSON ``{"session": {...}, "user": {...}}`` | the session's remaining lifetime |
-| ``P<cache key>:revoked`` | ``1``: a revoked session may not be cached again | the revoked session's remaining lifetime |
+| ``P<cache key>:revoked`` | ``1``: a revoked session may not be cached again | the session lifetime (expires_in) |
 | ``P active-sessions:<userId>`` | sorted set: cache key -> expiresAt (ms) | the furthest expiry |
 
 Writes are conditional on the tombstone (one Lua script), so a validation that read the database just before a
@@ -126,7 +126,7 @@ class RedisSessionCache:
         await self._evict_user(keys=[self._index(user_id)], args=[self._prefix])
 
     async def purge(self) -> None:
-        """Delete every session document under the prefix (tombstones and indexes stay)."""
+        """Delete every session document and index under the prefix (tombstones stay)."""
         batch: list[bytes] = []
         async for name in self._redis.scan_iter(match=self._prefix.replace("*", r"\*") + "*", count=1000):
             if not name.endswith(b":revoked"):

@@ -4,6 +4,10 @@ After a failure the cache is bypassed for ``retry_after`` seconds, then probed a
 not be delivered while it was down are kept and replayed before the cache is read again, so a session revoked
 during an outage is not served from a stale entry afterwards; if more were lost than can be kept, every cached
 session is purged on recovery instead (a cache may always be emptied).
+
+Limits: the pending list lives in this process. Another instance sharing the Redis may read a stale entry until
+this one has replayed (within ``retry_after`` of Redis answering again, if this instance gets traffic), and a
+crash loses the list.
 """
 
 from __future__ import annotations
@@ -44,12 +48,13 @@ class ResilientSessionCache:
         self._pending: dict[str, tuple[str, int]] = {}
         self._pending_users: set[str] = set()
         self._overflowed = False
+        self._recovering = False
         self.errors = 0
         self.fallbacks = 0
 
     @property
     def available(self) -> bool:
-        """False while the breaker is open."""
+        """False while the breaker is open (for diagnostics)."""
         return not self._down
 
     async def get(self, key: str) -> SessionWithUser | None:
@@ -120,28 +125,32 @@ class ResilientSessionCache:
 
     async def _try_recover(self) -> bool:
         now = self._clock()
-        if now < self._probe_at:
+        if now < self._probe_at or self._recovering:
             return False
-        self._probe_at = now + self._retry_after  # one probe at a time
+        self._recovering = True  # one recovery at a time; other callers keep using SQL meanwhile
         try:
-            if self._overflowed:
-                await self._inner.purge()
-            while self._pending:
-                key, (user_id, ttl) = next(iter(self._pending.items()))
-                await self._inner.invalidate(user_id, [key], ttl)
-                del self._pending[key]
-            while self._pending_users:
-                user_id = next(iter(self._pending_users))
-                await self._inner.evict_user(user_id)
-                self._pending_users.discard(user_id)
+            while self._overflowed or self._pending or self._pending_users:
+                if self._overflowed:
+                    self._overflowed = False
+                    try:
+                        await self._inner.purge()
+                    except BaseException:
+                        self._overflowed = True
+                        raise
+                if self._pending:
+                    key, (user_id, ttl) = next(iter(self._pending.items()))
+                    await self._inner.invalidate(user_id, [key], ttl)
+                    self._pending.pop(key, None)
+                if self._pending_users:
+                    user_id = next(iter(self._pending_users))
+                    await self._inner.evict_user(user_id)
+                    self._pending_users.discard(user_id)
+            # Nothing is pending and no await separates that check from closing the breaker.
+            self._down = False
         except _ERRORS as exc:
             self._trip(exc)
             return False
-        self._overflowed = False
-        self._down = False
+        finally:
+            self._recovering = False
         log.warning("secondary storage is back after %d fallbacks to the database", self.fallbacks)
         return True
-
-
-def _check_port(cache: ResilientSessionCache) -> SessionCache:
-    return cache

@@ -81,7 +81,7 @@ class PipelinedGetClient:
     """GET over one pipelined connection, (re)connected on demand."""
 
     def __init__(self, url: str, timeout: float) -> None:
-        self._options = parse_url(url)  # raises ValueError on a malformed URL
+        self._options: dict[str, Any] = dict(parse_url(url))  # raises ValueError on a malformed URL
         self._timeout = timeout
         self._protocol: _Protocol | None = None
         self._lock = asyncio.Lock()
@@ -112,24 +112,35 @@ class PipelinedGetClient:
                 else:
                     context = None
                     if o.get("connection_class") is not None and "SSL" in o["connection_class"].__name__:
-                        context = ssl.create_default_context()
+                        context = ssl.create_default_context(cafile=o.get("ssl_ca_certs"))
+                        if o.get("ssl_certfile"):
+                            context.load_cert_chain(o["ssl_certfile"], o.get("ssl_keyfile"))
                         if o.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
                             context.check_hostname = False
                             context.verify_mode = ssl.CERT_NONE
                     _, protocol = await loop.create_connection(
                         _Protocol, o.get("host", "localhost"), o.get("port", 6379), ssl=context
                     )
-                handshake: list[asyncio.Future[Any]] = []
-                if o.get("password"):
-                    creds = [o["username"].encode()] if o.get("username") else []
-                    handshake.append(protocol.send(_encode(b"AUTH", *creds, o["password"].encode())))
-                if int(o.get("db") or 0):
-                    handshake.append(protocol.send(_encode(b"SELECT", str(int(o["db"])).encode())))
-                for reply in handshake:
-                    await reply
+                try:
+                    await self._handshake(protocol)
+                except BaseException:
+                    if protocol.transport is not None:
+                        protocol.transport.close()
+                    raise
         except OSError as exc:
             raise RedisConnectionError(f"cannot connect to Redis: {exc.strerror or exc}") from exc
         return protocol
+
+    async def _handshake(self, protocol: _Protocol) -> None:
+        o = self._options
+        handshake: list[asyncio.Future[Any]] = []
+        if o.get("password"):
+            creds = [o["username"].encode()] if o.get("username") else []
+            handshake.append(protocol.send(_encode(b"AUTH", *creds, o["password"].encode())))
+        if int(o.get("db") or 0):
+            handshake.append(protocol.send(_encode(b"SELECT", str(int(o["db"])).encode())))
+        for reply in handshake:
+            await reply
 
     async def close(self) -> None:
         """Close the connection."""

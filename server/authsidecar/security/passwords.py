@@ -25,8 +25,6 @@ from authsidecar.errors import TooManyRequests
 __all__ = ["Argon2Parameters", "PasswordHasher", "normalize_password"]
 
 _T = TypeVar("_T")
-# The task holding a hashing slot (tasks it spawns inherit the variable but are not that task).
-_HOLDER: contextvars.ContextVar[object] = contextvars.ContextVar("authsidecar_hash_slot", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +57,8 @@ class PasswordHasher:
         self._workers = workers
         self._max_pending = max_pending
         self._pending = 0
+        # The task holding one of this hasher's slots (tasks it spawns inherit the variable but are other tasks).
+        self._holder: contextvars.ContextVar[object] = contextvars.ContextVar(f"hash_slot_{id(self)}", default=None)
         # Verified against when the email is unknown, so both failures cost the same time.
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
 
@@ -72,16 +72,16 @@ class PasswordHasher:
         """Hold one hashing slot for a whole flow (e.g. sign-in: read, verify, maybe rehash), so excess
         callers are refused before they do any other work. Hashes run inside it take no second slot."""
         task = asyncio.current_task()
-        if task is not None and _HOLDER.get() is task:
+        if task is not None and self._holder.get() is task:
             yield
             return
         self._admit()
-        token = _HOLDER.set(task)
+        token = self._holder.set(task)
         try:
             yield
         finally:
-            _HOLDER.reset(token)
             self._pending -= 1
+            self._holder.reset(token)
 
     def _admit(self) -> None:
         if self._pending >= self._max_pending:
@@ -127,5 +127,5 @@ class PasswordHasher:
             return False
 
     def close(self) -> None:
-        """Stop the worker threads (waits for running hashes)."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """Stop the worker threads without blocking (running hashes finish in the background)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -7,6 +7,7 @@ cannot resurrect the session. Expiry is always checked, whatever the source.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -105,7 +106,7 @@ class SessionManager:
 
     async def evict_user(self, user_id: str) -> None:
         """The user's profile changed: drop their cached snapshots (they are re-read from SQL)."""
-        await self._cache.evict_user(user_id)
+        await asyncio.shield(self._cache.evict_user(user_id))
 
     async def forget(self, sessions: list[Session]) -> None:
         """Sessions were deleted in SQL: remove them from the cache for good."""
@@ -187,10 +188,18 @@ class SessionManager:
             await self._forget([deleted], self._clock())
 
     async def _forget(self, sessions: list[Session], now: datetime) -> None:
-        """Remove sessions from the cache and block their re-caching for as long as they could live."""
+        """Remove sessions from the cache and block their re-caching for as long as they could live.
+
+        Shielded: the SQL delete has committed, so a cancelled call (client gone, deadline, shutdown) must not
+        leave the cache entry behind.
+        """
+        if sessions:
+            await asyncio.shield(self._invalidate(sessions))
+
+    async def _invalidate(self, sessions: list[Session]) -> None:
         by_user: dict[str, list[str]] = {}
         for s in sessions:
             by_user.setdefault(s.user_id, []).append(self._tokens.cache_key(s.stored_token))
-        ttl = max(int(self._policy.expires_in.total_seconds()), 1)
+        ttl = max(int(self._policy.expires_in.total_seconds()), 1)  # a session may be refreshed up to this
         for user_id, keys in by_user.items():
             await self._cache.invalidate(user_id, keys, ttl)

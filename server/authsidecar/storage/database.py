@@ -22,10 +22,6 @@ from authsidecar.storage.urls import DatabaseTarget
 __all__ = ["SqlDatabase", "SqlUnitOfWork", "create_database"]
 
 
-def _translated(error: BaseException) -> AuthSidecarError | BaseException:
-    return translate_error(error) or error
-
-
 class _Rows:
     """Row mapping (keyed by logical column name) -> domain record."""
 
@@ -231,9 +227,10 @@ class SqlUnitOfWork:
 
     async def delete_user_verifications(self, user_id: str) -> int:
         """Payloads start with {"userId":"<id>", (the services write them so)."""
-        prefix = '{"userId":' + json.dumps(user_id) + ","
+        head = '{"userId":' + json.dumps(user_id)
         v = self._q.verification_table
-        return (await self._execute(sa.delete(v).where(v.c.value.startswith(prefix, autoescape=True)), {})).rowcount
+        mine = sa.or_(v.c.value == head + "}", v.c.value.startswith(head + ",", autoescape=True))
+        return (await self._execute(sa.delete(v).where(mine), {})).rowcount
 
     async def delete_expired(self, table: str, now: datetime, limit: int) -> int:
         """One batch of expired rows."""
@@ -342,7 +339,10 @@ class SqlDatabase:
         except AuthSidecarError:
             raise
         except Exception as exc:
-            raise _translated(exc) from exc
+            translated = translate_error(exc)
+            if translated is None:
+                raise
+            raise translated from exc
 
     async def find_session(self, stored_token: str) -> SessionWithUser | None:
         """Session joined with its user, by stored token."""
@@ -350,7 +350,10 @@ class SqlDatabase:
             async with self._autocommit.connect() as conn:
                 row = (await conn.execute(self._find_session, {"token": stored_token})).first()
         except Exception as exc:
-            raise _translated(exc) from exc
+            translated = translate_error(exc)
+            if translated is None:
+                raise
+            raise translated from exc
         if row is None:
             return None
         n = len(self._session_keys)
@@ -388,7 +391,7 @@ def create_database(
     """Build the engine for a resolved target (no connection is opened yet)."""
     connect_args = dict(target.connect_args)
     if target.is_sqlite:
-        engine = create_async_engine(target.url, connect_args={"timeout": 5.0, **connect_args})
+        engine = create_async_engine(target.url, connect_args={"timeout": 5.0, **connect_args}, hide_parameters=True)
         sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     else:
         connect_args.setdefault("timeout", connect_timeout)
@@ -400,6 +403,7 @@ def create_database(
             max_overflow=max_overflow,
             pool_recycle=1800,
             pool_timeout=connect_timeout,
+            hide_parameters=True,  # bound values (password hashes, token digests) never reach a log line
         )
     db = SqlDatabase(engine, schema)
     _check: Database = db

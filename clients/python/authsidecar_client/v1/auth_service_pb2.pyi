@@ -115,16 +115,18 @@ class ResetPasswordResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ChangePasswordRequest(_message.Message):
-    __slots__ = ("token", "current_password", "new_password", "revoke_other_sessions")
+    __slots__ = ("token", "current_password", "new_password", "revoke_other_sessions", "client")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     CURRENT_PASSWORD_FIELD_NUMBER: _ClassVar[int]
     NEW_PASSWORD_FIELD_NUMBER: _ClassVar[int]
     REVOKE_OTHER_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
     token: str
     current_password: str
     new_password: str
     revoke_other_sessions: bool
-    def __init__(self, token: _Optional[str] = ..., current_password: _Optional[str] = ..., new_password: _Optional[str] = ..., revoke_other_sessions: _Optional[bool] = ...) -> None: ...
+    client: _resources_pb2.ClientContext
+    def __init__(self, token: _Optional[str] = ..., current_password: _Optional[str] = ..., new_password: _Optional[str] = ..., revoke_other_sessions: _Optional[bool] = ..., client: _Optional[_Union[_resources_pb2.ClientContext, _Mapping]] = ...) -> None: ...
 
 class ChangePasswordResponse(_message.Message):
     __slots__ = ("session", "token")

@@ -117,8 +117,8 @@ class AuthServiceServicer:
 
     def SignIn(self, request, context):
         """Checks an email/password pair and creates a session.
-        Errors: INVALID_ARGUMENT (MISSING_FIELD, VALIDATION_ERROR), UNAUTHENTICATED (INVALID_EMAIL_OR_PASSWORD),
-        FAILED_PRECONDITION (EMAIL_NOT_VERIFIED), RESOURCE_EXHAUSTED (TOO_MANY_REQUESTS).
+        Errors: INVALID_ARGUMENT (MISSING_FIELD, INVALID_EMAIL, VALIDATION_ERROR), UNAUTHENTICATED
+        (INVALID_EMAIL_OR_PASSWORD), FAILED_PRECONDITION (EMAIL_NOT_VERIFIED), RESOURCE_EXHAUSTED (TOO_MANY_REQUESTS).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,7 +135,7 @@ class AuthServiceServicer:
     def SendVerificationEmail(self, request, context):
         """Sends an email verification message if an unverified user has that address. Always the same (empty)
         answer, in about the same time, whether or not the address is known; delivery happens in the background.
-        Errors: INVALID_ARGUMENT (MISSING_FIELD, INVALID_EMAIL), RESOURCE_EXHAUSTED (TOO_MANY_REQUESTS).
+        Errors: INVALID_ARGUMENT (MISSING_FIELD, INVALID_EMAIL).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -144,7 +144,7 @@ class AuthServiceServicer:
     def VerifyEmail(self, request, context):
         """Consumes an email verification (or email change) token and marks the address verified.
         Errors: INVALID_ARGUMENT, UNAUTHENTICATED (INVALID_TOKEN, TOKEN_EXPIRED), ALREADY_EXISTS (USER_ALREADY_EXISTS:
-        the new address of an email change was taken meanwhile), NOT_FOUND (USER_NOT_FOUND).
+        the new address of an email change was taken meanwhile; the token stays usable).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -152,7 +152,7 @@ class AuthServiceServicer:
 
     def RequestPasswordReset(self, request, context):
         """Sends a password reset message if a user has that address; same answer either way (no enumeration).
-        Errors: INVALID_ARGUMENT (MISSING_FIELD, INVALID_EMAIL), RESOURCE_EXHAUSTED (TOO_MANY_REQUESTS).
+        Errors: INVALID_ARGUMENT (MISSING_FIELD, INVALID_EMAIL).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -187,7 +187,8 @@ class AuthServiceServicer:
 
     def UpdateUser(self, request, context):
         """Updates the session's user's profile (only the fields that are set).
-        Errors: INVALID_ARGUMENT (MISSING_FIELD, VALIDATION_ERROR), UNAUTHENTICATED (INVALID_TOKEN, SESSION_EXPIRED).
+        Errors: INVALID_ARGUMENT (MISSING_FIELD, VALIDATION_ERROR), UNAUTHENTICATED (INVALID_TOKEN, SESSION_EXPIRED),
+        NOT_FOUND (USER_NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

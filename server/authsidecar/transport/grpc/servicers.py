@@ -10,7 +10,7 @@ from authsidecar.cache.memo import BoundedMemo
 from authsidecar.domain.models import SessionWithUser
 from authsidecar.services.accounts import AccountService, AuthResult
 from authsidecar.services.profile import ProfileService
-from authsidecar.services.sessions import ClientInfo, SessionManager
+from authsidecar.services.sessions import SessionManager
 from authsidecar.services.verification import AccountFlows
 from authsidecar.transport.grpc.convert import session_to_proto, user_to_proto
 from authsidecar.transport.grpc.fields import (
@@ -147,8 +147,9 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         token = check.token("token", request.token)
         current = check.text("current_password", request.current_password, MAX_PASSWORD)
         new = check.text("new_password", request.new_password, MAX_PASSWORD)
+        client = check.client("client", request.client.ip_address, request.client.user_agent)
         check.done()
-        result = await self._profile.change_password(token, current, new, request.revoke_other_sessions, ClientInfo())
+        result = await self._profile.change_password(token, current, new, request.revoke_other_sessions, client)
         reply = auth_pb.ChangePasswordResponse()
         if result.session is not None:
             reply.session.CopyFrom(session_to_proto(result.session))

@@ -6,7 +6,7 @@ import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -15,7 +15,7 @@ from grpc_status import rpc_status
 
 from authsidecar import errors
 
-__all__ = ["DOMAIN", "abort", "grpc_code", "rpc", "to_status"]
+__all__ = ["DOMAIN", "grpc_code", "rpc", "to_status"]
 
 log = logging.getLogger("authsidecar.rpc")
 
@@ -68,12 +68,6 @@ def to_status(error: errors.AuthSidecarError, metadata: dict[str, str] | None = 
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=_duration(retry_after))))
     status = status_pb2.Status(code=code.value[0], message=error.message, details=details)
     return rpc_status.to_status(status)
-
-
-async def abort(context: Any, error: errors.AuthSidecarError) -> NoReturn:
-    """End the call with the error's status."""
-    await context.abort_with_status(to_status(error))
-    raise AssertionError("abort_with_status returned")  # pragma: no cover
 
 
 Req = TypeVar("Req")
