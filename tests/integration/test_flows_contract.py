@@ -256,3 +256,16 @@ async def test_cleanup_removes_only_expired_rows(backend: Backend) -> None:
     async with backend.db.engine.connect() as conn:
         left = (await conn.execute(sa.select(s.c.id).where(s.c.id == short.session.id))).first()
     assert left is None
+
+
+async def test_a_refill_racing_a_profile_change_cannot_restore_the_old_snapshot(backend: Backend) -> None:
+    up = await backend.accounts.sign_up(new_email(), PASSWORD, "Old Name", None, CLIENT)
+    assert up.token is not None
+    stored = backend.tokens.stored(up.token)
+    stale = await backend.db.find_session(stored)  # a validation read the row...
+    assert stale is not None
+    await backend.profile.update_user(up.token, {"name": "New Name"})  # ...the profile changed...
+    key = backend.tokens.cache_key(stored)
+    await backend.cache.put(key, stale, 3600)  # ...and the validation now refills the cache.
+    assert await backend.cache.get(key) is None
+    assert (await backend.sessions.validate(up.token)).user.name == "New Name"

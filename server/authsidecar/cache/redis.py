@@ -7,6 +7,7 @@ Layout under the configured prefix ``P``:
 | ``P<cache key>`` (``P session:<sha256>``) | JSON ``{"session": {...}, "user": {...}}`` | the session's remaining lifetime |
 | ``P<cache key>:revoked`` | ``1``: a revoked session may not be cached again | the session lifetime (expires_in) |
 | ``P active-sessions:<userId>`` | sorted set: cache key -> expiresAt (ms) | the furthest expiry |
+| ``P user-changed:<userId>`` | ``1``: the user's profile just changed, refills refused | 60 s |
 
 Writes are conditional on the tombstone (one Lua script), so a validation that read the database just before a
 revocation cannot put the revoked session back. Errors propagate; ResilientSessionCache decides what they mean.
@@ -27,14 +28,14 @@ from authsidecar.cache.codec import decode_session, encode_session
 from authsidecar.cache.memo import BoundedMemo
 from authsidecar.cache.resp import PipelinedGetClient
 from authsidecar.domain.models import SessionWithUser
-from authsidecar.domain.ports import SessionCache
+from authsidecar.domain.ports import USER_REFILL_PAUSE_SECONDS, SessionCache
 
 __all__ = ["RedisSessionCache", "connect_redis"]
 
 log = logging.getLogger(__name__)
 
 _PUT = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[5])
@@ -48,6 +49,7 @@ _EVICT_USER = """
 local keys = redis.call('ZRANGE', KEYS[1], 0, -1)
 for _, key in ipairs(keys) do redis.call('DEL', ARGV[1] .. key) end
 redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
 return #keys
 """
 
@@ -81,6 +83,9 @@ class RedisSessionCache:
     def _index(self, user_id: str) -> str:
         return f"{self._prefix}active-sessions:{user_id}"
 
+    def _paused(self, user_id: str) -> str:
+        return f"{self._prefix}user-changed:{user_id}"
+
     async def get(self, key: str) -> SessionWithUser | None:
         """One GET and a JSON parse; a malformed document counts as a miss."""
         full = self._prefix + key
@@ -105,7 +110,7 @@ class RedisSessionCache:
         full = self._prefix + key
         expires_ms = int(entry.session.expires_at.timestamp() * 1000)
         await self._put(
-            keys=[full, full + ":revoked", self._index(entry.session.user_id)],
+            keys=[full, full + ":revoked", self._index(entry.session.user_id), self._paused(entry.session.user_id)],
             args=[encode_session(entry), ttl, key, expires_ms, int(time.time() * 1000)],
         )
 
@@ -123,7 +128,9 @@ class RedisSessionCache:
 
     async def evict_user(self, user_id: str) -> None:
         """Delete every session document indexed under the user, and the index."""
-        await self._evict_user(keys=[self._index(user_id)], args=[self._prefix])
+        await self._evict_user(
+            keys=[self._index(user_id), self._paused(user_id)], args=[self._prefix, USER_REFILL_PAUSE_SECONDS]
+        )
 
     async def purge(self) -> None:
         """Delete every session document and index under the prefix (tombstones stay)."""

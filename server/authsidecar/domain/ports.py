@@ -9,7 +9,11 @@ from typing import Protocol
 
 from authsidecar.domain.models import Account, Session, SessionWithUser, User, Verification
 
-__all__ = ["Database", "SessionCache", "UnitOfWork"]
+__all__ = ["USER_REFILL_PAUSE_SECONDS", "Database", "SessionCache", "UnitOfWork"]
+
+# After evict_user, refills for that user are refused this long, so a validation that read the old row just
+# before a profile change cannot put the old snapshot back (those validations go to SQL meanwhile).
+USER_REFILL_PAUSE_SECONDS = 60
 
 
 class UnitOfWork(Protocol):
@@ -116,7 +120,8 @@ class SessionCache(Protocol):
         """Remove sessions and block their re-caching for ``ttl`` seconds."""
 
     async def evict_user(self, user_id: str) -> None:
-        """Drop the user's cached sessions without blocking re-caching (their user snapshot changed)."""
+        """Drop the user's cached sessions (their user snapshot changed); refills pause for
+        USER_REFILL_PAUSE_SECONDS, no tombstones (the sessions stay valid)."""
 
     async def purge(self) -> None:
         """Drop every cached session (used when invalidations may have been lost)."""
