@@ -184,9 +184,12 @@ class App:
             raise SchemaNotReady(problem)
         await self.server.set_serving(False)
         await self.server.start()
-        await self._check_health()
+        serving = await self._database_reachable()
+        await self.server.set_serving(serving)
+        if not serving:
+            log.warning("database unreachable: health is NOT_SERVING")
         self.outbox.start()
-        self._tasks.append(asyncio.create_task(self._watch_health(), name="health"))
+        self._tasks.append(asyncio.create_task(self._watch_health(serving), name="health"))
         if self.settings.cleanup_interval:
             self._tasks.append(asyncio.create_task(self._cleanup_periodically(), name="cleanup"))
 
@@ -204,30 +207,25 @@ class App:
             if any(removed.values()):
                 log.info("cleanup removed %s", removed)
 
-    async def _check_health(self) -> None:
+    async def _database_reachable(self) -> bool:
         try:
             await self.database.ping(within=self.settings.health_interval)
         except BackendUnavailable:
-            await self.server.set_serving(False)
-            return
-        await self.server.set_serving(True)
+            return False
+        return True
 
-    async def _watch_health(self) -> None:
-        was_serving: bool | None = None
+    async def _watch_health(self, serving: bool) -> None:
+        """Follow the database's reachability; health changes (and a log line) only on transitions."""
         while True:
             await asyncio.sleep(self.settings.health_interval)
-            try:
-                await self.database.ping(within=self.settings.health_interval)
-                serving = True
-            except BackendUnavailable:
-                serving = False
-            if serving != was_serving:
-                if not serving:
-                    log.warning("database unreachable: health is NOT_SERVING")
-                elif was_serving is False:
-                    log.warning("database reachable again: health is SERVING")
-                await self.server.set_serving(serving)
-                was_serving = serving
+            now_serving = await self._database_reachable()
+            if now_serving != serving:
+                log.warning(
+                    "database %s: health is %s",
+                    *(("reachable again", "SERVING") if now_serving else ("unreachable", "NOT_SERVING")),
+                )
+                await self.server.set_serving(now_serving)
+                serving = now_serving
 
     async def stop(self) -> None:
         """Stop accepting, drain in-flight calls within the grace period, then close pools."""

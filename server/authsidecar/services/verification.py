@@ -21,11 +21,12 @@ from typing import Any
 
 from authsidecar.delivery.messages import Message, render_link
 from authsidecar.delivery.queue import DeliveryQueue
-from authsidecar.domain.models import CREDENTIAL_PROVIDER, Account, Session, User, Verification
+from authsidecar.domain.models import CREDENTIAL_PROVIDER, Account, User, Verification
 from authsidecar.domain.ports import Database, UnitOfWork
 from authsidecar.errors import Conflict, InvalidEmail, InvalidToken, TokenExpired, UserAlreadyExists
 from authsidecar.security.ids import generate_id
 from authsidecar.security.passwords import PasswordHasher
+from authsidecar.services.accounts import AuthResult
 from authsidecar.services.clock import Clock, utc_now
 from authsidecar.services.rules import CredentialRules, normalize_email
 from authsidecar.services.sessions import ClientInfo, SessionManager
@@ -88,15 +89,6 @@ class FlowSettings:
     revoke_sessions_on_password_reset: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class VerifiedEmail:
-    """VerifyEmail's outcome."""
-
-    user: User
-    session: Session | None = None
-    token: str | None = None
-
-
 class AccountFlows:
     """Email verification, email change and password reset."""
 
@@ -142,7 +134,7 @@ class AccountFlows:
         """SendVerificationEmail: same answer whether or not the address exists."""
         self.send_verification(normalize_email(raw_email))
 
-    async def verify_email(self, token: str, client: ClientInfo) -> VerifiedEmail:
+    async def verify_email(self, token: str, client: ClientInfo) -> AuthResult:
         """Consume a verify-email or change-email token and apply it."""
         now = self._clock()
         try:
@@ -158,9 +150,9 @@ class AccountFlows:
             raise UserAlreadyExists() from exc
         await self._sessions.evict_user(user.id)
         if not self._settings.auto_sign_in_after_verification:
-            return VerifiedEmail(user)
+            return AuthResult(user)
         session, session_token = await self._sessions.open_session(user, client)
-        return VerifiedEmail(user, session, session_token)
+        return AuthResult(user, session, session_token)
 
     # -- email change ----------------------------------------------------------------------------------------
 

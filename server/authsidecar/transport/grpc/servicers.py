@@ -109,11 +109,7 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         client = check.client("client", request.client.ip_address, request.client.user_agent)
         check.done()
         result = await self._flows.verify_email(token, client)
-        reply = auth_pb.VerifyEmailResponse(user=user_to_proto(result.user))
-        if result.session is not None:
-            reply.session.CopyFrom(session_to_proto(result.session))
-            reply.token = result.token or ""
-        return reply
+        return auth_pb.VerifyEmailResponse(**_auth_parts(result))
 
     @rpc
     async def RequestPasswordReset(
