@@ -86,9 +86,9 @@ class MemorySessionCache:
 
     async def close(self) -> None:
         """Forget everything."""
-        self._entries.clear()
+        await self.purge()
         self._tombstones.clear()
-        self._by_user.clear()
+        self._paused_users.clear()
 
     def _drop(self, key: str) -> None:
         item = self._entries.pop(key, None)

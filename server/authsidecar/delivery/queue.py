@@ -44,6 +44,14 @@ class DeliveryQueue:
             self.dropped += 1
             log.error("delivery queue full: a message was dropped (%d so far)", self.dropped)
 
+    def submit_message(self, message: Message) -> None:
+        """Queue a message that is already prepared."""
+
+        async def prepared() -> Message:
+            return message
+
+        self.submit(prepared)
+
     def start(self) -> None:
         """Start the worker."""
         if self._worker is None:

@@ -169,12 +169,7 @@ class AccountFlows:
                 raise UserAlreadyExists()
             payload = {"userId": user.id, "email": user.email, "newEmail": new_email}
             token, expires = await self._tokens.issue(tx, CHANGE_EMAIL, payload, self._settings.change_email_ttl)
-        message = self._message(CHANGE_EMAIL, new_email, user, token, expires)
-
-        async def ready() -> Message:
-            return message
-
-        self._outbox.submit(ready)
+        self._outbox.submit_message(self._message(CHANGE_EMAIL, new_email, user, token, expires))
 
     # -- password reset --------------------------------------------------------------------------------------
 

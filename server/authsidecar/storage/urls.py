@@ -46,7 +46,8 @@ def resolve_database_url(raw: str | None, sqlite_path: str) -> DatabaseTarget:
         raise ValueError(f"DATABASE_URL scheme {url.drivername!r} is not supported (use postgresql:// or sqlite://)")
     query = dict(url.query)
     connect_args: dict[str, Any] = {}
-    sslmode = query.pop("sslmode", None) or query.pop("ssl", None)
+    ssl_alias = query.pop("ssl", None)
+    sslmode = query.pop("sslmode", None) or ssl_alias
     if sslmode is not None:
         if isinstance(sslmode, tuple) or sslmode not in _SSLMODES:
             raise ValueError(f"DATABASE_URL sslmode must be one of {sorted(_SSLMODES)}")
