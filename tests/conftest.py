@@ -23,6 +23,7 @@ from authsidecar.storage.urls import resolve_database_url
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 FAST_ARGON2 = Argon2Parameters(time_cost=1, memory_kib=8192, parallelism=1)
+TEST_SECRET = "test-secret-" + "0123456789abcdef" * 3  # AUTHSIDECAR_SECRET of every test server
 
 T = TypeVar("T")
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 import signal
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import IO
 
 from authsidecar.cache import MemorySessionCache, NullSessionCache, RedisSessionCache, ResilientSessionCache
+from authsidecar.cache.integrity import DocumentSigner, derive_key
 from authsidecar.cache.redis import connect_redis
 from authsidecar.cache.resp import PipelinedGetClient
 from authsidecar.config import ConfigError, Settings
@@ -19,6 +23,7 @@ from authsidecar.security.passwords import Argon2Parameters, PasswordHasher
 from authsidecar.security.tokens import HashedTokenPolicy
 from authsidecar.services.accounts import AccountService, VerificationPolicy
 from authsidecar.services.cleanup import remove_expired
+from authsidecar.services.coherence import CacheCoherence
 from authsidecar.services.profile import ProfileService
 from authsidecar.services.rules import CredentialRules
 from authsidecar.services.sessions import SessionManager, SessionPolicy
@@ -30,7 +35,16 @@ from authsidecar.storage.urls import DatabaseTarget, resolve_database_url
 from authsidecar.transport.grpc.server import GrpcServer
 from authsidecar.transport.grpc.servicers import AuthServicer, SessionServicer
 
-__all__ = ["App", "SchemaNotReady", "build_cache", "build_database", "build_hasher", "database_target", "run"]
+__all__ = [
+    "AlreadyServing",
+    "App",
+    "SchemaNotReady",
+    "build_cache",
+    "build_database",
+    "build_hasher",
+    "database_target",
+    "run",
+]
 
 log = logging.getLogger("authsidecar")
 
@@ -62,12 +76,15 @@ def build_cache(settings: Settings) -> SessionCache:
     if settings.redis_url is None:
         return MemorySessionCache(settings.memory_cache_max_entries)
     url = settings.redis_url.get_secret_value()
+    if settings.secret is None:
+        raise ConfigError("invalid configuration: AUTHSIDECAR_SECRET: required with REDIS_URL")
     try:
         client = connect_redis(url, settings.redis_timeout)
         getter = PipelinedGetClient(url, settings.redis_timeout)
     except ValueError as exc:
         raise ConfigError(f"invalid configuration: REDIS_URL: {exc}") from None
-    cache = RedisSessionCache(client, settings.redis_key_prefix, getter)
+    signer = DocumentSigner(derive_key(settings.secret.get_secret_value(), "cache-documents"))
+    cache = RedisSessionCache(client, settings.redis_key_prefix, signer, getter)
     return ResilientSessionCache(cache, settings.redis_retry_after)
 
 
@@ -93,6 +110,30 @@ def build_session_policy(settings: Settings) -> SessionPolicy:
 
 class SchemaNotReady(RuntimeError):
     """The database has not been migrated to the version this server needs."""
+
+
+class AlreadyServing(RuntimeError):
+    """Another server process already serves the embedded SQLite database."""
+
+
+def lock_sqlite(settings: Settings) -> IO[bytes] | None:
+    """On SQLite, hold ``<database>.lock`` for as long as this process serves: one serving process only (the
+    in-process caches of two would not see each other's revocations). None on other databases."""
+    target = database_target(settings)
+    if not target.is_sqlite or not target.url.database:
+        return None
+    path = f"{os.path.abspath(target.url.database)}.lock"
+    handle = open(path, "ab")  # noqa: SIM115 - held open until the process exits
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise AlreadyServing(
+            f"another authsidecar server already serves {target.url.database} (lock {path}); the embedded SQLite"
+            " database supports one serving process: stop the other one, or use Postgres (DATABASE_URL) to run"
+            " several"
+        ) from None
+    return handle
 
 
 def build_sender(settings: Settings) -> Sender:
@@ -144,7 +185,9 @@ class App:
     hasher: PasswordHasher
     server: GrpcServer
     outbox: DeliveryQueue
+    coherence: CacheCoherence
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _draining: bool = False
 
     @classmethod
     def build(cls, settings: Settings) -> App:
@@ -154,7 +197,10 @@ class App:
         cache = build_cache(settings)
         hasher = build_hasher(settings)
         outbox = DeliveryQueue(build_sender(settings), settings.delivery_queue_size, settings.delivery_attempts)
-        sessions = SessionManager(database, cache, HashedTokenPolicy(), policy)
+        tokens = HashedTokenPolicy()
+        coherence = CacheCoherence(cache, tokens, settings.cache_trust_seconds, settings.invalidation_bound)
+        database.add_commit_listener(coherence.committed)
+        sessions = SessionManager(database, cache, tokens, policy, coherence)
         rules = CredentialRules(settings.password_min_length, settings.password_max_length)
         flows = AccountFlows(database, hasher, sessions, rules, outbox, build_flow_settings(settings))
         verification = VerificationPolicy(
@@ -166,9 +212,12 @@ class App:
         accounts = AccountService(database, hasher, sessions, rules, settings.auto_sign_in, verification=verification)
         profile = ProfileService(database, hasher, sessions, rules)
         server = GrpcServer(
-            AuthServicer(accounts, sessions, flows, profile), SessionServicer(sessions), settings.listen
+            AuthServicer(accounts, sessions, flows, profile),
+            SessionServicer(sessions),
+            settings.listen,
+            reuse_port=settings.reuse_port,
         )
-        return cls(settings, database, cache, hasher, server, outbox)
+        return cls(settings, database, cache, hasher, server, outbox, coherence)
 
     async def start(self) -> None:
         """Start serving; health follows the database's reachability.
@@ -190,6 +239,8 @@ class App:
             log.warning("database unreachable: health is NOT_SERVING")
         self.outbox.start()
         self._tasks.append(asyncio.create_task(self._watch_health(serving), name="health"))
+        if self.settings.cache_enabled:
+            self._tasks.append(asyncio.create_task(self.coherence.follow(self.database), name="invalidations"))
         if self.settings.cleanup_interval:
             self._tasks.append(asyncio.create_task(self._cleanup_periodically(), name="cleanup"))
 
@@ -219,6 +270,8 @@ class App:
         while True:
             await asyncio.sleep(self.settings.health_interval)
             now_serving = await self._database_reachable()
+            if self._draining:
+                return
             if now_serving != serving:
                 log.warning(
                     "database %s: health is %s",
@@ -227,9 +280,19 @@ class App:
                 await self.server.set_serving(now_serving)
                 serving = now_serving
 
+    async def drain(self) -> None:
+        """Tell health checkers to go away (NOT_SERVING) but keep serving for ``drain_delay`` seconds, so load
+        balancers stop sending calls before the listener closes."""
+        self._draining = True
+        await self.server.set_serving(False)
+        if self.settings.drain_delay:
+            log.info("draining: NOT_SERVING, still answering for %.1fs", self.settings.drain_delay)
+            await asyncio.sleep(self.settings.drain_delay)
+
     async def stop(self) -> None:
         """Stop accepting, drain in-flight calls within the grace period, then close pools."""
         log.info("shutting down (grace %.1fs)", self.settings.shutdown_grace)
+        await self.server.stop(self.settings.shutdown_grace)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -239,7 +302,6 @@ class App:
                 pass
             except Exception:
                 log.exception("background task %s had failed", task.get_name())
-        await self.server.stop(self.settings.shutdown_grace)
         await self.outbox.stop(self.settings.shutdown_grace)
         await self.close_resources()
         log.info("stopped")
@@ -252,18 +314,26 @@ class App:
 
 
 async def run(settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT."""
+    """Serve until SIGTERM (drain first) or SIGINT (stop at once, for a terminal)."""
+    lock = lock_sqlite(settings)
     app = App.build(settings)
-    stop = asyncio.Event()
+    received: asyncio.Queue[signal.Signals] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, received.put_nowait, sig)
     try:
         await app.start()
     except BaseException:
         await app.close_resources()
         raise
     try:
-        await stop.wait()
+        if await received.get() == signal.SIGTERM:
+            drain = asyncio.create_task(app.drain())
+            stop_now = asyncio.create_task(received.get())  # a second signal cuts the drain short
+            await asyncio.wait((drain, stop_now), return_when=asyncio.FIRST_COMPLETED)
+            for task in (drain, stop_now):
+                task.cancel()
     finally:
         await app.stop()
+        if lock is not None:
+            lock.close()

@@ -33,12 +33,12 @@ def _event_loop_policy() -> None:
 
 
 def _serve(settings: Settings) -> int:
-    from authsidecar.app import SchemaNotReady, run
+    from authsidecar.app import AlreadyServing, SchemaNotReady, run
 
     _event_loop_policy()
     try:
         asyncio.run(run(settings))
-    except (OSError, SchemaNotReady) as exc:
+    except (OSError, SchemaNotReady, AlreadyServing) as exc:
         log.error("%s", exc)
         return 1
     return 0

@@ -51,6 +51,15 @@ class Settings(BaseSettings):
         description="redis://... ; unset means the in-process secondary storage",
     )
     redis_key_prefix: str = Field("authsidecar:", max_length=64, description="prefix of every Redis key")
+    secret: SecretStr | None = Field(
+        None, description="server secret (32+ characters); required with REDIS_URL: authenticates cached documents"
+    )
+    cache_trust_seconds: Annotated[float, Field(ge=1, le=3600)] = Field(
+        60.0, description="a cached session is re-checked against SQL once its snapshot is older than this"
+    )
+    invalidation_bound: Annotated[float, Field(ge=0.05, le=30)] = Field(
+        1.0, description="seconds within which every instance stops trusting a revoked or changed cached session"
+    )
     cache_enabled: bool = Field(True, description="cache sessions in the secondary storage (off: every call hits SQL)")
     memory_cache_max_entries: Annotated[int, Field(ge=100, le=10_000_000)] = 100_000
 
@@ -127,7 +136,18 @@ class Settings(BaseSettings):
     )
     health_interval: Annotated[float, Field(gt=0, le=300)] = 2.0
     shutdown_grace: Annotated[float, Field(ge=0, le=300)] = 10.0
+    drain_delay: Annotated[float, Field(ge=0, le=300)] = Field(
+        5.0, description="after SIGTERM: seconds of serving with health NOT_SERVING before the listener closes"
+    )
+    reuse_port: bool = Field(False, description="SO_REUSEPORT: several server processes may share the port")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("secret")
+    @classmethod
+    def _check_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters (for example: openssl rand -hex 32)")
+        return value
 
     @field_validator("listen")
     @classmethod
@@ -190,6 +210,11 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(f"invalid configuration: AUTHSIDECAR_CONFIG: {path}: {exc}") from None
     if "{token}" not in settings.link_url_template:
         raise ConfigError("invalid configuration: AUTHSIDECAR_LINK_URL_TEMPLATE: must contain {token}")
+    if settings.redis_url is not None and settings.cache_enabled and settings.secret is None:
+        raise ConfigError(
+            "invalid configuration: AUTHSIDECAR_SECRET: required with REDIS_URL (32+ characters, the same on every"
+            " instance; for example: openssl rand -hex 32)"
+        )
     if settings.password_min_length > settings.password_max_length:
         raise ConfigError("invalid configuration: AUTHSIDECAR_PASSWORD_MIN_LENGTH: greater than password_max_length")
     return settings

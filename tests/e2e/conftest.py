@@ -18,12 +18,16 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from authsidecar_client.v1 import auth_service_pb2_grpc, session_service_pb2_grpc
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, TEST_SECRET
 
+# Every test server: cheap hashing, a secret (needed with REDIS_URL), and no drain delay (tests that are about
+# draining set their own).
 FAST_ARGON2_ENV = {
     "AUTHSIDECAR_ARGON2_TIME_COST": "1",
     "AUTHSIDECAR_ARGON2_MEMORY_KIB": "8192",
     "AUTHSIDECAR_HASH_MAX_PENDING": "256",
+    "AUTHSIDECAR_SECRET": TEST_SECRET,
+    "AUTHSIDECAR_DRAIN_DELAY": "0",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -10,6 +11,7 @@ import pytest
 import pytest_asyncio
 
 from authsidecar.cache import MemorySessionCache, RedisSessionCache, ResilientSessionCache
+from authsidecar.cache.integrity import DocumentSigner, derive_key
 from authsidecar.cache.redis import connect_redis
 from authsidecar.cache.resp import PipelinedGetClient
 from authsidecar.delivery import DeliveryQueue, Message
@@ -18,6 +20,7 @@ from authsidecar.security.passwords import PasswordHasher
 from authsidecar.security.tokens import HashedTokenPolicy
 from authsidecar.services.accounts import AccountService
 from authsidecar.services.clock import utc_now
+from authsidecar.services.coherence import CacheCoherence
 from authsidecar.services.profile import ProfileService
 from authsidecar.services.rules import CredentialRules
 from authsidecar.services.sessions import SessionManager, SessionPolicy
@@ -25,7 +28,7 @@ from authsidecar.services.verification import AccountFlows, FlowSettings
 from authsidecar.storage.database import SqlDatabase, create_database
 from authsidecar.storage.schema import Schema
 from authsidecar.storage.urls import resolve_database_url
-from tests.conftest import FAST_ARGON2, REDIS_URL
+from tests.conftest import FAST_ARGON2, REDIS_URL, TEST_SECRET
 
 
 @dataclass
@@ -55,6 +58,7 @@ class Backend:
     name: str
     db: SqlDatabase
     cache: SessionCache
+    coherence: CacheCoherence
     clock: FakeClock
     tokens: HashedTokenPolicy
     sessions: SessionManager
@@ -88,13 +92,18 @@ async def backend(
     if request.param == "postgres+redis":
         db = create_database(resolve_database_url(pg_url, ""), Schema())
         getter = PipelinedGetClient(REDIS_URL, 0.5)
-        cache = ResilientSessionCache(RedisSessionCache(connect_redis(REDIS_URL, 0.5), redis_prefix, getter))
+        signer = DocumentSigner(derive_key(TEST_SECRET, "cache-documents"))
+        cache = ResilientSessionCache(RedisSessionCache(connect_redis(REDIS_URL, 0.5), redis_prefix, signer, getter))
     else:
         db = create_database(resolve_database_url(sqlite_url, ""), Schema())
         cache = MemorySessionCache()
     clock = FakeClock()
     tokens = HashedTokenPolicy()
-    sessions = SessionManager(db, cache, tokens, SessionPolicy(), clock)
+    coherence = CacheCoherence(cache, tokens)
+    db.add_commit_listener(coherence.committed)
+    await coherence.catch_up(db)
+    follower = asyncio.create_task(coherence.follow(db))
+    sessions = SessionManager(db, cache, tokens, SessionPolicy(), coherence, clock)
     sender = RecordingSender()
     outbox = DeliveryQueue(sender, attempts=1)
     outbox.start()
@@ -109,6 +118,7 @@ async def backend(
         request.param,
         db,
         cache,
+        coherence,
         clock,
         tokens,
         sessions,
@@ -120,5 +130,7 @@ async def backend(
         sender,
     )
     await outbox.stop(5)
+    follower.cancel()
+    await asyncio.gather(follower, return_exceptions=True)
     await cache.close()
     await db.close()

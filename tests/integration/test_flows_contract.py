@@ -264,8 +264,11 @@ async def test_a_refill_racing_a_profile_change_cannot_restore_the_old_snapshot(
     stored = backend.tokens.stored(up.token)
     stale = await backend.db.find_session(stored)  # a validation read the row...
     assert stale is not None
+    backend.clock.now += timedelta(seconds=1)
     await backend.profile.update_user(up.token, {"name": "New Name"})  # ...the profile changed...
     key = backend.tokens.cache_key(stored)
-    await backend.cache.put(key, stale, 3600)  # ...and the validation now refills the cache.
-    assert await backend.cache.get(key) is None
+    await backend.cache.put(key, stale, 3600)  # ...and the validation now refills the cache with the old row.
+    cached = await backend.cache.get(key)
+    assert cached is not None and cached.user.name == "Old Name"
+    assert not backend.coherence.trusted(cached)  # the user's newer version is known: the copy is not trusted
     assert (await backend.sessions.validate(up.token)).user.name == "New Name"

@@ -89,8 +89,9 @@ class TestCodec:
 
     def test_document_shape(self) -> None:
         entry = make_entry()
-        doc: dict[str, Any] = json.loads(encode_session(entry))
-        assert set(doc) == {"session", "user"}
+        doc: dict[str, Any] = json.loads(encode_session(replace(entry, checked_at=1_700_000_000.1234)))
+        assert set(doc) == {"session", "user", "checkedAt"}
+        assert doc["checkedAt"] == 1_700_000_000_123
         assert doc["session"] == {
             "id": entry.session.id,
             "token": entry.session.stored_token,
@@ -366,6 +367,8 @@ class TestNullSessionCache:
 class FlakyCache:
     """An in-memory SessionCache that records calls and raises ``error`` while ``down``."""
 
+    shared = False
+
     def __init__(self, error: Exception | None = None) -> None:
         self.down = False
         self.error = error or RedisConnectionError("connection refused")
@@ -394,6 +397,9 @@ class FlakyCache:
         for key in keys:
             self.store.pop(key, None)
 
+    async def evict_user(self, user_id: str) -> None:
+        self._check("evict_user", user_id)
+
     async def purge(self) -> None:
         self._check("purge", None)
         self.store.clear()
@@ -409,7 +415,7 @@ def inner() -> FlakyCache:
 
 @pytest.fixture
 def resilient(inner: FlakyCache, clock: FakeClock) -> ResilientSessionCache:
-    return ResilientSessionCache(inner, retry_after=5.0, max_pending=3, clock=clock)
+    return ResilientSessionCache(inner, retry_after=5.0, clock=clock)
 
 
 class TestResilientSessionCache:
@@ -419,9 +425,14 @@ class TestResilientSessionCache:
         assert await resilient.get("k") is entry
         await resilient.invalidate("u", ["k"], ttl=60)
         assert await resilient.get("k") is None
-        assert inner.names() == ["put", "get", "invalidate", "get"]
+        await resilient.evict_user("u")
+        assert inner.names() == ["put", "get", "invalidate", "get", "evict_user"]
         assert resilient.available
         assert (resilient.errors, resilient.fallbacks) == (0, 0)
+
+    def test_shares_like_its_inner_cache(self, inner: FlakyCache) -> None:
+        inner.shared = True
+        assert ResilientSessionCache(inner).shared
 
     @pytest.mark.parametrize("error", [RedisConnectionError("down"), RedisTimeoutError("slow"), OSError("reset")])
     async def test_failure_trips_the_breaker(self, clock: FakeClock, error: Exception) -> None:
@@ -445,6 +456,7 @@ class TestResilientSessionCache:
         clock.advance(4.9)
         assert await resilient.get("k") is None
         assert await resilient.get("k") is None
+        await resilient.invalidate("u", ["k"], ttl=30)
         assert len(inner.calls) == calls  # not even probed
         assert resilient.fallbacks == 3
 
@@ -470,112 +482,41 @@ class TestResilientSessionCache:
         await resilient.get("k")
         assert resilient.available
 
-    async def test_put_is_skipped_while_down(
+    async def test_writes_are_skipped_while_down(
         self, resilient: ResilientSessionCache, inner: FlakyCache, clock: FakeClock
     ) -> None:
         inner.down = True
         await resilient.get("k")
         inner.down = False
         await resilient.put("k", make_entry(), ttl=60)
-        assert "put" not in inner.names()
+        await resilient.invalidate("u", ["k"], ttl=60)
+        await resilient.evict_user("u")
+        assert inner.names() == ["get"]
         assert inner.store == {}
 
-    async def test_failed_put_trips_and_does_not_raise(
-        self, resilient: ResilientSessionCache, inner: FlakyCache
+    @pytest.mark.parametrize("operation", ["put", "invalidate", "evict_user"])
+    async def test_failed_write_trips_and_does_not_raise(
+        self, resilient: ResilientSessionCache, inner: FlakyCache, operation: str
     ) -> None:
         inner.down = True
-        await resilient.put("k", make_entry(), ttl=60)
+        if operation == "put":
+            await resilient.put("k", make_entry(), ttl=60)
+        elif operation == "invalidate":
+            await resilient.invalidate("u", ["k"], ttl=60)
+        else:
+            await resilient.evict_user("u")
         assert not resilient.available
         assert resilient.errors == 1
 
-    async def test_invalidations_while_down_are_replayed_before_reads(
+    async def test_a_successful_write_closes_the_breaker(
         self, resilient: ResilientSessionCache, inner: FlakyCache, clock: FakeClock
     ) -> None:
-        entry = make_entry()
-        await resilient.put("a", entry, ttl=60)
-        await resilient.put("b", entry, ttl=60)
         inner.down = True
-        await resilient.invalidate("u", ["a"], ttl=30)  # fails, trips, remembered
-        await resilient.invalidate("u", ["b"], ttl=40)  # down: remembered without trying
-        assert not resilient.available
-        assert [c for c in inner.calls if c[0] == "invalidate"] == [("invalidate", ("u", ("a",), 30))]
-
+        await resilient.get("k")
         inner.down = False
-        inner.calls.clear()
         clock.advance(5)
-        assert await resilient.get("a") is None  # not the stale entry
-        assert inner.calls == [
-            ("invalidate", ("u", ("a",), 30)),
-            ("invalidate", ("u", ("b",), 40)),
-            ("get", "a"),
-        ]
-        assert inner.store == {}
+        await resilient.invalidate("u", ["k"], ttl=30)
         assert resilient.available
-
-    async def test_replay_failure_keeps_the_rest_pending(
-        self, resilient: ResilientSessionCache, inner: FlakyCache, clock: FakeClock
-    ) -> None:
-        inner.down = True
-        await resilient.invalidate("u", ["a", "b"], ttl=30)
-        clock.advance(5)
-        assert await resilient.get("x") is None  # replay fails on "a"
-        assert not resilient.available
-        inner.down = False
-        inner.calls.clear()
-        clock.advance(5)
-        await resilient.get("x")
-        assert inner.names() == ["invalidate", "invalidate", "get"]
-        assert resilient.available
-
-    async def test_lost_invalidations_purge_on_recovery(
-        self, resilient: ResilientSessionCache, inner: FlakyCache, clock: FakeClock
-    ) -> None:
-        entry = make_entry()
-        for key in "abcde":
-            await resilient.put(key, entry, ttl=60)
-        inner.down = True
-        await resilient.invalidate("u", ["a", "b", "c", "d"], ttl=30)  # max_pending=3: "d" is lost
-        await resilient.invalidate("u", ["e"], ttl=30)
-        inner.down = False
-        inner.calls.clear()
-        clock.advance(5)
-        assert await resilient.get("d") is None
-        assert inner.names()[0] == "purge"
-        assert "get" in inner.names()
-        assert inner.store == {}
-        assert resilient.available
-
-        # Once recovered, a later outage with few invalidations does not purge again.
-        await resilient.put("f", entry, ttl=60)
-        inner.down = True
-        await resilient.invalidate("u", ["a"], ttl=30)
-        inner.down = False
-        inner.calls.clear()
-        clock.advance(5)
-        await resilient.get("f")
-        assert "purge" not in inner.names()
-
-    async def test_no_purge_when_nothing_was_lost(
-        self, resilient: ResilientSessionCache, inner: FlakyCache, clock: FakeClock
-    ) -> None:
-        inner.down = True
-        await resilient.invalidate("u", ["a", "b", "c"], ttl=30)  # exactly max_pending
-        inner.down = False
-        clock.advance(5)
-        await resilient.get("x")
-        assert "purge" not in inner.names()
-
-    async def test_healthy_invalidate_is_not_kept(
-        self, resilient: ResilientSessionCache, inner: FlakyCache, clock: FakeClock
-    ) -> None:
-        await resilient.invalidate("u", ["a"], ttl=30)
-        inner.down = True
-        await resilient.get("x")
-        inner.down = False
-        inner.calls.clear()
-        clock.advance(5)
-        await resilient.get("x")
-        assert inner.names() == ["get"]
 
     async def test_close_and_purge_delegate(self, resilient: ResilientSessionCache, inner: FlakyCache) -> None:
         await resilient.purge()

@@ -13,6 +13,7 @@ DB_PASSWORD = "s3cr3t-db-pa55"
 REDIS_PASSWORD = "s3cr3t-redis-pa55"
 DB_URL = f"postgresql://app:{DB_PASSWORD}@db.internal:5432/auth"
 REDIS_URL = f"redis://:{REDIS_PASSWORD}@cache.internal:6379/0"
+SECRET = "s3cret-" + "x" * 40
 
 
 @pytest.fixture(autouse=True)
@@ -101,6 +102,7 @@ class TestEnvironment:
     def test_unprefixed_urls(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("DATABASE_URL", DB_URL)
         monkeypatch.setenv("REDIS_URL", REDIS_URL)
+        monkeypatch.setenv("AUTHSIDECAR_SECRET", SECRET)
         s = load_settings()
         assert s.database_url is not None and s.database_url.get_secret_value() == DB_URL
         assert s.redis_url is not None and s.redis_url.get_secret_value() == REDIS_URL
@@ -190,10 +192,28 @@ class TestSecrets:
     def test_not_in_str_or_repr(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("DATABASE_URL", DB_URL)
         monkeypatch.setenv("REDIS_URL", REDIS_URL)
+        monkeypatch.setenv("AUTHSIDECAR_SECRET", SECRET)
         s = load_settings()
-        for text in (str(s), repr(s), str(s.model_dump()), str(s.database_url), repr(s.redis_url)):
+        for text in (str(s), repr(s), str(s.model_dump()), str(s.database_url), repr(s.redis_url), repr(s.secret)):
             assert DB_PASSWORD not in text
             assert REDIS_PASSWORD not in text
+            assert SECRET not in text
+
+    def test_redis_needs_a_secret(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        message = config_error(monkeypatch, REDIS_URL=REDIS_URL)
+        assert message.startswith("invalid configuration: AUTHSIDECAR_SECRET: required with REDIS_URL")
+        assert REDIS_PASSWORD not in message
+
+    def test_no_secret_needed_without_redis_or_without_caching(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        assert load_settings().secret is None
+        monkeypatch.setenv("REDIS_URL", REDIS_URL)
+        monkeypatch.setenv("AUTHSIDECAR_CACHE_ENABLED", "false")
+        assert load_settings().secret is None
+
+    def test_short_secret_is_refused_without_echoing_it(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        message = config_error(monkeypatch, AUTHSIDECAR_SECRET="short-secret-value")
+        assert message.startswith("invalid configuration: AUTHSIDECAR_SECRET:") and "32" in message
+        assert "short-secret-value" not in message
 
     def test_not_in_error_message(self, monkeypatch: pytest.MonkeyPatch) -> None:
         message = config_error(monkeypatch, DATABASE_URL=DB_URL, REDIS_URL=REDIS_URL, AUTHSIDECAR_DB_POOL_SIZE="0")

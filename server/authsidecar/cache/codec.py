@@ -1,5 +1,7 @@
 """JSON documents for cached sessions, in Better Auth's secondary-storage shape:
-``{"session": {...}, "user": {...}}`` with camelCase keys and ISO-8601 UTC dates (millisecond precision)."""
+``{"session": {...}, "user": {...}}`` with camelCase keys and ISO-8601 UTC dates (millisecond precision), plus
+``checkedAt``: when the snapshot was last read from SQL (Unix milliseconds; absent in Better Auth's own
+documents, which are then never trusted without a re-check)."""
 
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ def encode_session(entry: SessionWithUser) -> bytes:
             "createdAt": iso(u.created_at),
             "updatedAt": iso(u.updated_at),
         },
+        "checkedAt": int(entry.checked_at * 1000),
     }
     return json.dumps(doc, separators=(",", ":")).encode()
 
@@ -75,4 +78,5 @@ def decode_session(raw: bytes | str) -> SessionWithUser:
             created_at=_from_iso(u["createdAt"]),
             updated_at=_from_iso(u["updatedAt"]),
         ),
+        int(doc.get("checkedAt", 0)) / 1000,
     )

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from authsidecar.domain.models import SessionWithUser
-from authsidecar.domain.ports import USER_REFILL_PAUSE_SECONDS, SessionCache
+from authsidecar.domain.ports import SessionCache
 
 __all__ = ["MemorySessionCache", "NullSessionCache"]
 
@@ -17,11 +17,12 @@ class MemorySessionCache:
     When full, the oldest-inserted entries are dropped (a miss only costs one SQL query).
     """
 
+    shared = False
+
     def __init__(self, max_entries: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
         self._entries: dict[str, tuple[SessionWithUser, float]] = {}
         self._tombstones: dict[str, float] = {}
         self._by_user: dict[str, set[str]] = {}
-        self._paused_users: dict[str, float] = {}
         self._max = max_entries
         self._clock = clock
 
@@ -46,11 +47,6 @@ class MemorySessionCache:
             if tomb > now:
                 return
             del self._tombstones[key]
-        paused = self._paused_users.get(entry.session.user_id)
-        if paused is not None:
-            if paused > now:
-                return
-            del self._paused_users[entry.session.user_id]
         if key not in self._entries and len(self._entries) >= self._max:
             self._evict(now)
         self._entries[key] = (entry, now + ttl)
@@ -67,13 +63,9 @@ class MemorySessionCache:
             self._tombstones = {k: t for k, t in self._tombstones.items() if t > now}
 
     async def evict_user(self, user_id: str) -> None:
-        """Drop the user's entries and refuse refills for a minute (a racing refill could hold the old row)."""
+        """Drop the user's entries."""
         for key in list(self._by_user.get(user_id, ())):
             self._drop(key)
-        if len(self._paused_users) > self._max:
-            now = self._clock()
-            self._paused_users = {k: t for k, t in self._paused_users.items() if t > now}
-        self._paused_users[user_id] = self._clock() + USER_REFILL_PAUSE_SECONDS
 
     def user_keys(self, user_id: str) -> set[str]:
         """Keys cached for a user (the per-user index)."""
@@ -88,7 +80,6 @@ class MemorySessionCache:
         """Forget everything."""
         await self.purge()
         self._tombstones.clear()
-        self._paused_users.clear()
 
     def _drop(self, key: str) -> None:
         item = self._entries.pop(key, None)
@@ -112,6 +103,8 @@ class MemorySessionCache:
 
 class NullSessionCache:
     """No secondary storage: every validation goes to SQL."""
+
+    shared = False
 
     async def get(self, key: str) -> SessionWithUser | None:
         """Always a miss."""

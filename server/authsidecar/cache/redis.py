@@ -4,20 +4,22 @@ Layout under the configured prefix ``P``:
 
 | key | value | TTL |
 |---|---|---|
-| ``P<cache key>`` (``P session:<sha256>``) | JSON ``{"session": {...}, "user": {...}}`` | the session's remaining lifetime |
-| ``P<cache key>:revoked`` | ``1``: a revoked session may not be cached again | the session lifetime (expires_in) |
+| ``P<cache key>`` (``P session:<sha256>``) | ``m1:<mac>:`` + JSON ``{"session", "user", "checkedAt"}`` | the session's remaining lifetime |
+| ``P<cache key>:revoked`` | ``1``: a revoked session may not be cached again | how long invalidations are remembered |
 | ``P active-sessions:<userId>`` | sorted set: cache key -> expiresAt (ms) | the furthest expiry |
-| ``P user-changed:<userId>`` | ``1``: the user's profile just changed, refills refused | 60 s |
 
-Writes are conditional on the tombstone (one Lua script), so a validation that read the database just before a
-revocation cannot put the revoked session back. Errors propagate; ResilientSessionCache decides what they mean.
+No key holds a usable token (cache keys are digests). Every document is authenticated (cache/integrity.py); an
+unsigned, altered or moved one is a miss, logged and counted. Writes are conditional on the tombstone (one Lua
+script), so a validation that read the database just before a revocation does not put the revoked session back.
+None of this is what makes revocation hold (services/coherence.py is); it keeps Redis tidy. Errors propagate;
+ResilientSessionCache decides what they mean.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -25,17 +27,18 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from authsidecar.cache.codec import decode_session, encode_session
+from authsidecar.cache.integrity import DocumentSigner
 from authsidecar.cache.memo import BoundedMemo
 from authsidecar.cache.resp import PipelinedGetClient
 from authsidecar.domain.models import SessionWithUser
-from authsidecar.domain.ports import USER_REFILL_PAUSE_SECONDS, SessionCache
+from authsidecar.domain.ports import SessionCache
 
 __all__ = ["RedisSessionCache", "connect_redis"]
 
 log = logging.getLogger(__name__)
 
 _PUT = """
-if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[5])
@@ -49,9 +52,9 @@ _EVICT_USER = """
 local keys = redis.call('ZRANGE', KEYS[1], 0, -1)
 for _, key in ipairs(keys) do redis.call('DEL', ARGV[1] .. key) end
 redis.call('DEL', KEYS[1])
-redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
 return #keys
 """
+_FORGERY_LOG_INTERVAL = 10.0
 
 
 def connect_redis(url: str, timeout: float) -> Redis:
@@ -68,40 +71,65 @@ def connect_redis(url: str, timeout: float) -> Redis:
 
 
 class RedisSessionCache:
-    """SessionCache on Redis."""
+    """SessionCache on Redis, shared by every instance."""
 
-    def __init__(self, client: Redis, prefix: str, getter: PipelinedGetClient | None = None) -> None:
+    shared = True
+
+    def __init__(
+        self,
+        client: Redis,
+        prefix: str,
+        signer: DocumentSigner,
+        getter: PipelinedGetClient | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._redis = client
         self._getter = getter
         self._prefix = prefix
-        # Content-addressed decode memo: identical bytes decode to the identical entry, so a session validated
-        # again skips JSON and date parsing. Freshness is unaffected: the GET still happens on every call.
-        self._decoded: BoundedMemo[bytes | str, SessionWithUser] = BoundedMemo(4096)
+        self._signer = signer
+        self._mono = monotonic
+        # Content-addressed decode memo: identical (key, bytes) verify and decode to the identical entry, so a
+        # session validated again skips the MAC, JSON and dates. Freshness is unaffected: the GET happens on
+        # every call.
+        self._decoded: BoundedMemo[tuple[str, bytes], SessionWithUser] = BoundedMemo(4096)
         self._put = client.register_script(_PUT)
         self._evict_user = client.register_script(_EVICT_USER)
+        self.refused = 0
+        self._refusal_logged_at = -_FORGERY_LOG_INTERVAL
 
     def _index(self, user_id: str) -> str:
         return f"{self._prefix}active-sessions:{user_id}"
 
-    def _paused(self, user_id: str) -> str:
-        return f"{self._prefix}user-changed:{user_id}"
-
     async def get(self, key: str) -> SessionWithUser | None:
-        """One GET and a JSON parse; a malformed document counts as a miss."""
+        """One GET; then (unless memoised) the MAC and a JSON parse. A document that fails either is a miss."""
         full = self._prefix + key
         raw = await (self._getter.get(full) if self._getter is not None else self._redis.get(full))
         if raw is None:
             return None
-        entry = self._decoded.get(raw)
+        if isinstance(raw, str):
+            raw = raw.encode()
+        memo_key = (full, raw)
+        entry = self._decoded.get(memo_key)
         if entry is not None:
             return entry
-        try:
-            entry = decode_session(raw)
-        except (ValueError, KeyError, TypeError):
-            log.warning("ignoring a malformed cached session document")
+        body = self._signer.verify(full, raw)
+        if body is None:
+            self._refuse("unauthenticated (forged, altered or moved)")
             return None
-        self._decoded.put(raw, entry)
+        try:
+            entry = decode_session(body)
+        except (ValueError, KeyError, TypeError):
+            self._refuse("malformed")
+            return None
+        self._decoded.put(memo_key, entry)
         return entry
+
+    def _refuse(self, why: str) -> None:
+        self.refused += 1
+        now = self._mono()
+        if now - self._refusal_logged_at >= _FORGERY_LOG_INTERVAL:
+            self._refusal_logged_at = now
+            log.warning("refused a cached session document: %s (%d refused so far)", why, self.refused)
 
     async def put(self, key: str, entry: SessionWithUser, ttl: int) -> None:
         """Cache unless revoked (tombstone), index under the user."""
@@ -110,8 +138,8 @@ class RedisSessionCache:
         full = self._prefix + key
         expires_ms = int(entry.session.expires_at.timestamp() * 1000)
         await self._put(
-            keys=[full, full + ":revoked", self._index(entry.session.user_id), self._paused(entry.session.user_id)],
-            args=[encode_session(entry), ttl, key, expires_ms, int(time.time() * 1000)],
+            keys=[full, full + ":revoked", self._index(entry.session.user_id)],
+            args=[self._signer.sign(full, encode_session(entry)), ttl, key, expires_ms, int(time.time() * 1000)],
         )
 
     async def invalidate(self, user_id: str, keys: Sequence[str], ttl: int) -> None:
@@ -128,9 +156,7 @@ class RedisSessionCache:
 
     async def evict_user(self, user_id: str) -> None:
         """Delete every session document indexed under the user, and the index."""
-        await self._evict_user(
-            keys=[self._index(user_id), self._paused(user_id)], args=[self._prefix, USER_REFILL_PAUSE_SECONDS]
-        )
+        await self._evict_user(keys=[self._index(user_id)], args=[self._prefix])
 
     async def purge(self) -> None:
         """Delete every session document and index under the prefix (tombstones stay)."""

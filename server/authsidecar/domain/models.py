@@ -5,7 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-__all__ = ["CREDENTIAL_PROVIDER", "Account", "Session", "SessionWithUser", "User", "Verification"]
+__all__ = [
+    "CREDENTIAL_PROVIDER",
+    "Account",
+    "Invalidations",
+    "Session",
+    "SessionWithUser",
+    "User",
+    "Verification",
+    "version_of",
+]
 
 CREDENTIAL_PROVIDER = "credential"
 
@@ -40,10 +49,34 @@ class Session:
 
 @dataclass(frozen=True, slots=True)
 class SessionWithUser:
-    """What validating a token yields."""
+    """What validating a token yields. ``checked_at`` (Unix seconds) is when this snapshot was last read from,
+    or written to, the store of record; a cached copy is trusted only for a bounded time after it (0: never)."""
 
     session: Session
     user: User
+    checked_at: float = 0.0
+
+
+def version_of(user: User) -> int:
+    """A user snapshot's version: ``updatedAt`` in milliseconds (the precision cached documents keep)."""
+    return int(user.updated_at.timestamp() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Invalidations:
+    """What a committed write made stale in every cache, declared by the write itself.
+
+    ``sessions``: (user id, stored token) of sessions that were deleted and must never validate again.
+    ``users``: (user id, version) of users whose snapshot changed; only a snapshot of that version is current.
+    ``seq``: the entry's place in the invalidation log (commit order), once logged.
+    """
+
+    sessions: tuple[tuple[str, str], ...] = ()
+    users: tuple[tuple[str, int], ...] = ()
+    seq: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.sessions or self.users)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Protocol
 
-from authsidecar.domain.models import Account, Session, SessionWithUser, User, Verification
+from authsidecar.domain.models import Account, Invalidations, Session, SessionWithUser, User, Verification
 
-__all__ = ["USER_REFILL_PAUSE_SECONDS", "Database", "SessionCache", "UnitOfWork"]
-
-# After evict_user, refills for that user are refused this long, so a validation that read the old row just
-# before a profile change cannot put the old snapshot back (those validations go to SQL meanwhile).
-USER_REFILL_PAUSE_SECONDS = 60
+__all__ = ["Database", "InvalidationLog", "SessionCache", "UnitOfWork"]
 
 
 class UnitOfWork(Protocol):
-    """Repositories bound to one open transaction. Nothing is committed until the transaction block ends."""
+    """Repositories bound to one open transaction. Nothing is committed until the transaction block ends.
+
+    Writes that make cached snapshots stale (deleting sessions, changing or deleting a user) declare it
+    themselves: the transaction logs the invalidations in the same commit and hands them to the commit
+    listeners afterwards. Services never invalidate caches by hand.
+    """
 
     async def insert_user(self, user: User) -> None:
         """Insert a user; raises Conflict on a duplicate email."""
@@ -41,7 +42,7 @@ class UnitOfWork(Protocol):
         """Set the given profile fields (logical names: name, image); the updated user, or None."""
 
     async def delete_user(self, user_id: str) -> bool:
-        """Delete the user (sessions and accounts cascade); False if it did not exist."""
+        """Delete the user, its sessions (declared revoked) and accounts; False if it did not exist."""
 
     async def insert_verification(self, verification: Verification) -> None:
         """Insert a verification row."""
@@ -57,6 +58,9 @@ class UnitOfWork(Protocol):
 
     async def delete_expired(self, table: str, now: datetime, limit: int) -> int:
         """Delete up to ``limit`` rows of ``session`` or ``verification`` that expired before ``now``."""
+
+    async def delete_old_invalidations(self, before: datetime, limit: int) -> int:
+        """Delete up to ``limit`` invalidation log entries written before ``before``."""
 
     async def insert_account(self, account: Account) -> None:
         """Insert an account row."""
@@ -86,8 +90,24 @@ class UnitOfWork(Protocol):
         """The user's unexpired sessions, newest first."""
 
 
-class Database(Protocol):
+class InvalidationLog(Protocol):
+    """The durable log of invalidations, numbered in commit order without gaps, that every instance follows."""
+
+    async def invalidation_cursor(self) -> int:
+        """The sequence number of the last committed entry (0: none yet)."""
+
+    async def invalidations_after(self, seq: int, limit: int) -> list[tuple[int, Invalidations]]:
+        """Up to ``limit`` entries after ``seq``, in order."""
+
+    async def invalidations_since(self, since: datetime, upto: int) -> list[tuple[int, Invalidations]]:
+        """Entries written after ``since`` with a sequence number up to ``upto``, in order."""
+
+
+class Database(InvalidationLog, Protocol):
     """The store of record."""
+
+    def add_commit_listener(self, listener: Callable[[Invalidations], Awaitable[None]]) -> None:
+        """Call ``listener`` after every commit of this process that logged invalidations."""
 
     def transaction(self, autocommit: bool = False) -> AbstractAsyncContextManager[UnitOfWork]:
         """Open a transaction; commits when the block exits cleanly, rolls back otherwise.
@@ -106,9 +126,13 @@ class Database(Protocol):
 class SessionCache(Protocol):
     """Secondary storage for validated sessions (Redis or in-process).
 
-    Implementations must never resurrect a revoked session: ``put`` is refused for a key invalidated within
-    the last ``ttl`` seconds given to ``invalidate``.
+    A cache is a copy, never the authority: what it returns is checked by the coherence rules before it is
+    trusted. ``put`` is refused for a key invalidated within the last ``ttl`` seconds given to ``invalidate``,
+    so a refill racing a revocation does not even reach the cache. ``shared`` is True when other instances
+    read the same cache (Redis), False for an in-process one.
     """
+
+    shared: bool
 
     async def get(self, key: str) -> SessionWithUser | None:
         """The cached session, or None on a miss (or when the cache is unavailable)."""
@@ -120,8 +144,7 @@ class SessionCache(Protocol):
         """Remove sessions and block their re-caching for ``ttl`` seconds."""
 
     async def evict_user(self, user_id: str) -> None:
-        """Drop the user's cached sessions (their user snapshot changed); refills pause for
-        USER_REFILL_PAUSE_SECONDS, no tombstones (the sessions stay valid)."""
+        """Drop the user's cached sessions (their user snapshot changed); no tombstones (they stay valid)."""
 
     async def purge(self) -> None:
         """Drop every cached session (used when invalidations may have been lost)."""

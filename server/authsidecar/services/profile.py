@@ -64,25 +64,24 @@ class ProfileService:
         now = self._clock()
         async with self._db.transaction() as tx:
             await tx.update_account_password(account.id, new_hash, now)
-            revoked = await tx.delete_user_sessions(current.user.id) if revoke_other_sessions else []
-        await self._sessions.forget(revoked)
+            if revoke_other_sessions:
+                await tx.delete_user_sessions(current.user.id)
         if not revoke_other_sessions:
             return PasswordChanged()
         session, new_token = await self._sessions.open_session(current.user, client)
         return PasswordChanged(session, new_token)
 
     async def update_user(self, token: str, changes: dict[str, str | None]) -> User:
-        """Set name and/or image; cached session snapshots are refreshed."""
+        """Set name and/or image; every cached snapshot of the user is superseded."""
         current = await self._sessions.validate(token)
         if "name" in changes and not (changes["name"] or "").strip():
             raise MissingField.field("name", "must not be empty")
         if not changes:
             return current.user
-        async with self._db.transaction(autocommit=True) as tx:
+        async with self._db.transaction() as tx:
             user = await tx.update_user(current.user.id, changes, self._clock())
         if user is None:
             raise UserNotFound()
-        await self._sessions.evict_user(user.id)
         return user
 
     async def delete_user(self, token: str, password: str) -> None:
@@ -98,7 +97,5 @@ class ProfileService:
         else:
             self._sessions.require_fresh(current)
         async with self._db.transaction() as tx:
-            sessions = await tx.delete_user_sessions(user_id)
             await tx.delete_user_verifications(user_id)
-            await tx.delete_user(user_id)  # accounts cascade
-        await self._sessions.forget(sessions)
+            await tx.delete_user(user_id)  # sessions declared revoked; accounts cascade

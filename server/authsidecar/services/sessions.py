@@ -1,14 +1,15 @@
 """Sessions: creation, validation (the hot path), listing and revocation.
 
-Validation answers from the secondary storage on a hit; on a miss it runs one SQL query and refills the cache.
-Every revocation deletes from SQL first, then invalidates the cache with a tombstone, so a concurrent refill
-cannot resurrect the session. Expiry is always checked, whatever the source.
+Validation answers from the secondary storage when the cached snapshot is trusted (services/coherence.py);
+otherwise it runs one SQL query and refills the cache. Revocations are SQL deletes that declare themselves
+(the unit of work logs them and the coherence mechanism applies them after commit); nothing here invalidates a
+cache by hand. Expiry is always checked, whatever the source.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hmac
+import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -18,6 +19,7 @@ from authsidecar.errors import InvalidToken, SessionExpired, SessionNotFound, Se
 from authsidecar.security.ids import generate_id
 from authsidecar.security.tokens import TokenPolicy
 from authsidecar.services.clock import Clock, utc_now
+from authsidecar.services.coherence import CacheCoherence
 
 __all__ = ["ClientInfo", "SessionManager", "SessionPolicy"]
 
@@ -67,12 +69,14 @@ class SessionManager:
         cache: SessionCache,
         tokens: TokenPolicy,
         policy: SessionPolicy,
+        coherence: CacheCoherence,
         clock: Clock = utc_now,
     ) -> None:
         self._db = db
         self._cache = cache
         self._tokens = tokens
         self._policy = policy
+        self._coherence = coherence
         self._clock = clock
 
     def new_session(self, user_id: str, client: ClientInfo, remember_me: bool, now: datetime) -> tuple[Session, str]:
@@ -104,37 +108,38 @@ class SessionManager:
         if not self._policy.is_fresh(entry.session, self._clock()):
             raise SessionNotFresh()
 
-    async def evict_user(self, user_id: str) -> None:
-        """The user's profile changed: drop their cached snapshots (they are re-read from SQL)."""
-        await asyncio.shield(self._cache.evict_user(user_id))
-
-    async def forget(self, sessions: list[Session]) -> None:
-        """Sessions were deleted in SQL: remove them from the cache for good."""
-        await self._forget(sessions, self._clock())
-
     async def remember(self, entry: SessionWithUser) -> None:
-        """Write a freshly created session through to the cache."""
+        """Write a session this instance just stored through to the cache (saves the first validation a query)."""
         ttl = _ttl(entry.session.expires_at, self._clock())
-        await self._cache.put(self._tokens.cache_key(entry.session.stored_token), entry, ttl)
+        fresh = replace(entry, checked_at=time.time())
+        await self._cache.put(self._tokens.cache_key(entry.session.stored_token), fresh, ttl)
 
     async def validate(self, token: str) -> SessionWithUser:
         """The session and user of a token; raises InvalidToken / SessionExpired."""
         stored = self._tokens.stored(token)
         key = self._tokens.cache_key(stored)
         now = self._clock()
-        entry = await self._cache.get(key)
-        from_cache = entry is not None and hmac.compare_digest(entry.session.stored_token, stored)
-        if entry is None or not from_cache:
-            entry = await self._db.find_session(stored)
-            if entry is None:
+        cached = await self._cache.get(key)
+        if (
+            cached is not None
+            and hmac.compare_digest(cached.session.stored_token, stored)
+            and self._coherence.trusted(cached)
+        ):
+            entry, from_cache = cached, True
+        else:
+            found = await self._db.find_session(stored)
+            if found is None:
+                if cached is not None:  # a stale or foreign document: remove it
+                    await self._coherence.drop(key, cached.session.user_id)
                 raise InvalidToken()
+            entry, from_cache = found, False
         session = entry.session
         if session.expires_at <= now:
-            await self._forget([session], now)
+            await self._coherence.drop(key, session.user_id)
             raise SessionExpired()
         if self._policy.needs_refresh(session, now):
             entry = await self._refresh(entry, now)
-        elif not from_cache:
+        elif not from_cache and not self._coherence.revoked(stored):
             await self._cache.put(key, entry, _ttl(session.expires_at, now))
         return entry
 
@@ -144,7 +149,7 @@ class SessionManager:
             alive = await tx.refresh_session(session.stored_token, session.expires_at, now)
         if not alive:  # revoked between the read and the refresh
             raise InvalidToken()
-        refreshed = SessionWithUser(session, entry.user)
+        refreshed = SessionWithUser(session, entry.user, entry.checked_at)
         await self._cache.put(self._tokens.cache_key(session.stored_token), refreshed, _ttl(session.expires_at, now))
         return refreshed
 
@@ -157,49 +162,26 @@ class SessionManager:
     async def revoke(self, token: str, session_id: str) -> None:
         """Revoke one of the token's user's sessions; raises SessionNotFound."""
         current = await self.validate(token)
-        async with self._db.transaction(autocommit=True) as tx:
+        async with self._db.transaction() as tx:
             deleted = await tx.delete_session_by_id(current.user.id, session_id)
         if deleted is None:
             raise SessionNotFound()
-        await self._forget([deleted], self._clock())
 
     async def revoke_others(self, token: str) -> int:
         """Revoke all of the user's sessions but the token's own; returns how many."""
         current = await self.validate(token)
-        async with self._db.transaction(autocommit=True) as tx:
+        async with self._db.transaction() as tx:
             deleted = await tx.delete_user_sessions(current.user.id, except_session_id=current.session.id)
-        await self._forget(deleted, self._clock())
         return len(deleted)
 
     async def revoke_all(self, token: str) -> int:
         """Revoke all of the user's sessions, the token's own included; returns how many."""
         current = await self.validate(token)
-        async with self._db.transaction(autocommit=True) as tx:
+        async with self._db.transaction() as tx:
             deleted = await tx.delete_user_sessions(current.user.id)
-        await self._forget(deleted, self._clock())
         return len(deleted)
 
     async def sign_out(self, token: str) -> None:
         """End the token's session; unknown or expired tokens are not an error."""
-        stored = self._tokens.stored(token)
-        async with self._db.transaction(autocommit=True) as tx:
-            deleted = await tx.delete_session_by_token(stored)
-        if deleted is not None:
-            await self._forget([deleted], self._clock())
-
-    async def _forget(self, sessions: list[Session], now: datetime) -> None:
-        """Remove sessions from the cache and block their re-caching for as long as they could live.
-
-        Shielded: the SQL delete has committed, so a cancelled call (client gone, deadline, shutdown) must not
-        leave the cache entry behind.
-        """
-        if sessions:
-            await asyncio.shield(self._invalidate(sessions))
-
-    async def _invalidate(self, sessions: list[Session]) -> None:
-        by_user: dict[str, list[str]] = {}
-        for s in sessions:
-            by_user.setdefault(s.user_id, []).append(self._tokens.cache_key(s.stored_token))
-        ttl = max(int(self._policy.expires_in.total_seconds()), 1)  # a session may be refreshed up to this
-        for user_id, keys in by_user.items():
-            await self._cache.invalidate(user_id, keys, ttl)
+        async with self._db.transaction() as tx:
+            await tx.delete_session_by_token(self._tokens.stored(token))

@@ -148,7 +148,6 @@ class AccountFlows:
                     raise InvalidToken("the token no longer matches the account")
         except Conflict as exc:  # the new address was taken meanwhile; the token stays usable
             raise UserAlreadyExists() from exc
-        await self._sessions.evict_user(user.id)
         if not self._settings.auto_sign_in_after_verification:
             return AuthResult(user)
         session, session_token = await self._sessions.open_session(user, client)
@@ -208,5 +207,5 @@ class AccountFlows:
                 )
             else:
                 raise InvalidToken("the token no longer matches the account")
-            revoked = await tx.delete_user_sessions(user_id) if self._settings.revoke_sessions_on_password_reset else []
-        await self._sessions.forget(revoked)
+            if self._settings.revoke_sessions_on_password_reset:
+                await tx.delete_user_sessions(user_id)

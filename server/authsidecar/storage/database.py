@@ -4,22 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from authsidecar.domain.models import CREDENTIAL_PROVIDER, Account, Session, SessionWithUser, User, Verification
+from authsidecar.domain.models import (
+    CREDENTIAL_PROVIDER,
+    Account,
+    Invalidations,
+    Session,
+    SessionWithUser,
+    User,
+    Verification,
+    version_of,
+)
 from authsidecar.domain.ports import Database, UnitOfWork
 from authsidecar.errors import AuthSidecarError, BackendUnavailable
 from authsidecar.storage.errors import translate_error
+from authsidecar.storage.invalidations import decode_payload, encode_payload
 from authsidecar.storage.schema import Schema
 from authsidecar.storage.urls import DatabaseTarget
 
-__all__ = ["SqlDatabase", "SqlUnitOfWork", "create_database"]
+__all__ = ["CommitListener", "SqlDatabase", "SqlUnitOfWork", "create_database"]
+
+CommitListener = Callable[[Invalidations], Awaitable[None]]
 
 
 class _Rows:
@@ -128,6 +142,25 @@ class _Statements:
             for name, t in (("session", s), ("verification", v))
         }
         self.user_table = u
+        log, seq = schema.invalidation, schema.invalidation_seq
+        self.next_seq = (
+            sa.update(seq).where(seq.c.id == 1).values(last_seq=seq.c.last_seq + 1).returning(seq.c.last_seq)
+        )
+        self.insert_invalidation = sa.insert(log)
+        self.last_seq = sa.select(seq.c.last_seq).where(seq.c.id == 1)
+        self.invalidations_after = (
+            sa.select(log.c.seq, log.c.payload).where(log.c.seq > p("l_after")).order_by(log.c.seq).limit(p("l_limit"))
+        )
+        self.invalidations_since = (
+            sa.select(log.c.seq, log.c.payload)
+            .where(log.c.created_at > p("l_since"), log.c.seq <= p("l_upto"))
+            .order_by(log.c.seq)
+        )
+        self.old_invalidations = sa.delete(log).where(
+            log.c.seq.in_(
+                sa.select(log.c.seq).where(log.c.created_at < p("x_now")).limit(p("x_limit")).scalar_subquery()
+            )
+        )
         self.list_sessions = (
             sa.select(s)
             .where(s.c.user_id == p("s_user"), s.c.expires_at > p("s_now"))
@@ -136,11 +169,46 @@ class _Statements:
 
 
 class SqlUnitOfWork:
-    """UnitOfWork over one SQLAlchemy connection inside an open transaction. Never commits by itself."""
+    """UnitOfWork over one SQLAlchemy connection inside an open transaction. Never commits by itself.
 
-    def __init__(self, conn: AsyncConnection, statements: _Statements) -> None:
+    Every write that makes a cached snapshot stale records it here (deleted sessions, changed users); the
+    transaction logs those invalidations in the same commit and hands them to the commit listener after it.
+    Such writes need a real transaction: in autocommit mode they raise before touching anything.
+    """
+
+    def __init__(self, conn: AsyncConnection, statements: _Statements, autocommit: bool = False) -> None:
         self._conn = conn
         self._q = statements
+        self._autocommit = autocommit
+        self._revoked: dict[str, str] = {}  # stored token -> user id
+        self._changed: dict[str, int] = {}  # user id -> version
+
+    def _expect_effects(self) -> None:
+        if self._autocommit:
+            raise RuntimeError("a write that invalidates cached sessions needs transaction(autocommit=False)")
+
+    def _sessions_gone(self, sessions: list[Session]) -> list[Session]:
+        for session in sessions:
+            self._revoked[session.stored_token] = session.user_id
+        return sessions
+
+    def _user_changed(self, user: User | None) -> User | None:
+        if user is not None:
+            self._changed[user.id] = version_of(user)
+        return user
+
+    def invalidations(self) -> Invalidations:
+        """What this transaction made stale so far."""
+        return Invalidations(
+            tuple((user_id, token) for token, user_id in self._revoked.items()), tuple(self._changed.items())
+        )
+
+    async def log_invalidations(self, invalidations: Invalidations) -> int:
+        """Append to the invalidation log (last statement before COMMIT: the counter row stays locked only
+        until then); returns the entry's sequence number."""
+        seq = int((await self._execute(self._q.next_seq, {})).scalar_one())
+        await self._execute(self._q.insert_invalidation, {"seq": seq, "payload": encode_payload(invalidations)})
+        return seq
 
     async def _execute(self, stmt: sa.Executable, params: dict[str, Any]) -> sa.CursorResult[Any]:
         return await self._conn.execute(stmt, params)
@@ -185,21 +253,26 @@ class SqlUnitOfWork:
 
     async def mark_email_verified(self, user_id: str, email: str, now: datetime) -> User | None:
         """Set emailVerified if the user still has that email."""
-        return await self._one_user(self._q.mark_verified, {"u_id": user_id, "u_email": email, "u_now": now})
+        self._expect_effects()
+        params = {"u_id": user_id, "u_email": email, "u_now": now}
+        return self._user_changed(await self._one_user(self._q.mark_verified, params))
 
     async def change_email(self, user_id: str, old_email: str, new_email: str, now: datetime) -> User | None:
         """Replace the email if it is still ``old_email``."""
+        self._expect_effects()
         params = {"u_id": user_id, "u_email": old_email, "u_new_email": new_email, "u_now": now}
-        return await self._one_user(self._q.change_email, params)
+        return self._user_changed(await self._one_user(self._q.change_email, params))
 
     async def update_user(self, user_id: str, changes: dict[str, str | None], now: datetime) -> User | None:
         """Set the given profile fields."""
+        self._expect_effects()
         u = self._q.user_table
         stmt = sa.update(u).where(u.c.id == user_id).values(**changes, updated_at=now).returning(*u.c)
-        return await self._one_user(stmt, {})
+        return self._user_changed(await self._one_user(stmt, {}))
 
     async def delete_user(self, user_id: str) -> bool:
-        """Delete the user; sessions and accounts cascade."""
+        """Delete the user, its sessions first (so they are logged as revoked); accounts cascade."""
+        await self.delete_user_sessions(user_id)
         return (await self._execute(self._q.delete_user, {"u_id": user_id})).first() is not None
 
     async def insert_verification(self, verification: Verification) -> None:
@@ -235,6 +308,10 @@ class SqlUnitOfWork:
     async def delete_expired(self, table: str, now: datetime, limit: int) -> int:
         """One batch of expired rows."""
         return (await self._execute(self._q.expired[table], {"x_now": now, "x_limit": limit})).rowcount
+
+    async def delete_old_invalidations(self, before: datetime, limit: int) -> int:
+        """One batch of invalidation log entries written before ``before``."""
+        return (await self._execute(self._q.old_invalidations, {"x_now": before, "x_limit": limit})).rowcount
 
     async def insert_account(self, account: Account) -> None:
         """Insert an account row."""
@@ -282,7 +359,8 @@ class SqlUnitOfWork:
         return (await self._execute(self._q.refresh_session, params)).rowcount > 0
 
     async def _delete_sessions(self, stmt: sa.Executable, params: dict[str, Any]) -> list[Session]:
-        return [_Rows.session(row._mapping) for row in await self._execute(stmt, params)]
+        self._expect_effects()
+        return self._sessions_gone([_Rows.session(row._mapping) for row in await self._execute(stmt, params)])
 
     async def delete_session_by_token(self, stored_token: str) -> Session | None:
         """Delete one session by token."""
@@ -312,6 +390,7 @@ class SqlDatabase:
 
     def __init__(self, engine: AsyncEngine, schema: Schema) -> None:
         self.engine = engine
+        self._listeners: list[CommitListener] = []
         # Single statements need no explicit transaction: no BEGIN/COMMIT round trips around them.
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.schema = schema
@@ -333,9 +412,14 @@ class SqlDatabase:
         ``autocommit``: each statement commits on its own, with no BEGIN/COMMIT round trips; for a block of
         ONE write, or of reads that need no common snapshot.
         """
+        invalidations = Invalidations()
         try:
             async with (self._autocommit if autocommit else self.engine).begin() as conn:
-                yield SqlUnitOfWork(conn, self._statements)
+                uow = SqlUnitOfWork(conn, self._statements, autocommit)
+                yield uow
+                invalidations = uow.invalidations()
+                if invalidations:
+                    invalidations = replace(invalidations, seq=await uow.log_invalidations(invalidations))
         except AuthSidecarError:
             raise
         except Exception as exc:
@@ -343,9 +427,46 @@ class SqlDatabase:
             if translated is None:
                 raise
             raise translated from exc
+        if invalidations:
+            # Committed: the listeners (cache coherence) run even if the caller is cancelled meanwhile.
+            await asyncio.shield(self._notify(invalidations))
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        """Call ``listener`` after every commit that invalidated cached snapshots, in this process."""
+        self._listeners.append(listener)
+
+    async def _notify(self, invalidations: Invalidations) -> None:
+        for listener in self._listeners:
+            await listener(invalidations)
+
+    async def _read(self, stmt: sa.Executable, params: dict[str, Any]) -> list[Any]:
+        try:
+            async with self._autocommit.connect() as conn:
+                return list(await conn.execute(stmt, params))
+        except Exception as exc:
+            translated = translate_error(exc)
+            if translated is None:
+                raise
+            raise translated from exc
+
+    async def invalidation_cursor(self) -> int:
+        """The sequence number of the last committed invalidation log entry (0: none yet)."""
+        rows = await self._read(self._statements.last_seq, {})
+        return int(rows[0][0]) if rows else 0
+
+    async def invalidations_after(self, seq: int, limit: int) -> list[tuple[int, Invalidations]]:
+        """Up to ``limit`` log entries after ``seq``, in order."""
+        rows = await self._read(self._statements.invalidations_after, {"l_after": seq, "l_limit": limit})
+        return [(int(row[0]), decode_payload(row[1], int(row[0]))) for row in rows]
+
+    async def invalidations_since(self, since: datetime, upto: int) -> list[tuple[int, Invalidations]]:
+        """Log entries written after ``since`` with a sequence number up to ``upto``, in order."""
+        rows = await self._read(self._statements.invalidations_since, {"l_since": since, "l_upto": upto})
+        return [(int(row[0]), decode_payload(row[1], int(row[0]))) for row in rows]
 
     async def find_session(self, stored_token: str) -> SessionWithUser | None:
-        """Session joined with its user, by stored token."""
+        """Session joined with its user, by stored token; ``checked_at`` is taken before the query."""
+        checked_at = time.time()
         try:
             async with self._autocommit.connect() as conn:
                 row = (await conn.execute(self._find_session, {"token": stored_token})).first()
@@ -359,7 +480,7 @@ class SqlDatabase:
         n = len(self._session_keys)
         session = _Rows.session(dict(zip(self._session_keys, row[:n], strict=True)))
         user = _Rows.user(dict(zip(self._user_keys, row[n:], strict=True)))
-        return SessionWithUser(session, user)
+        return SessionWithUser(session, user, checked_at)
 
     async def ping(self, within: float = 2.0) -> None:
         """SELECT 1, or BackendUnavailable."""

@@ -14,7 +14,20 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
-__all__ = ["DEFAULT_COLUMNS", "DEFAULT_TABLES", "Schema", "SchemaNames", "UTCDateTime"]
+__all__ = [
+    "DEFAULT_COLUMNS",
+    "DEFAULT_TABLES",
+    "INVALIDATION_SEQ_TABLE",
+    "INVALIDATION_TABLE",
+    "Schema",
+    "SchemaNames",
+    "UTCDateTime",
+]
+
+# authsidecar's own tables (not Better Auth's): the durable log of cache invalidations that every instance
+# follows, and the one-row counter that numbers its entries in commit order.
+INVALIDATION_TABLE = "authsidecar_invalidation"
+INVALIDATION_SEQ_TABLE = "authsidecar_invalidation_seq"
 
 DEFAULT_TABLES: dict[str, str] = {
     "user": "user",
@@ -197,3 +210,19 @@ class Schema:
             tbl.append_constraint(
                 sa.UniqueConstraint(tbl.c[column], name=f"{n.table(table)}_{n.column(table, column)}_key")
             )
+        # The invalidation log: ``seq`` comes from the counter row, whose lock is held until commit, so entries
+        # become visible in ``seq`` order with no gaps; ``payload`` is JSON (see storage/invalidations.py).
+        self.invalidation = sa.Table(
+            INVALIDATION_TABLE,
+            self.metadata,
+            sa.Column("seq", sa.BigInteger(), primary_key=True, autoincrement=False),
+            sa.Column("createdAt", UTCDateTime(), nullable=False, server_default=now, key="created_at"),
+            sa.Column("payload", text, nullable=False),
+        )
+        sa.Index(f"{INVALIDATION_TABLE}_createdAt_idx", self.invalidation.c.created_at)
+        self.invalidation_seq = sa.Table(
+            INVALIDATION_SEQ_TABLE,
+            self.metadata,
+            sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
+            sa.Column("lastSeq", sa.BigInteger(), nullable=False, key="last_seq"),
+        )

@@ -31,11 +31,11 @@ MAX_MESSAGE_BYTES = 1 << 20
 class GrpcServer:
     """Owns the grpc.aio server and the health status of every service."""
 
-    def __init__(self, auth: AuthServicer, sessions: SessionServicer, listen: str) -> None:
+    def __init__(self, auth: AuthServicer, sessions: SessionServicer, listen: str, reuse_port: bool = False) -> None:
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 1),
+                ("grpc.so_reuseport", 1 if reuse_port else 0),
             ]
         )
         auth_service_pb2_grpc.add_AuthServiceServicer_to_server(auth, self._server)  # type: ignore[no-untyped-call]
@@ -51,12 +51,13 @@ class GrpcServer:
 
     async def start(self) -> None:
         """Bind and start serving; raises OSError when the address cannot be bound."""
+        hint = "address already in use, or not available on this host (AUTHSIDECAR_REUSE_PORT=true lets servers share a port)"
         try:
             self.port = self._server.add_insecure_port(self.listen)
         except RuntimeError as exc:
-            raise OSError(f"cannot listen on {self.listen}") from exc
+            raise OSError(f"cannot listen on {self.listen}: {hint}") from exc
         if self.port == 0 and not self.listen.startswith("unix:"):
-            raise OSError(f"cannot listen on {self.listen}")
+            raise OSError(f"cannot listen on {self.listen}: {hint}")
         await self._server.start()
         where = self.listen if self.listen.startswith("unix:") else f"{self.listen.rpartition(':')[0]}:{self.port}"
         log.info("authsidecar listening on %s", where)

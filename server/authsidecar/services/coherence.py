@@ -1,0 +1,190 @@
+"""Cache coherence: the one mechanism that decides whether a cached session may be trusted.
+
+The store of record is the authority; caches (Redis, in-process) are copies that can be stale, restored from an
+old snapshot, or written by someone else. Writes declare what they invalidate (storage/database.py) and that
+declaration is committed to the invalidation log in the same transaction, so it survives Redis outages and a
+crash of the instance that wrote it. Every instance then:
+
+- applies its own invalidations right after commit (before the RPC answers): local state first, then the cache
+  (a Redis failure is logged, never fatal: the log is what counts);
+- follows the log (one indexed query every ``bound / 3`` seconds) and learns the other instances' invalidations;
+- trusts a cached snapshot only when all of these hold:
+  1. the log was read successfully less than ``bound`` seconds ago (else every read goes to SQL);
+  2. the snapshot was checked against SQL less than ``trust_seconds`` ago (writers outside authsidecar);
+  3. its session is not among the recently revoked ones, and its user has no newer version.
+
+Recent invalidations are kept for ``trust_seconds`` + a margin: a snapshot checked before an invalidation is no
+longer trusted by rule 2 once that much time has passed, so older ones need not be remembered. Stale documents
+left in Redis are therefore harmless and are removed when met.
+
+The guarantee: once a write that revokes a session has committed, the instance that made it never validates
+the session again, and every other instance stops within ``bound`` seconds, whatever Redis did meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from authsidecar.domain.models import Invalidations, SessionWithUser, version_of
+from authsidecar.domain.ports import InvalidationLog, SessionCache
+from authsidecar.errors import AuthSidecarError
+from authsidecar.security.tokens import TokenPolicy
+
+__all__ = ["RETENTION_MARGIN", "CacheCoherence"]
+
+log = logging.getLogger(__name__)
+
+# Added to trust_seconds to get how long invalidations are remembered: covers clock differences between
+# instances and the time a snapshot spends between its SQL read and the cache.
+RETENTION_MARGIN = 60.0
+_PAGE = 1000
+
+
+class CacheCoherence:
+    """Local view of recent invalidations, the trust rules, and the follower of the invalidation log."""
+
+    def __init__(
+        self,
+        cache: SessionCache,
+        tokens: TokenPolicy,
+        trust_seconds: float = 60.0,
+        bound: float = 1.0,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._cache = cache
+        self._tokens = tokens
+        self._trust = trust_seconds
+        self._bound = bound
+        self.retention = trust_seconds + RETENTION_MARGIN
+        self._wall = wall
+        self._mono = monotonic
+        self._revoked: dict[str, float] = {}  # stored token -> forget at (monotonic)
+        self._users: dict[str, tuple[int, int, float]] = {}  # user id -> (current version, log seq, forget at)
+        self._fresh_until = -math.inf  # nothing cached is trusted before the log was read once
+        self._trust_floor = 0.0  # snapshots checked before this (Unix seconds) are not trusted
+        self._cursor: int | None = None
+        self._pruned_at = 0.0
+        self._feed_failing = False
+        self.rejected = 0
+
+    # -- the hot path ----------------------------------------------------------------------------------------
+
+    def trusted(self, entry: SessionWithUser) -> bool:
+        """Whether a cached snapshot may be served without asking SQL."""
+        if self._mono() >= self._fresh_until:
+            return False
+        checked = entry.checked_at
+        if checked < self._trust_floor or self._wall() - checked >= self._trust:
+            return False
+        if entry.session.stored_token in self._revoked:
+            self.rejected += 1
+            return False
+        current = self._users.get(entry.user.id)
+        if current is not None and current[0] != version_of(entry.user):
+            self.rejected += 1
+            return False
+        return True
+
+    def revoked(self, stored_token: str) -> bool:
+        """Whether a session was revoked recently (refills of it are pointless)."""
+        return stored_token in self._revoked
+
+    # -- invalidations ---------------------------------------------------------------------------------------
+
+    def note(self, invalidations: Invalidations) -> None:
+        """Remember invalidations (synchronous: no await between a commit and the local effect)."""
+        forget_at = self._mono() + self.retention
+        for _, token in invalidations.sessions:
+            self._revoked[token] = forget_at
+        for user_id, version in invalidations.users:
+            previous = self._users.get(user_id)
+            if previous is None or previous[1] <= invalidations.seq:  # the latest change in commit order wins
+                self._users[user_id] = (version, invalidations.seq, forget_at)
+
+    async def committed(self, invalidations: Invalidations) -> None:
+        """Commit listener: apply this instance's own invalidations, locally and then to the cache."""
+        self.note(invalidations)
+        await self._drop_from_cache(invalidations)
+
+    async def _drop_from_cache(self, invalidations: Invalidations) -> None:
+        by_user: dict[str, list[str]] = {}
+        for user_id, token in invalidations.sessions:
+            by_user.setdefault(user_id, []).append(self._tokens.cache_key(token))
+        ttl = math.ceil(self.retention)
+        for user_id, keys in by_user.items():
+            await self._cache.invalidate(user_id, keys, ttl)
+        for user_id, _ in invalidations.users:
+            await self._cache.evict_user(user_id)
+
+    async def drop(self, key: str, user_id: str) -> None:
+        """Remove a cached document found stale (revoked, expired, forged, or gone from SQL); it stays out
+        for as long as invalidations are remembered."""
+        await self._cache.invalidate(user_id, [key], math.ceil(self.retention))
+
+    # -- following the log -----------------------------------------------------------------------------------
+
+    async def catch_up(self, db: InvalidationLog) -> None:
+        """Read what the log has that this instance has not seen; on success, cached reads are trusted for
+        ``bound`` seconds from the moment the read started."""
+        started = self._mono()
+        if self._cursor is None:
+            cursor = await db.invalidation_cursor()
+            since = datetime.fromtimestamp(self._wall() - self.retention, UTC)
+            for _, invalidations in await db.invalidations_since(since, cursor):
+                await self._learn(invalidations)
+            self._cursor = cursor
+        while True:
+            page = await db.invalidations_after(self._cursor, _PAGE)
+            for seq, invalidations in page:
+                if seq != self._cursor + 1:
+                    # Entries were removed before this instance read them (it was cut off longer than they are
+                    # kept): whatever was cached before now may be stale.
+                    log.warning(
+                        "invalidation log has a gap (%d -> %d): re-checking every cached session", self._cursor, seq
+                    )
+                    self._trust_floor = self._wall()
+                self._cursor = seq
+                await self._learn(invalidations)
+            if len(page) < _PAGE:
+                break
+        self._fresh_until = started + self._bound
+        self._prune()
+
+    async def _learn(self, invalidations: Invalidations) -> None:
+        self.note(invalidations)
+        if not self._cache.shared:  # an in-process cache is this instance's own to clean
+            await self._drop_from_cache(invalidations)
+
+    async def follow(self, db: InvalidationLog) -> None:
+        """Catch up every ``bound / 3`` seconds until cancelled; failures are logged on transitions."""
+        interval = self._bound / 3
+        while True:
+            try:
+                await self.catch_up(db)
+            except Exception as exc:
+                if not self._feed_failing:
+                    self._feed_failing = True
+                    log.warning(
+                        "cannot read the invalidation log (%s): cached sessions are not trusted until it is read",
+                        exc.message if isinstance(exc, AuthSidecarError) else type(exc).__name__,
+                        exc_info=not isinstance(exc, AuthSidecarError | OSError),
+                    )
+            else:
+                if self._feed_failing:
+                    self._feed_failing = False
+                    log.warning("invalidation log readable again")
+            await asyncio.sleep(interval)
+
+    def _prune(self) -> None:
+        now = self._mono()
+        if now - self._pruned_at < 1.0:
+            return
+        self._pruned_at = now
+        self._revoked = {token: at for token, at in self._revoked.items() if at > now}
+        self._users = {user: item for user, item in self._users.items() if item[2] > now}

@@ -1,0 +1,236 @@
+"""Cache coherence rules, document integrity and the invalidation payload: pure logic, fake clocks, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+import pytest
+
+from authsidecar.cache.integrity import DocumentSigner, derive_key
+from authsidecar.cache.memory import MemorySessionCache
+from authsidecar.domain.models import Invalidations, SessionWithUser, version_of
+from authsidecar.security.tokens import HashedTokenPolicy
+from authsidecar.services.coherence import RETENTION_MARGIN, CacheCoherence
+from authsidecar.storage.invalidations import decode_payload, encode_payload
+from tests.unit.test_cache import FakeClock, make_entry
+
+WALL0 = 1_800_000_000.0
+
+
+class FakeLog:
+    """An InvalidationLog in memory (entries are numbered from 1, like the counter row)."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[int, Invalidations, float]] = []
+        self.reads = 0
+        self.fail = False
+
+    def append(self, invalidations: Invalidations, at: float = WALL0) -> int:
+        seq = len(self.entries) + 1
+        self.entries.append((seq, replace(invalidations, seq=seq), at))
+        return seq
+
+    async def invalidation_cursor(self) -> int:
+        self._read()
+        return len(self.entries)
+
+    async def invalidations_after(self, seq: int, limit: int) -> list[tuple[int, Invalidations]]:
+        self._read()
+        return [(s, inv) for s, inv, _ in self.entries if s > seq][:limit]
+
+    async def invalidations_since(self, since: datetime, upto: int) -> list[tuple[int, Invalidations]]:
+        self._read()
+        return [(s, inv) for s, inv, at in self.entries if at > since.timestamp() and s <= upto]
+
+    def _read(self) -> None:
+        self.reads += 1
+        if self.fail:
+            raise OSError("database unreachable")
+
+
+class World:
+    """A coherence instance over an in-process cache, with hand-moved clocks."""
+
+    def __init__(self, trust: float = 60.0, bound: float = 1.0) -> None:
+        self.wall = FakeClock(WALL0)
+        self.mono = FakeClock(100.0)
+        self.cache = MemorySessionCache(clock=self.mono)
+        self.log = FakeLog()
+        self.coherence = CacheCoherence(
+            self.cache, HashedTokenPolicy(), trust, bound, wall=self.wall, monotonic=self.mono
+        )
+
+    def advance(self, seconds: float) -> None:
+        self.wall.advance(seconds)
+        self.mono.advance(seconds)
+
+    def fresh_entry(self, **kwargs: str) -> SessionWithUser:
+        return replace(make_entry(**kwargs), checked_at=self.wall())
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+class TestTrust:
+    async def test_nothing_is_trusted_before_the_log_was_read(self, world: World) -> None:
+        assert not world.coherence.trusted(world.fresh_entry())
+        await world.coherence.catch_up(world.log)
+        assert world.coherence.trusted(world.fresh_entry())
+
+    async def test_trust_lapses_when_the_log_was_not_read_within_the_bound(self, world: World) -> None:
+        await world.coherence.catch_up(world.log)
+        world.mono.advance(0.99)
+        assert world.coherence.trusted(world.fresh_entry())
+        world.mono.advance(0.01)
+        assert not world.coherence.trusted(world.fresh_entry())
+        await world.coherence.catch_up(world.log)
+        assert world.coherence.trusted(world.fresh_entry())
+
+    async def test_a_failed_read_does_not_renew_trust(self, world: World) -> None:
+        await world.coherence.catch_up(world.log)
+        world.log.fail = True
+        world.mono.advance(0.5)
+        with pytest.raises(OSError, match="unreachable"):
+            await world.coherence.catch_up(world.log)
+        world.mono.advance(0.5)
+        assert not world.coherence.trusted(world.fresh_entry())
+
+    async def test_snapshots_older_than_trust_seconds_are_rechecked(self, world: World) -> None:
+        entry = world.fresh_entry()
+        world.wall.advance(59.9)
+        await world.coherence.catch_up(world.log)
+        assert world.coherence.trusted(entry)
+        world.wall.advance(0.1)
+        assert not world.coherence.trusted(entry)
+        assert not world.coherence.trusted(replace(entry, checked_at=0.0))  # Better Auth's own documents
+
+    async def test_a_revoked_session_is_never_trusted(self, world: World) -> None:
+        await world.coherence.catch_up(world.log)
+        entry = world.fresh_entry(token="t" * 64)
+        world.coherence.note(Invalidations(sessions=(("u" * 32, "t" * 64),), seq=1))
+        assert not world.coherence.trusted(entry)
+        assert world.coherence.revoked("t" * 64)
+        assert world.coherence.trusted(world.fresh_entry(token="o" * 64))  # other sessions are unaffected
+
+    async def test_only_the_current_user_version_is_trusted(self, world: World) -> None:
+        await world.coherence.catch_up(world.log)
+        old = world.fresh_entry()
+        new_user = replace(old.user, name="New", updated_at=old.user.updated_at + timedelta(seconds=1))
+        world.coherence.note(Invalidations(users=((old.user.id, version_of(new_user)),), seq=1))
+        assert not world.coherence.trusted(old)
+        assert world.coherence.trusted(replace(old, user=new_user))
+
+    async def test_user_versions_follow_commit_order_not_arrival_order(self, world: World) -> None:
+        await world.coherence.catch_up(world.log)
+        entry = world.fresh_entry()
+        v1, v2 = version_of(entry.user) + 1000, version_of(entry.user) + 2000
+        world.coherence.note(Invalidations(users=((entry.user.id, v2),), seq=6))
+        world.coherence.note(Invalidations(users=((entry.user.id, v1),), seq=5))  # an older entry arrives late
+        v2_user = replace(entry.user, updated_at=entry.user.updated_at + timedelta(seconds=2))
+        assert world.coherence.trusted(replace(entry, user=v2_user))
+
+    async def test_invalidations_are_forgotten_after_trust_plus_margin(self, world: World) -> None:
+        await world.coherence.catch_up(world.log)
+        world.coherence.note(Invalidations(sessions=(("u" * 32, "t" * 64),), seq=1))
+        world.advance(60 + RETENTION_MARGIN - 0.5)
+        await world.coherence.catch_up(world.log)
+        assert world.coherence.revoked("t" * 64)
+        world.advance(1.0)
+        await world.coherence.catch_up(world.log)
+        assert not world.coherence.revoked("t" * 64)
+
+
+class TestFollowingTheLog:
+    async def test_start_loads_recent_entries_and_skips_old_ones(self, world: World) -> None:
+        world.log.append(Invalidations(sessions=(("u", "old"),)), at=WALL0 - 60 - RETENTION_MARGIN - 1)
+        world.log.append(Invalidations(sessions=(("u", "recent"),)), at=WALL0 - 30)
+        await world.coherence.catch_up(world.log)
+        assert world.coherence.revoked("recent")
+        assert not world.coherence.revoked("old")
+
+    async def test_new_entries_are_learnt_on_the_next_read(self, world: World) -> None:
+        await world.coherence.catch_up(world.log)
+        world.log.append(Invalidations(sessions=(("u", "later"),)))
+        assert not world.coherence.revoked("later")
+        await world.coherence.catch_up(world.log)
+        assert world.coherence.revoked("later")
+
+    async def test_an_in_process_cache_is_cleaned_by_the_feed(self, world: World) -> None:
+        await world.coherence.catch_up(world.log)
+        tokens = HashedTokenPolicy()
+        entry = world.fresh_entry(token="t" * 64)
+        key = tokens.cache_key("t" * 64)
+        await world.cache.put(key, entry, 600)
+        world.log.append(Invalidations(sessions=((entry.user.id, "t" * 64),)))
+        await world.coherence.catch_up(world.log)
+        assert await world.cache.get(key) is None
+        await world.cache.put(key, entry, 600)
+        assert await world.cache.get(key) is None  # tombstoned: a racing refill does not land
+
+    async def test_pages_are_read_until_the_end(self, world: World) -> None:
+        await world.coherence.catch_up(world.log)
+        for i in range(2500):
+            world.log.append(Invalidations(sessions=(("u", f"t{i}"),)))
+        await world.coherence.catch_up(world.log)
+        assert world.coherence.revoked("t0") and world.coherence.revoked("t2499")
+
+    async def test_a_gap_distrusts_everything_checked_before(self, world: World) -> None:
+        await world.coherence.catch_up(world.log)
+        entry = world.fresh_entry()
+        world.log.append(Invalidations(sessions=(("u", "a"),)))
+        world.log.append(Invalidations(sessions=(("u", "b"),)))
+        del world.log.entries[0]  # removed by cleanup before this instance read it
+        world.wall.advance(0.001)
+        await world.coherence.catch_up(world.log)
+        assert not world.coherence.trusted(entry)
+        assert world.coherence.trusted(world.fresh_entry())
+
+    async def test_committed_applies_locally_at_once_and_then_to_the_cache(self, world: World) -> None:
+        await world.coherence.catch_up(world.log)
+        tokens = HashedTokenPolicy()
+        entry = world.fresh_entry(token="t" * 64)
+        await world.cache.put(tokens.cache_key("t" * 64), entry, 600)
+        await world.coherence.committed(Invalidations(sessions=((entry.user.id, "t" * 64),), seq=1))
+        assert world.coherence.revoked("t" * 64)
+        assert await world.cache.get(tokens.cache_key("t" * 64)) is None
+
+
+class TestDocumentSigner:
+    def test_round_trip(self) -> None:
+        signer = DocumentSigner(derive_key("x" * 32, "cache-documents"))
+        value = signer.sign("p:session:abc", b'{"a":1}')
+        assert signer.verify("p:session:abc", value) == b'{"a":1}'
+
+    def test_altered_moved_unsigned_and_foreign_documents_are_refused(self) -> None:
+        signer = DocumentSigner(derive_key("x" * 32, "cache-documents"))
+        value = signer.sign("p:session:abc", b'{"user":"victim"}')
+        assert signer.verify("p:session:abc", value.replace(b"victim", b"attack")) is None
+        assert signer.verify("p:session:other", value) is None
+        assert signer.verify("p:session:abc", b'{"user":"victim"}') is None
+        assert signer.verify("p:session:abc", b"m1:short") is None
+        other = DocumentSigner(derive_key("y" * 32, "cache-documents"))
+        assert other.verify("p:session:abc", value) is None
+
+    def test_keys_differ_by_purpose_and_are_not_the_secret(self) -> None:
+        assert derive_key("x" * 32, "a") != derive_key("x" * 32, "b")
+        assert b"x" * 32 not in derive_key("x" * 32, "a")
+        with pytest.raises(ValueError, match="256 bits"):
+            DocumentSigner(b"short")
+
+
+class TestPayload:
+    def test_round_trip(self) -> None:
+        invalidations = Invalidations(sessions=(("u1", "t1"), ("u2", "t2")), users=(("u1", 1234),))
+        assert decode_payload(encode_payload(invalidations), 7) == replace(invalidations, seq=7)
+
+    @pytest.mark.parametrize("raw", ["", "[]", '{"s": [["only-one"]]}', '{"u": [["u", "NaN-ish"]]}', "null"])
+    def test_malformed_payloads_raise(self, raw: str) -> None:
+        with pytest.raises(ValueError, match="malformed"):
+            decode_payload(raw, 1)
+
+    def test_empty_invalidations_are_falsy(self) -> None:
+        assert not Invalidations()
+        assert Invalidations(users=(("u", 1),))
