@@ -33,6 +33,7 @@ import grpc
 
 from authsidecar_client.v1 import auth_service_pb2, auth_service_pb2_grpc, session_service_pb2, session_service_pb2_grpc
 from tests.benchmarks import infra, load
+from tests.benchmarks.micro import coherence_costs
 
 USERS = 8
 SEQ_WARMUP, SEQ_CALLS, SEQ_ROUNDS = 300, 2000, 4
@@ -109,6 +110,7 @@ class Figures:
     argon2_threads: int
     burst: list[tuple[float, str]]
     cached_documents: str
+    micro: dict[str, float]
 
 
 def sign_up_users(address: str, tag: str) -> tuple[list[str], list[tuple[str, str]], bytes]:
@@ -218,6 +220,7 @@ def measure(
         argon2_threads=threads,
         burst=[tuple(b) for b in burst],
         cached_documents=cached,
+        micro=coherence_costs(),
     )
 
 
@@ -258,6 +261,17 @@ def report(f: Figures, problems: list[str]) -> str:
             f"{f.rate[label]:,.0f} calls/s | {f.cpu_us[label]:.0f} us | {f.errors[label]} |"
         )
     lines.append(f"\nCache documents present in Redis for the validated tokens: {f.cached_documents}.")
+    lines += [
+        "",
+        "Checks a cache hit pays for revocation to hold (in-process, best of 5, same run):",
+        "",
+        "| check | per call | share of the echo server's CPU per call |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {name} | {seconds * 1e6:.2f} us | {100 * seconds * 1e6 / f.cpu_us[ECHO]:.2f} % |"
+        for name, seconds in f.micro.items()
+    ]
     burst_codes = Counter(outcome for _, outcome in f.burst)
     latencies = [t for t, _ in f.burst]
     lines += [
@@ -316,7 +330,7 @@ def main() -> int:
         db_url = infra.create_database(db_name)
         cleanup.callback(infra.purge_redis, prefix)
         env = {"DATABASE_URL": db_url, "REDIS_URL": infra.REDIS_URL, "AUTHSIDECAR_REDIS_KEY_PREFIX": prefix}
-        env |= ARGON2_ENV
+        env |= ARGON2_ENV | {"AUTHSIDECAR_SECRET": secrets.token_hex(32), "AUTHSIDECAR_DRAIN_DELAY": "0"}
         serve = [sys.executable, "-m", "authsidecar", "serve"]
         servers: dict[str, infra.ServerProcess] = {}
         for label, name, extra in (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -128,6 +129,76 @@ def server(request: pytest.FixtureRequest, module_tmp: Path, pg_url: str, redis_
     srv.wait_for(health_pb2.HealthCheckResponse.SERVING)
     yield srv
     assert srv.stop() == 0, srv.log()
+
+
+class RedisProcess:
+    """A private redis-server on a free port, so the test can stop, pause, flush and restart it."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is part of the test environment (see README)"
+        self.binary = binary
+        self.port = free_port()
+        self.dir = tmp_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--enable-debug-command",
+                "local",
+            ],
+            cwd=self.dir,
+            stdout=subprocess.DEVNULL,
+        )
+        for _ in range(100):
+            if self.cli("ping") == "PONG":
+                return
+            time.sleep(0.05)
+        pytest.fail("private redis-server did not start")
+
+    def cli(self, *args: str) -> str:
+        out = subprocess.run(
+            ["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True, timeout=10, check=False
+        )
+        return out.stdout.strip()
+
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open, nothing answers (a hung server, a long GC, a network stall)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after pause()."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.terminate()
+            self.process.wait(10)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    redis = RedisProcess(tmp_path)
+    redis.start()
+    yield redis
+    redis.stop()
 
 
 @dataclass

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,70 +16,11 @@ from grpc_health.v1 import health_pb2
 
 from authsidecar_client.v1 import auth_service_pb2 as auth_pb
 from authsidecar_client.v1 import session_service_pb2 as session_pb
-from tests.e2e.conftest import Server, clean_env, error_details, free_port, start_server, stubs_for
+from tests.e2e.conftest import RedisProcess, Server, clean_env, error_details, free_port, start_server, stubs_for
 
 PASSWORD = "correct horse battery"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-class RedisProcess:
-    """A private redis-server on a free port, so the test can stop and pause it."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server is part of the test environment (see README)"
-        self.binary = binary
-        self.port = free_port()
-        self.dir = tmp_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--enable-debug-command",
-                "local",
-            ],
-            cwd=self.dir,
-            stdout=subprocess.DEVNULL,
-        )
-        for _ in range(100):
-            if self.cli("ping") == "PONG":
-                return
-            time.sleep(0.05)
-        pytest.fail("private redis-server did not start")
-
-    def cli(self, *args: str) -> str:
-        out = subprocess.run(
-            ["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True, timeout=10, check=False
-        )
-        return out.stdout.strip()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    redis = RedisProcess(tmp_path)
-    redis.start()
-    yield redis
-    redis.stop()
 
 
 @pytest.fixture

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -25,11 +28,18 @@ class FakeLog:
         self.entries: list[tuple[int, Invalidations, float]] = []
         self.reads = 0
         self.fail = False
+        self.listeners: list[Callable[[], None]] = []
 
     def append(self, invalidations: Invalidations, at: float = WALL0) -> int:
         seq = len(self.entries) + 1
         self.entries.append((seq, replace(invalidations, seq=seq), at))
+        for wake in self.listeners:
+            wake()
         return seq
+
+    async def listen_for_invalidations(self, wake: Callable[[], None]) -> None:
+        self.listeners.append(wake)
+        await asyncio.Event().wait()
 
     async def invalidation_cursor(self) -> int:
         self._read()
@@ -187,6 +197,41 @@ class TestFollowingTheLog:
         await world.coherence.catch_up(world.log)
         assert not world.coherence.trusted(entry)
         assert world.coherence.trusted(world.fresh_entry())
+
+    async def test_an_announced_entry_is_read_at_once_not_at_the_next_poll(self) -> None:
+        world = World(bound=30.0)  # polls every 10 s
+        follower = asyncio.create_task(world.coherence.follow(world.log))
+        try:
+            for _ in range(100):  # the first read and the listener are under way
+                if world.log.listeners and world.log.reads >= 2:
+                    break
+                await asyncio.sleep(0.001)
+            world.log.append(Invalidations(sessions=(("u", "announced"),)))
+            for _ in range(100):
+                if world.coherence.revoked("announced"):
+                    break
+                await asyncio.sleep(0.001)
+            assert world.coherence.revoked("announced")
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+
+    async def test_follow_survives_read_failures(self) -> None:
+        world = World(bound=0.06)
+        world.log.fail = True
+        follower = asyncio.create_task(world.coherence.follow(world.log))
+        try:
+            await asyncio.sleep(0.1)
+            assert world.log.reads >= 2
+            world.log.fail = False
+            world.log.append(Invalidations(sessions=(("u", "later"),)))
+            await asyncio.sleep(0.1)
+            assert world.coherence.revoked("later")
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
 
     async def test_committed_applies_locally_at_once_and_then_to_the_cache(self, world: World) -> None:
         await world.coherence.catch_up(world.log)

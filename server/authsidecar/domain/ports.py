@@ -102,6 +102,10 @@ class InvalidationLog(Protocol):
     async def invalidations_since(self, since: datetime, upto: int) -> list[tuple[int, Invalidations]]:
         """Entries written after ``since`` with a sequence number up to ``upto``, in order."""
 
+    async def listen_for_invalidations(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` soon after any instance logs an entry, until cancelled; return at once when the store
+        cannot announce entries (then polling alone applies)."""
+
 
 class Database(InvalidationLog, Protocol):
     """The store of record."""

@@ -24,6 +24,7 @@ the session again, and every other instance stops within ``bound`` seconds, what
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -162,24 +163,37 @@ class CacheCoherence:
             await self._drop_from_cache(invalidations)
 
     async def follow(self, db: InvalidationLog) -> None:
-        """Catch up every ``bound / 3`` seconds until cancelled; failures are logged on transitions."""
+        """Catch up every ``bound / 3`` seconds, and at once when the store announces a new entry, until
+        cancelled; failures are logged on transitions."""
         interval = self._bound / 3
-        while True:
-            try:
-                await self.catch_up(db)
-            except Exception as exc:
-                if not self._feed_failing:
-                    self._feed_failing = True
-                    log.warning(
-                        "cannot read the invalidation log (%s): cached sessions are not trusted until it is read",
-                        exc.message if isinstance(exc, AuthSidecarError) else type(exc).__name__,
-                        exc_info=not isinstance(exc, AuthSidecarError | OSError),
-                    )
-            else:
-                if self._feed_failing:
-                    self._feed_failing = False
-                    log.warning("invalidation log readable again")
-            await asyncio.sleep(interval)
+        wake = asyncio.Event()
+        listener = asyncio.create_task(db.listen_for_invalidations(wake.set), name="invalidation-listener")
+        try:
+            while True:
+                wake.clear()  # before reading: an announcement during the read wakes the next one
+                await self._catch_up_logged(db)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), interval)
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+
+    async def _catch_up_logged(self, db: InvalidationLog) -> None:
+        try:
+            await self.catch_up(db)
+        except Exception as exc:
+            if not self._feed_failing:
+                self._feed_failing = True
+                log.warning(
+                    "cannot read the invalidation log (%s): cached sessions are not trusted until it is read",
+                    exc.message if isinstance(exc, AuthSidecarError) else type(exc).__name__,
+                    exc_info=not isinstance(exc, AuthSidecarError | OSError),
+                )
+        else:
+            if self._feed_failing:
+                self._feed_failing = False
+                log.warning("invalidation log readable again")
 
     def _prune(self) -> None:
         now = self._mono()

@@ -31,7 +31,11 @@ from authsidecar.storage.invalidations import decode_payload, encode_payload
 from authsidecar.storage.schema import Schema
 from authsidecar.storage.urls import DatabaseTarget
 
-__all__ = ["CommitListener", "SqlDatabase", "SqlUnitOfWork", "create_database"]
+__all__ = ["NOTIFY_CHANNEL", "CommitListener", "SqlDatabase", "SqlUnitOfWork", "create_database"]
+
+# Postgres: every invalidation log entry is also announced on this channel (delivered at commit), so instances
+# that LISTEN learn it within milliseconds instead of at their next poll.
+NOTIFY_CHANNEL = "authsidecar_invalidation"
 
 CommitListener = Callable[[Invalidations], Awaitable[None]]
 
@@ -148,6 +152,7 @@ class _Statements:
         )
         self.insert_invalidation = sa.insert(log)
         self.last_seq = sa.select(seq.c.last_seq).where(seq.c.id == 1)
+        self.notify = sa.select(sa.func.pg_notify(p("channel"), p("seq")))
         self.invalidations_after = (
             sa.select(log.c.seq, log.c.payload).where(log.c.seq > p("l_after")).order_by(log.c.seq).limit(p("l_limit"))
         )
@@ -208,6 +213,8 @@ class SqlUnitOfWork:
         until then); returns the entry's sequence number."""
         seq = int((await self._execute(self._q.next_seq, {})).scalar_one())
         await self._execute(self._q.insert_invalidation, {"seq": seq, "payload": encode_payload(invalidations)})
+        if self._conn.dialect.name == "postgresql":
+            await self._execute(self._q.notify, {"channel": NOTIFY_CHANNEL, "seq": str(seq)})
         return seq
 
     async def _execute(self, stmt: sa.Executable, params: dict[str, Any]) -> sa.CursorResult[Any]:
@@ -448,6 +455,31 @@ class SqlDatabase:
             if translated is None:
                 raise
             raise translated from exc
+
+    async def listen_for_invalidations(self, wake: Callable[[], None], retry_after: float = 1.0) -> None:
+        """Call ``wake`` whenever another instance logs an invalidation, until cancelled (Postgres LISTEN on one
+        pooled connection, re-established after a failure). Elsewhere there is nothing to listen to: returns."""
+        if self.engine.dialect.name != "postgresql":
+            return
+        while True:
+            try:
+                await self._listen_once(wake)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if translate_error(exc) is None and not isinstance(exc, OSError):
+                    raise
+            await asyncio.sleep(retry_after)
+
+    async def _listen_once(self, wake: Callable[[], None]) -> None:
+        """LISTEN on one pooled connection until it is lost."""
+        async with self.engine.connect() as conn:
+            raw: Any = (await conn.get_raw_connection()).driver_connection
+            lost = asyncio.Event()
+            raw.add_termination_listener(lambda *_: lost.set())
+            await raw.add_listener(NOTIFY_CHANNEL, lambda *_: wake())
+            wake()  # whatever was logged before LISTEN took effect is read now
+            await lost.wait()
 
     async def invalidation_cursor(self) -> int:
         """The sequence number of the last committed invalidation log entry (0: none yet)."""

@@ -1,0 +1,150 @@
+"""Every write that revokes a session or changes a user declares it once: the invalidation log (the durable record
+every instance follows) gets an entry in the same commit, and this instance stops trusting cached copies before
+the call returns. Both backends."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+
+import pytest
+
+from authsidecar.domain.models import Invalidations, version_of
+from authsidecar.services.sessions import ClientInfo
+from tests.integration.conftest import Backend
+
+PASSWORD = "correct horse battery"
+NEW_PASSWORD = "tr0ub4dor & 3"
+SignedIn = tuple[str, str]  # (email, token)
+CLIENT = ClientInfo(ip_address="198.51.100.9", user_agent="coherence")
+
+
+def new_email() -> str:
+    return f"coherence-{secrets.token_hex(6)}@example.com"
+
+
+async def log_since(backend: Backend, seq: int) -> list[Invalidations]:
+    return [inv for _, inv in await backend.db.invalidations_after(seq, 1000)]
+
+
+async def sign_out(b: Backend, s: SignedIn) -> None:
+    await b.sessions.sign_out(s[1])
+
+
+async def revoke_session(b: Backend, s: SignedIn) -> None:
+    current = await b.sessions.validate(s[1])
+    await b.sessions.revoke(s[1], current.session.id)
+
+
+async def revoke_sessions(b: Backend, s: SignedIn) -> None:
+    await b.sessions.revoke_all(s[1])
+
+
+async def revoke_other_sessions(b: Backend, s: SignedIn) -> None:
+    other = await b.accounts.sign_in(s[0], PASSWORD, CLIENT)
+    assert other.token is not None
+    await b.sessions.revoke_others(other.token)
+
+
+async def reset_password(b: Backend, s: SignedIn) -> None:
+    await b.flows.request_password_reset(s[0])
+    [message] = [m for m in await b.delivered() if m.to == s[0] and m.purpose == "reset-password"]
+    await b.flows.reset_password(message.token, NEW_PASSWORD)
+
+
+async def change_password(b: Backend, s: SignedIn) -> None:
+    other = await b.accounts.sign_in(s[0], PASSWORD, CLIENT)
+    assert other.token is not None
+    await b.profile.change_password(other.token, PASSWORD, NEW_PASSWORD, True, CLIENT)
+
+
+async def delete_user(b: Backend, s: SignedIn) -> None:
+    await b.profile.delete_user(s[1], PASSWORD)
+
+
+REVOCATIONS: dict[str, Callable[[Backend, SignedIn], Awaitable[None]]] = {
+    "SignOut": sign_out,
+    "RevokeSession": revoke_session,
+    "RevokeSessions": revoke_sessions,
+    "RevokeOtherSessions": revoke_other_sessions,
+    "ResetPassword": reset_password,
+    "ChangePassword": change_password,
+    "DeleteUser": delete_user,
+}
+
+
+@pytest.mark.parametrize("rpc", list(REVOCATIONS))
+async def test_every_revocation_is_logged_and_untrusted_before_it_returns(backend: Backend, rpc: str) -> None:
+    email = new_email()
+    up = await backend.accounts.sign_up(email, PASSWORD, "Ada", None, CLIENT)
+    assert up.token is not None
+    cached = await backend.sessions.validate(up.token)
+    assert backend.coherence.trusted(replace(cached, checked_at=cached.checked_at or 1e12))
+    before = await backend.db.invalidation_cursor()
+
+    await REVOCATIONS[rpc](backend, (email, up.token))
+
+    stored = backend.tokens.stored(up.token)
+    assert backend.coherence.revoked(stored)  # this instance: at once
+    logged = [token for inv in await log_since(backend, before) for _, token in inv.sessions]
+    assert stored in logged  # every other instance: from the log
+    assert await backend.cache.get(backend.tokens.cache_key(stored)) is None
+
+
+@pytest.mark.parametrize("change", ["UpdateUser", "VerifyEmail"])
+async def test_every_profile_change_is_logged_with_the_new_version(backend: Backend, change: str) -> None:
+    email = new_email()
+    up = await backend.accounts.sign_up(email, PASSWORD, "Ada", None, CLIENT)
+    assert up.token is not None
+    before = await backend.db.invalidation_cursor()
+    if change == "UpdateUser":
+        user = await backend.profile.update_user(up.token, {"name": "Grace"})
+    else:
+        await backend.flows.send_verification_email(email)
+        [message] = [m for m in await backend.delivered() if m.to == email]
+        user = (await backend.flows.verify_email(message.token, CLIENT)).user
+    [entry] = await log_since(backend, before)
+    assert entry.users == ((user.id, version_of(user)),)
+    assert entry.sessions == ()
+
+
+async def test_reads_and_new_sessions_log_nothing(backend: Backend) -> None:
+    email = new_email()
+    before = await backend.db.invalidation_cursor()
+    up = await backend.accounts.sign_up(email, PASSWORD, "Ada", None, CLIENT)
+    assert up.token is not None
+    await backend.accounts.sign_in(email, PASSWORD, CLIENT)
+    await backend.sessions.validate(up.token)
+    await backend.sessions.list_sessions(up.token)
+    assert await backend.db.invalidation_cursor() == before
+
+
+async def test_an_invalidating_write_in_autocommit_mode_is_refused_before_it_runs(backend: Backend) -> None:
+    up = await backend.accounts.sign_up(new_email(), PASSWORD, "Ada", None, CLIENT)
+    assert up.token is not None
+
+    async def delete_in_autocommit() -> None:
+        async with backend.db.transaction(autocommit=True) as tx:
+            await tx.delete_session_by_token(backend.tokens.stored(up.token))
+
+    with pytest.raises(RuntimeError, match="needs transaction"):
+        await delete_in_autocommit()
+    assert (await backend.sessions.validate(up.token)).user.email == up.user.email  # nothing was deleted
+
+
+async def test_a_failed_transaction_logs_nothing(backend: Backend) -> None:
+    up = await backend.accounts.sign_up(new_email(), PASSWORD, "Ada", None, CLIENT)
+    assert up.token is not None
+    before = await backend.db.invalidation_cursor()
+
+    async def delete_then_fail() -> None:
+        async with backend.db.transaction() as tx:
+            await tx.delete_session_by_token(backend.tokens.stored(up.token))
+            raise LookupError("the rest of the write failed")
+
+    with pytest.raises(LookupError, match="the rest"):
+        await delete_then_fail()
+    assert await backend.db.invalidation_cursor() == before
+    assert not backend.coherence.revoked(backend.tokens.stored(up.token))
+    await backend.sessions.validate(up.token)  # rolled back: still valid
