@@ -187,7 +187,6 @@ class App:
     outbox: DeliveryQueue
     coherence: CacheCoherence
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    _draining: bool = False
 
     @classmethod
     def build(cls, settings: Settings) -> App:
@@ -270,8 +269,6 @@ class App:
         while True:
             await asyncio.sleep(self.settings.health_interval)
             now_serving = await self._database_reachable()
-            if self._draining:
-                return
             if now_serving != serving:
                 log.warning(
                     "database %s: health is %s",
@@ -283,7 +280,7 @@ class App:
     async def drain(self) -> None:
         """Tell health checkers to go away (NOT_SERVING) but keep serving for ``drain_delay`` seconds, so load
         balancers stop sending calls before the listener closes."""
-        self._draining = True
+        await self._stop_tasks(("health",))  # it must not turn health back to SERVING
         await self.server.set_serving(False)
         if self.settings.drain_delay:
             log.info("draining: NOT_SERVING, still answering for %.1fs", self.settings.drain_delay)
@@ -293,18 +290,24 @@ class App:
         """Stop accepting, drain in-flight calls within the grace period, then close pools."""
         log.info("shutting down (grace %.1fs)", self.settings.shutdown_grace)
         await self.server.stop(self.settings.shutdown_grace)
-        for task in self._tasks:
+        await self._stop_tasks()
+        await self.outbox.stop(self.settings.shutdown_grace)
+        await self.close_resources()
+        log.info("stopped")
+
+    async def _stop_tasks(self, names: tuple[str, ...] | None = None) -> None:
+        """Cancel background tasks (those named, or all) and wait for them."""
+        stopping = [t for t in self._tasks if names is None or t.get_name() in names]
+        self._tasks = [t for t in self._tasks if t not in stopping]
+        for task in stopping:
             task.cancel()
-        for task in self._tasks:
+        for task in stopping:
             try:
                 await task
             except asyncio.CancelledError:
                 pass
             except Exception:
                 log.exception("background task %s had failed", task.get_name())
-        await self.outbox.stop(self.settings.shutdown_grace)
-        await self.close_resources()
-        log.info("stopped")
 
     async def close_resources(self) -> None:
         """Close pools and threads (after the server stopped, or when it never started)."""

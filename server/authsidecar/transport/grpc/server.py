@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -26,17 +29,45 @@ _SERVICES = (
     session_service_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name,
 )
 MAX_MESSAGE_BYTES = 1 << 20
+# Before shutdown, wait at most PICK_UP_LIMIT seconds for the calls grpc core has queued to be picked up; the queue
+# counts as empty after QUIET_ROUNDS sleeps of QUIET_ROUND seconds without a new call.
+PICK_UP_LIMIT = 1.0
+QUIET_ROUNDS = 4
+QUIET_ROUND = 0.005
+
+
+if TYPE_CHECKING:
+    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:  # not subscriptable at run time
+    _Interceptor = grpc.aio.ServerInterceptor
+
+
+class _PickUpCounter(_Interceptor):
+    """Counts the calls this process has taken from grpc core's queue of received calls."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        self.count += 1
+        return await continuation(handler_call_details)
 
 
 class GrpcServer:
     """Owns the grpc.aio server and the health status of every service."""
 
     def __init__(self, auth: AuthServicer, sessions: SessionServicer, listen: str, reuse_port: bool = False) -> None:
+        self._picked_up = _PickUpCounter()
         self._server = grpc.aio.server(
+            interceptors=[self._picked_up],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 1 if reuse_port else 0),
-            ]
+            ],
         )
         auth_service_pb2_grpc.add_AuthServiceServicer_to_server(auth, self._server)  # type: ignore[no-untyped-call]
         session_service_pb2_grpc.add_SessionServiceServicer_to_server(sessions, self._server)  # type: ignore[no-untyped-call]
@@ -71,7 +102,25 @@ class GrpcServer:
     async def stop(self, grace: float) -> None:
         """Stop accepting, let in-flight calls finish within ``grace`` seconds, then cancel the rest."""
         await self.health.enter_graceful_shutdown()
+        if grace:
+            await self._pick_up_received_calls(min(grace, PICK_UP_LIMIT))
         await self._server.stop(grace)
+
+    async def _pick_up_received_calls(self, within: float) -> None:
+        """Wait until every call grpc core has received is in this process's hands, at most ``within`` seconds.
+
+        grpc.aio takes received calls from core one at a time, so under a burst the rest wait in core's queue; and
+        core's shutdown cancels whatever is still queued there (the client sees CANCELLED, grpc/grpc#41785) although
+        those calls reached the server before it stopped accepting. Core's queue counts as empty once no new call
+        has been picked up for QUIET_ROUNDS rounds of the event loop.
+        """
+        loop = asyncio.get_running_loop()
+        end = loop.time() + within
+        quiet = 0
+        while quiet < QUIET_ROUNDS and loop.time() < end:
+            seen = self._picked_up.count
+            await asyncio.sleep(QUIET_ROUND)
+            quiet = quiet + 1 if self._picked_up.count == seen else 0
 
     async def wait(self) -> None:
         """Until the server has stopped."""

@@ -1,0 +1,192 @@
+"""Graceful drain: SIGTERM turns health NOT_SERVING at once and keeps answering for AUTHSIDECAR_DRAIN_DELAY
+seconds, then stops accepting and lets every call that reached the server finish; SIGINT stops without the delay;
+a second SIGTERM cuts the delay short."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+
+from authsidecar_client.v1 import auth_service_pb2 as auth_pb
+from authsidecar_client.v1 import session_service_pb2 as session_pb
+from authsidecar_client.v1 import session_service_pb2_grpc
+from tests.conftest import REDIS_URL
+from tests.e2e.conftest import Server, start_server, stubs_for
+
+PASSWORD = "correct horse battery"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+CALLS = 50
+
+
+@pytest.fixture
+def backend_env(pg_url: str, redis_prefix: str) -> dict[str, str]:
+    """Postgres + Redis, as for the shared ``server`` fixture."""
+    return {"DATABASE_URL": pg_url, "REDIS_URL": REDIS_URL, "AUTHSIDECAR_REDIS_KEY_PREFIX": redis_prefix}
+
+
+@contextmanager
+def serving(tmp_path: Path, env: dict[str, str], drain_delay: float, **settings: str) -> Iterator[Server]:
+    """A server with the given drain delay (and other AUTHSIDECAR_* settings), once it reports SERVING; killed
+    afterwards if a test left it running."""
+    extra = {f"AUTHSIDECAR_{name.upper()}": value for name, value in settings.items()}
+    server = start_server(
+        tmp_path,
+        {**env, "AUTHSIDECAR_DRAIN_DELAY": str(drain_delay), "AUTHSIDECAR_SHUTDOWN_GRACE": "5", **extra},
+    )
+    try:
+        server.wait_for(SERVING)
+        yield server
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
+
+
+def exit_code(server: Server, within: float) -> int:
+    """The server's exit code once it has stopped by itself; fails (and kills it) if it is still running after
+    ``within`` seconds."""
+    try:
+        return server.process.wait(within)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+        pytest.fail(f"server still running {within}s later:\n{server.log()}")
+
+
+def new_connection(address: str) -> grpc.aio.Channel:
+    """A channel with a connection of its own (no subchannel shared with other channels to the same address)."""
+    return grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+
+
+async def sign_up(address: str) -> str:
+    """A new user's session token, validated once (so it is cached)."""
+    stubs = stubs_for(address)
+    try:
+        reply = await stubs.auth.SignUp(
+            auth_pb.SignUpRequest(email=f"drain-{secrets.token_hex(4)}@example.com", password=PASSWORD, name="D"),
+            timeout=10,
+        )
+        await stubs.sessions.ValidateSession(session_pb.ValidateSessionRequest(token=reply.token), timeout=5)
+    finally:
+        await stubs.channel.close()
+    return str(reply.token)
+
+
+async def validate(channel: grpc.aio.Channel, token: str) -> str:
+    """ValidateSession's outcome: OK or the status code's name."""
+    stub = session_service_pb2_grpc.SessionServiceStub(channel)
+    try:
+        reply = await stub.ValidateSession(session_pb.ValidateSessionRequest(token=token), timeout=10)
+    except grpc.aio.AioRpcError as exc:
+        return exc.code().name
+    assert reply.user.id and reply.session.id, reply
+    return "OK"
+
+
+async def validate_on_new_connection(address: str, token: str) -> str:
+    """ValidateSession over a new connection."""
+    channel = new_connection(address)
+    try:
+        return await validate(channel, token)
+    finally:
+        await channel.close()
+
+
+@dataclass(frozen=True)
+class Burst:
+    """What became of a burst of calls interrupted by a signal."""
+
+    outcomes: Counter[str]
+    in_flight: int  # calls not answered yet when the signal went
+    signalled: float  # time.monotonic() when the signal went
+
+
+async def burst_then_signal(server: Server, token: str, sig: signal.Signals) -> Burst:
+    """Fire CALLS concurrent ValidateSession calls, each over a new connection, and send ``sig`` as soon as the first
+    answer is back, while the others are in flight."""
+    channels = [new_connection(server.address) for _ in range(CALLS)]
+    try:
+        # Connected before the burst: every call then reaches the server before the signal does.
+        await asyncio.wait_for(asyncio.gather(*(channel.channel_ready() for channel in channels)), 10)
+        calls = [asyncio.ensure_future(validate(channel, token)) for channel in channels]
+        await asyncio.wait(calls, return_when=asyncio.FIRST_COMPLETED)
+        in_flight = sum(not call.done() for call in calls)
+        server.process.send_signal(sig)
+        signalled = time.monotonic()
+        outcomes = Counter(await asyncio.gather(*calls))
+    finally:
+        await asyncio.gather(*(channel.close() for channel in channels))
+    return Burst(outcomes, in_flight, signalled)
+
+
+async def test_sigterm_drains_with_delay(tmp_path: Path, backend_env: dict[str, str]) -> None:
+    # The health watcher runs several times during the delay: it must not turn health back to SERVING.
+    with serving(tmp_path, backend_env, drain_delay=2, health_interval="0.2") as server:
+        token = await sign_up(server.address)
+        burst = await burst_then_signal(server, token, signal.SIGTERM)
+        assert burst.in_flight > 0
+        assert burst.outcomes == {"OK": CALLS}, (burst, server.log())
+
+        # NOT_SERVING at once and for the whole delay, while calls are still answered, on new connections too.
+        answers: list[str] = []
+        while time.monotonic() - burst.signalled < 1.5:
+            assert server.health() == NOT_SERVING, server.log()
+            answers.append(await validate_on_new_connection(server.address, token))
+            await asyncio.sleep(0.1)
+        assert server.process.poll() is None, server.log()
+        assert answers and set(answers) == {"OK"}, answers
+
+        assert exit_code(server, within=10) == 0, server.log()
+        stopped_after = time.monotonic() - burst.signalled
+        assert 1.9 <= stopped_after < 2 + 3, stopped_after
+    log = server.log()
+    assert "draining" in log and "stopped" in log, log
+
+
+async def test_sigterm_without_delay_completes_calls_in_flight(tmp_path: Path, backend_env: dict[str, str]) -> None:
+    with serving(tmp_path, backend_env, drain_delay=0) as server:
+        token = await sign_up(server.address)
+        burst = await burst_then_signal(server, token, signal.SIGTERM)
+        assert burst.in_flight >= 5, burst  # the signal did arrive in the middle of the burst
+        assert burst.outcomes == {"OK": CALLS}, (burst, server.log())
+        assert exit_code(server, within=5) == 0, server.log()
+        assert time.monotonic() - burst.signalled < 3
+    log = server.log()
+    assert "draining" not in log and "stopped" in log, log
+
+
+async def test_sigint_stops_without_the_drain_delay(tmp_path: Path, backend_env: dict[str, str]) -> None:
+    with serving(tmp_path, backend_env, drain_delay=30) as server:
+        token = await sign_up(server.address)
+        burst = await burst_then_signal(server, token, signal.SIGINT)
+        assert burst.outcomes == {"OK": CALLS}, (burst, server.log())
+        assert exit_code(server, within=5) == 0, server.log()
+        assert time.monotonic() - burst.signalled < 3
+    log = server.log()
+    assert "draining" not in log and "stopped" in log, log
+
+
+async def test_second_sigterm_cuts_the_drain_delay_short(tmp_path: Path, backend_env: dict[str, str]) -> None:
+    with serving(tmp_path, backend_env, drain_delay=30) as server:
+        server.process.send_signal(signal.SIGTERM)
+        server.wait_for(NOT_SERVING, deadline=5)
+        assert server.process.poll() is None, server.log()
+        signalled = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        assert exit_code(server, within=5) == 0, server.log()
+        assert time.monotonic() - signalled < 3
+    log = server.log()
+    assert "draining" in log and "stopped" in log, log
