@@ -7,10 +7,10 @@ Create Date: 2026-11-29
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from alembic import op
 
-from authsidecar.storage.schema import INVALIDATION_SEQ_TABLE, INVALIDATION_TABLE, Schema, UTCDateTime
+from authsidecar.storage.schema import INVALIDATION_SEQ_TABLE, INVALIDATION_TABLE, Schema
+from authsidecar.storage.sync import sync_tables
 
 revision = "0002"
 down_revision = "0001"
@@ -20,19 +20,7 @@ depends_on = None
 
 def upgrade(schema: Schema) -> None:
     """Create the log and its counter (one row, starting at 0)."""
-    op.create_table(
-        INVALIDATION_TABLE,
-        sa.Column("seq", sa.BigInteger(), primary_key=True, autoincrement=False),
-        sa.Column("createdAt", UTCDateTime(), nullable=False, server_default=sa.text("CURRENT_TIMESTAMP")),
-        sa.Column("payload", sa.Text(), nullable=False),
-    )
-    op.create_index(f"{INVALIDATION_TABLE}_createdAt_idx", INVALIDATION_TABLE, ["createdAt"])
-    counter = op.create_table(
-        INVALIDATION_SEQ_TABLE,
-        sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
-        sa.Column("lastSeq", sa.BigInteger(), nullable=False),
-    )
-    op.bulk_insert(counter, [{"id": 1, "lastSeq": 0}])
+    sync_tables(op.get_bind(), schema.metadata, [INVALIDATION_TABLE, INVALIDATION_SEQ_TABLE])
 
 
 def downgrade(schema: Schema) -> None:

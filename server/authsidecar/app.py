@@ -62,7 +62,7 @@ def build_database(settings: Settings) -> SqlDatabase:
     """The SQL store of record."""
     return create_database(
         database_target(settings),
-        Schema(),
+        Schema(settings.registry()),
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         connect_timeout=settings.db_connect_timeout,
@@ -224,7 +224,7 @@ class App:
         Raises SchemaNotReady when the database is reachable but not migrated (checked once, at start).
         """
         try:
-            problem = await schema_status(self.database.engine)
+            problem = await schema_status(self.database.engine, self.database.schema)
         except Exception:  # unreachable: serve anyway, NOT_SERVING until it comes up
             problem = None
             log.warning("database unreachable at start-up; schema not checked")

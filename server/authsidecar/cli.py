@@ -1,4 +1,4 @@
-"""Command line: ``authsidecar serve | migrate | cleanup``."""
+"""Command line: ``authsidecar serve | migrate [--check | --dry-run] | generate | cleanup``."""
 
 from __future__ import annotations
 
@@ -44,17 +44,55 @@ def _serve(settings: Settings) -> int:
     return 0
 
 
-def _migrate(settings: Settings) -> int:
+def _migrate(settings: Settings, check_only: bool, dry_run: bool) -> int:
     from authsidecar.app import database_target
-    from authsidecar.storage.migrate import upgrade
+    from authsidecar.storage.migrate import check, upgrade
     from authsidecar.storage.schema import Schema
+    from authsidecar.storage.sync import SchemaProblem
 
+    target, schema = database_target(settings), Schema(settings.registry())
     try:
-        asyncio.run(upgrade(database_target(settings), Schema()))
+        if check_only or dry_run:
+            status = asyncio.run(check(target, schema))
+            if dry_run:
+                for step in status.plan.steps:
+                    print(f"-- {step.description}\n{step.sql};")
+                for problem in status.plan.problems:
+                    print(f"-- problem (nothing would be applied): {problem}")
+                return 1 if status.plan.problems else 0
+            if status.in_sync:
+                for note in status.plan.notes:
+                    print(f"note: {note}")
+                print("the database matches the configured schema")
+                return 0
+            print(status.describe())
+            return 1
+        added = asyncio.run(upgrade(target, schema))
+    except SchemaProblem as exc:
+        log.error("migrate changed nothing: %s", exc)
+        return 1
     except (OSError, ConnectionError) as exc:
         log.error("cannot reach the database: %s", type(exc).__name__)
         return 1
-    log.info("database schema is up to date")
+    log.info("database schema is up to date (%d additions)", len(added.steps))
+    return 0
+
+
+def _generate(settings: Settings, dialect_name: str, output: str | None) -> int:
+    from sqlalchemy.dialects import mysql, postgresql, sqlite
+
+    from authsidecar.storage.schema import Schema
+    from authsidecar.storage.sync import create_script
+
+    dialect = {"postgresql": postgresql.dialect, "sqlite": sqlite.dialect, "mysql": mysql.dialect}[dialect_name]()
+    lines = [f"-- authsidecar schema for {dialect_name} (authsidecar generate)"]
+    lines += [f"{step.sql};" for step in create_script(Schema(settings.registry()).metadata, dialect)]
+    text = "\n".join(lines) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        with open(output, "w", encoding="utf-8") as handle:
+            handle.write(text)
     return 0
 
 
@@ -85,7 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"authsidecar {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="serve gRPC until SIGTERM/SIGINT")
-    sub.add_parser("migrate", help="create or upgrade the database schema")
+    migrate = sub.add_parser("migrate", help="create the database schema, or add what it lacks (never drops)")
+    mode = migrate.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="exit 0 if the database matches, 1 with the differences")
+    mode.add_argument("--dry-run", action="store_true", help="print the SQL migrate would run; change nothing")
+    generate = sub.add_parser("generate", help="print the DDL of the configured schema")
+    generate.add_argument("--dialect", choices=("postgresql", "sqlite", "mysql"), default="postgresql")
+    generate.add_argument("--format", choices=("sql",), default="sql", help="sql (drizzle: not yet)")
+    generate.add_argument("--output", help="write to this file instead of standard output")
     sub.add_parser("cleanup", help="delete expired sessions and verification tokens, in batches")
     args = parser.parse_args(argv)
     try:
@@ -95,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(settings)
         if args.command == "cleanup":
             return _cleanup(settings)
-        return _migrate(settings)
+        if args.command == "generate":
+            return _generate(settings, args.dialect, args.output)
+        return _migrate(settings, args.check, args.dry_run)
     except ConfigError as exc:
         print(f"authsidecar: {exc}", file=sys.stderr)
         return 2

@@ -18,6 +18,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from authsidecar.domain.fields import Registry
+from authsidecar.schema_config import SchemaSettings
+
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
 DAY = 86_400
@@ -59,6 +62,11 @@ class Settings(BaseSettings):
     )
     invalidation_bound: Annotated[float, Field(ge=0.05, le=30)] = Field(
         1.0, description="seconds within which every instance stops trusting a revoked or changed cached session"
+    )
+    db_schema: SchemaSettings = Field(
+        default_factory=SchemaSettings,
+        validation_alias=AliasChoices("AUTHSIDECAR_SCHEMA", "schema", "db_schema"),
+        description="table and column names, additional fields, id generation ([schema] in the TOML file)",
     )
     cache_enabled: bool = Field(True, description="cache sessions in the secondary storage (off: every call hits SQL)")
     memory_cache_max_entries: Annotated[int, Field(ge=100, le=10_000_000)] = 100_000
@@ -161,6 +169,10 @@ class Settings(BaseSettings):
             raise ValueError("expected host:port or unix:///path")
         return value
 
+    def registry(self) -> Registry:
+        """The field registry of the configured schema."""
+        return self.db_schema.registry()
+
     @property
     def effective_hash_max_pending(self) -> int:
         """Admission bound for password hashing."""
@@ -185,11 +197,14 @@ class Settings(BaseSettings):
 
 def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
-    loc = ".".join(str(part) for part in first["loc"]) or "settings"
-    name = loc if loc.isupper() else f"AUTHSIDECAR_{loc.upper()}"
-    message = first["msg"]
+    parts = [str(part) for part in first["loc"]]
+    message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown setting"
+    if parts and parts[0] in ("schema", "db_schema", "AUTHSIDECAR_SCHEMA"):  # a TOML path: say it as written
+        return f"invalid configuration: {'.'.join(['schema', *parts[1:]])}: {message}"
+    loc = ".".join(parts) or "settings"
+    name = loc if loc.isupper() else f"AUTHSIDECAR_{loc.upper()}"
     return f"invalid configuration: {name}: {message}"
 
 

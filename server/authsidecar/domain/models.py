@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 __all__ = [
     "CREDENTIAL_PROVIDER",
+    "NO_EXTRA",
     "Account",
+    "Extra",
     "Invalidations",
     "Session",
     "SessionWithUser",
@@ -17,6 +22,40 @@ __all__ = [
 ]
 
 CREDENTIAL_PROVIDER = "credential"
+
+
+class Extra(Mapping[str, Any]):
+    """Values of a record's additional fields, by field name: an immutable, hashable mapping (records are used
+    as memo keys). Values are JSON-compatible; dates are ``datetime``."""
+
+    __slots__ = ("_data", "_hash")
+
+    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+        self._data: dict[str, Any] = dict(data or {})
+        self._hash: int | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = hash(json.dumps(self._data, sort_keys=True, default=str))
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Extra) and self._data == other._data
+
+    def __repr__(self) -> str:
+        return f"Extra({self._data!r})"
+
+
+NO_EXTRA = Extra()
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +69,7 @@ class User:
     image: str | None
     created_at: datetime
     updated_at: datetime
+    additional: Extra = field(default=NO_EXTRA)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +85,7 @@ class Session:
     updated_at: datetime
     ip_address: str | None
     user_agent: str | None
+    additional: Extra = field(default=NO_EXTRA)
 
 
 @dataclass(frozen=True, slots=True)

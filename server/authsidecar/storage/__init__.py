@@ -1,6 +1,6 @@
 """SQL storage: schema definition, engine, unit of work and repositories, driver-error translation."""
 
 from authsidecar.storage.database import SqlDatabase, create_database
-from authsidecar.storage.schema import Schema, SchemaNames
+from authsidecar.storage.schema import Schema
 
-__all__ = ["Schema", "SchemaNames", "SqlDatabase", "create_database"]
+__all__ = ["Schema", "SqlDatabase", "create_database"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -28,6 +28,7 @@ from authsidecar.domain.ports import Database, UnitOfWork
 from authsidecar.errors import AuthSidecarError, BackendUnavailable
 from authsidecar.storage.errors import translate_error
 from authsidecar.storage.invalidations import decode_payload, encode_payload
+from authsidecar.storage.rows import record, values
 from authsidecar.storage.schema import Schema
 from authsidecar.storage.urls import DatabaseTarget
 
@@ -40,47 +41,6 @@ NOTIFY_CHANNEL = "authsidecar_invalidation"
 CommitListener = Callable[[Invalidations], Awaitable[None]]
 
 
-class _Rows:
-    """Row mapping (keyed by logical column name) -> domain record."""
-
-    @staticmethod
-    def user(m: Mapping[Any, Any]) -> User:
-        return User(
-            id=m["id"],
-            name=m["name"],
-            email=m["email"],
-            email_verified=bool(m["email_verified"]),
-            image=m["image"],
-            created_at=m["created_at"],
-            updated_at=m["updated_at"],
-        )
-
-    @staticmethod
-    def account(m: Mapping[Any, Any]) -> Account:
-        return Account(
-            id=m["id"],
-            account_id=m["account_id"],
-            provider_id=m["provider_id"],
-            user_id=m["user_id"],
-            password=m["password"],
-            created_at=m["created_at"],
-            updated_at=m["updated_at"],
-        )
-
-    @staticmethod
-    def session(m: Mapping[Any, Any]) -> Session:
-        return Session(
-            id=m["id"],
-            user_id=m["user_id"],
-            stored_token=m["token"],
-            expires_at=m["expires_at"],
-            created_at=m["created_at"],
-            updated_at=m["updated_at"],
-            ip_address=m["ip_address"],
-            user_agent=m["user_agent"],
-        )
-
-
 class _Statements:
     """Every statement the repositories run, built once per schema with bind parameters.
 
@@ -89,6 +49,7 @@ class _Statements:
     """
 
     def __init__(self, schema: Schema) -> None:
+        self.registry = schema.registry
         u, a, s = schema.user, schema.account, schema.session
         p = sa.bindparam
         self.insert_user = sa.insert(u)
@@ -222,18 +183,7 @@ class SqlUnitOfWork:
 
     async def insert_user(self, user: User) -> None:
         """Insert a user row."""
-        await self._execute(
-            self._q.insert_user,
-            {
-                "id": user.id,
-                "name": user.name,
-                "email": user.email,
-                "email_verified": user.email_verified,
-                "image": user.image,
-                "created_at": user.created_at,
-                "updated_at": user.updated_at,
-            },
-        )
+        await self._execute(self._q.insert_user, values(self._q.registry.user, user))
 
     async def get_user_with_credential(self, email: str) -> tuple[User, Account | None] | None:
         """The user with that email and their credential account, in one round trip (LEFT JOIN)."""
@@ -241,14 +191,14 @@ class SqlUnitOfWork:
         if row is None:
             return None
         m = row._mapping
-        user = _Rows.user(m)
+        user = record(User, self._q.registry.user, m)
         if m["a_id"] is None:  # no credential account (LEFT JOIN)
             return user, None
-        return user, _Rows.account({key: m[f"a_{key}"] for key in self._q.account_keys})
+        return user, record(Account, self._q.registry.account, {key: m[f"a_{key}"] for key in self._q.account_keys})
 
     async def _one_user(self, stmt: sa.Executable, params: dict[str, Any]) -> User | None:
         row = (await self._execute(stmt, params)).first()
-        return _Rows.user(row._mapping) if row else None
+        return record(User, self._q.registry.user, row._mapping) if row else None
 
     async def get_user_by_id(self, user_id: str) -> User | None:
         """The user with that id."""
@@ -284,17 +234,7 @@ class SqlUnitOfWork:
 
     async def insert_verification(self, verification: Verification) -> None:
         """Insert a verification row."""
-        await self._execute(
-            self._q.insert_verification,
-            {
-                "id": verification.id,
-                "identifier": verification.identifier,
-                "value": verification.value,
-                "expires_at": verification.expires_at,
-                "created_at": verification.created_at,
-                "updated_at": verification.updated_at,
-            },
-        )
+        await self._execute(self._q.insert_verification, values(self._q.registry.verification, verification))
 
     async def consume_verification(self, identifier: str, now: datetime) -> str | None:
         """One DELETE ... RETURNING: two concurrent consumers cannot both get the value."""
@@ -322,23 +262,12 @@ class SqlUnitOfWork:
 
     async def insert_account(self, account: Account) -> None:
         """Insert an account row."""
-        await self._execute(
-            self._q.insert_account,
-            {
-                "id": account.id,
-                "account_id": account.account_id,
-                "provider_id": account.provider_id,
-                "user_id": account.user_id,
-                "password": account.password,
-                "created_at": account.created_at,
-                "updated_at": account.updated_at,
-            },
-        )
+        await self._execute(self._q.insert_account, values(self._q.registry.account, account))
 
     async def get_credential_account(self, user_id: str) -> Account | None:
         """The user's email/password account."""
         row = (await self._execute(self._q.credential_account, {"user_id": user_id})).first()
-        return _Rows.account(row._mapping) if row else None
+        return record(Account, self._q.registry.account, row._mapping) if row else None
 
     async def update_account_password(self, account_id: str, password_hash: str, now: datetime) -> None:
         """Replace an account's password hash."""
@@ -346,19 +275,7 @@ class SqlUnitOfWork:
 
     async def insert_session(self, session: Session) -> None:
         """Insert a session row."""
-        await self._execute(
-            self._q.insert_session,
-            {
-                "id": session.id,
-                "user_id": session.user_id,
-                "token": session.stored_token,
-                "expires_at": session.expires_at,
-                "created_at": session.created_at,
-                "updated_at": session.updated_at,
-                "ip_address": session.ip_address,
-                "user_agent": session.user_agent,
-            },
-        )
+        await self._execute(self._q.insert_session, values(self._q.registry.session, session))
 
     async def refresh_session(self, stored_token: str, expires_at: datetime, now: datetime) -> bool:
         """Extend a session; False when it no longer exists."""
@@ -367,7 +284,8 @@ class SqlUnitOfWork:
 
     async def _delete_sessions(self, stmt: sa.Executable, params: dict[str, Any]) -> list[Session]:
         self._expect_effects()
-        return self._sessions_gone([_Rows.session(row._mapping) for row in await self._execute(stmt, params)])
+        model = self._q.registry.session
+        return self._sessions_gone([record(Session, model, row._mapping) for row in await self._execute(stmt, params)])
 
     async def delete_session_by_token(self, stored_token: str) -> Session | None:
         """Delete one session by token."""
@@ -389,7 +307,7 @@ class SqlUnitOfWork:
     async def list_user_sessions(self, user_id: str, now: datetime) -> list[Session]:
         """The user's unexpired sessions, newest first."""
         result = await self._execute(self._q.list_sessions, {"s_user": user_id, "s_now": now})
-        return [_Rows.session(row._mapping) for row in result]
+        return [record(Session, self._q.registry.session, row._mapping) for row in result]
 
 
 class SqlDatabase:
@@ -510,8 +428,9 @@ class SqlDatabase:
         if row is None:
             return None
         n = len(self._session_keys)
-        session = _Rows.session(dict(zip(self._session_keys, row[:n], strict=True)))
-        user = _Rows.user(dict(zip(self._user_keys, row[n:], strict=True)))
+        registry = self.schema.registry
+        session = record(Session, registry.session, dict(zip(self._session_keys, row[:n], strict=True)))
+        user = record(User, registry.user, dict(zip(self._user_keys, row[n:], strict=True)))
         return SessionWithUser(session, user, checked_at)
 
     async def ping(self, within: float = 2.0) -> None:

@@ -1,9 +1,18 @@
-"""Apply the Alembic migrations in ``migrations/`` to a database (Postgres or SQLite)."""
+"""Migrations: the Alembic history in ``migrations/`` plus the additive sync of the configured schema.
+
+Every revision is additive and idempotent (storage/sync.py), so ``upgrade`` works the same on an empty database
+and on one whose tables already exist (adopting a Better Auth, Drizzle or hand-made schema): it checks first and
+stops on any problem before changing anything, runs the revisions, then adds what the configuration has beyond
+them (additional fields). ``check`` and ``dry_run`` read only.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -13,9 +22,12 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from authsidecar.storage.schema import Schema
+from authsidecar.storage.sync import Plan, SchemaProblem, apply, plan
 from authsidecar.storage.urls import DatabaseTarget
 
-__all__ = ["alembic_config", "migrations_dir", "schema_status", "upgrade"]
+__all__ = ["Status", "alembic_config", "check", "migrations_dir", "schema_status", "upgrade"]
+
+T = TypeVar("T")
 
 
 def migrations_dir() -> Path:
@@ -36,30 +48,75 @@ def alembic_config(schema: Schema) -> Config:
     return cfg
 
 
-def _upgrade(connection: Connection, cfg: Config, revision: str) -> None:
+@dataclass(frozen=True)
+class Status:
+    """Where a database stands: its Alembic revision(s), the latest one, and what the schema sync would do."""
+
+    current: frozenset[str]
+    head: frozenset[str]
+    plan: Plan
+
+    @property
+    def in_sync(self) -> bool:
+        """The tables match the configured schema (the revision record is informational)."""
+        return self.plan.in_sync
+
+    def describe(self) -> str:
+        """For people: the differences, then the revision record."""
+        lines = [self.plan.describe()] if self.plan.describe() else []
+        if self.current != self.head:
+            lines.append(f"revision: {sorted(self.current) or 'none recorded'}, latest {sorted(self.head)}")
+        return "\n".join(lines)
+
+
+def _status(connection: Connection, schema: Schema) -> Status:
+    heads = frozenset(ScriptDirectory.from_config(alembic_config(schema)).get_heads())
+    current = frozenset(MigrationContext.configure(connection).get_current_heads())
+    return Status(current, heads, plan(connection, schema.metadata))
+
+
+def _upgrade(connection: Connection, schema: Schema, revision: str) -> Plan:
+    before = plan(connection, schema.metadata)
+    if before.problems:
+        raise SchemaProblem("; ".join(before.problems))
+    cfg = alembic_config(schema)
     cfg.attributes["connection"] = connection
     command.upgrade(cfg, revision)
+    if revision == "head":  # what the configuration adds beyond the revisions (additional fields, plugins)
+        rest = plan(connection, schema.metadata)
+        if rest.problems:
+            raise SchemaProblem("; ".join(rest.problems))
+        apply(connection, rest.steps)
+    return before
 
 
-async def upgrade(target: DatabaseTarget, schema: Schema, revision: str = "head") -> None:
-    """Run migrations up to ``revision`` in one connection."""
+async def _run(target: DatabaseTarget, fn: Callable[[Connection], T], write: bool) -> T:
     engine = create_async_engine(target.url, connect_args=dict(target.connect_args))
     try:
-        async with engine.begin() as conn:
-            await conn.run_sync(_upgrade, alembic_config(schema), revision)
+        async with engine.begin() if write else engine.connect() as conn:
+            return await conn.run_sync(fn)
     finally:
         await engine.dispose()
 
 
-def _current_revisions(connection: Connection) -> set[str]:
-    return set(MigrationContext.configure(connection).get_current_heads())
+async def upgrade(target: DatabaseTarget, schema: Schema, revision: str = "head") -> Plan:
+    """Bring the database up to ``revision`` and the configured schema, in one transaction where the database
+    allows; returns what was missing. Raises SchemaProblem, changing nothing, when something cannot be added."""
+    return await _run(target, lambda conn: _upgrade(conn, schema, revision), write=True)
 
 
-async def schema_status(engine: AsyncEngine) -> str | None:
-    """None when the database is at the latest migration, else a one-line explanation."""
-    heads = set(ScriptDirectory.from_config(alembic_config(Schema())).get_heads())
+async def check(target: DatabaseTarget, schema: Schema) -> Status:
+    """Compare without changing anything."""
+    return await _run(target, lambda conn: _status(conn, schema), write=False)
+
+
+async def schema_status(engine: AsyncEngine, schema: Schema) -> str | None:
+    """None when the tables match the configured schema, else a one-line explanation with what to do."""
     async with engine.connect() as conn:
-        current = await conn.run_sync(_current_revisions)
-    if current == heads:
+        status = await conn.run_sync(_status, schema)
+    if status.in_sync:
         return None
-    return f"database schema is at {sorted(current) or 'nothing'}, needs {sorted(heads)}: run `authsidecar migrate`"
+    first = (status.plan.problems or [f"missing {step.description}" for step in status.plan.steps])[0]
+    count = len(status.plan.problems) + len(status.plan.steps)
+    more = f" (and {count - 1} more)" if count > 1 else ""
+    return f"database schema does not match the configuration: {first}{more}: run `authsidecar migrate`"
