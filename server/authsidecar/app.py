@@ -24,6 +24,7 @@ from authsidecar.security.tokens import HashedTokenPolicy
 from authsidecar.services.accounts import AccountService, VerificationPolicy
 from authsidecar.services.cleanup import remove_expired
 from authsidecar.services.coherence import CacheCoherence
+from authsidecar.services.extra_fields import ExtraFieldRules
 from authsidecar.services.profile import ProfileService
 from authsidecar.services.rules import CredentialRules
 from authsidecar.services.sessions import SessionManager, SessionPolicy
@@ -32,6 +33,7 @@ from authsidecar.storage.database import SqlDatabase, create_database
 from authsidecar.storage.migrate import schema_status
 from authsidecar.storage.schema import Schema
 from authsidecar.storage.urls import DatabaseTarget, resolve_database_url
+from authsidecar.transport.grpc.convert import Converter
 from authsidecar.transport.grpc.server import GrpcServer
 from authsidecar.transport.grpc.servicers import AuthServicer, SessionServicer
 
@@ -84,7 +86,7 @@ def build_cache(settings: Settings) -> SessionCache:
     except ValueError as exc:
         raise ConfigError(f"invalid configuration: REDIS_URL: {exc}") from None
     signer = DocumentSigner(derive_key(settings.secret.get_secret_value(), "cache-documents"))
-    cache = RedisSessionCache(client, settings.redis_key_prefix, signer, getter)
+    cache = RedisSessionCache(client, settings.redis_key_prefix, signer, getter, registry=settings.registry())
     return ResilientSessionCache(cache, settings.redis_retry_after)
 
 
@@ -199,7 +201,9 @@ class App:
         tokens = HashedTokenPolicy()
         coherence = CacheCoherence(cache, tokens, settings.cache_trust_seconds, settings.invalidation_bound)
         database.add_commit_listener(coherence.committed)
-        sessions = SessionManager(database, cache, tokens, policy, coherence)
+        registry = database.schema.registry
+        session_fields = ExtraFieldRules(registry.session).for_create({})
+        sessions = SessionManager(database, cache, tokens, policy, coherence, session_fields=session_fields)
         rules = CredentialRules(settings.password_min_length, settings.password_max_length)
         flows = AccountFlows(database, hasher, sessions, rules, outbox, build_flow_settings(settings))
         verification = VerificationPolicy(
@@ -208,11 +212,15 @@ class App:
             send_on_sign_in=settings.send_verification_on_sign_in,
             send=flows.send_verification,
         )
-        accounts = AccountService(database, hasher, sessions, rules, settings.auto_sign_in, verification=verification)
-        profile = ProfileService(database, hasher, sessions, rules)
+        user_fields = ExtraFieldRules(registry.user)
+        accounts = AccountService(
+            database, hasher, sessions, rules, settings.auto_sign_in, verification=verification, user_fields=user_fields
+        )
+        profile = ProfileService(database, hasher, sessions, rules, user_fields=user_fields)
+        convert = Converter(registry)
         server = GrpcServer(
-            AuthServicer(accounts, sessions, flows, profile),
-            SessionServicer(sessions),
+            AuthServicer(accounts, sessions, flows, profile, convert),
+            SessionServicer(sessions, convert),
             settings.listen,
             reuse_port=settings.reuse_port,
         )

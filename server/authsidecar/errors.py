@@ -5,6 +5,7 @@ Every class has a stable machine ``reason`` (the ErrorInfo.reason clients switch
     AuthSidecarError                    INTERNAL
     ├── InvalidArgument                 VALIDATION_ERROR       (carries field violations)
     │   ├── MissingField                MISSING_FIELD
+    │   ├── FieldNotAllowed             FIELD_NOT_ALLOWED
     │   ├── InvalidEmail                INVALID_EMAIL
     │   ├── PasswordTooShort            PASSWORD_TOO_SHORT
     │   └── PasswordTooLong             PASSWORD_TOO_LONG
@@ -41,6 +42,7 @@ __all__ = [
     "CredentialAccountNotFound",
     "EmailNotVerified",
     "FailedPrecondition",
+    "FieldNotAllowed",
     "FieldViolation",
     "InvalidArgument",
     "InvalidCredentials",
@@ -101,6 +103,12 @@ class MissingField(InvalidArgument):
     """A required field is empty."""
 
     reason = "MISSING_FIELD"
+
+
+class FieldNotAllowed(InvalidArgument):
+    """A field the client may not set (unknown, or configured with ``input = false``)."""
+
+    reason = "FIELD_NOT_ALLOWED"
 
 
 class InvalidEmail(InvalidArgument):

@@ -157,9 +157,14 @@ class SchemaSettings(BaseModel):
                     raise ValueError(f"{name}.fields.{logical}: {name} has no field {logical!r}")
             if config.additional_fields and name not in ("user", "session"):
                 raise ValueError(f"{name}.additional_fields: only user and session take additional fields")
-            for extra in config.additional_fields:
+            for extra, spec in config.additional_fields.items():
                 if extra in builtin:
                     raise ValueError(f"{name}.additional_fields.{extra}: {extra!r} is a built-in field")
+                if name == "session" and spec.required and spec.default_value is None:
+                    raise ValueError(
+                        f"session.additional_fields.{extra}: clients cannot set session fields; give it a"
+                        " default_value or make it required = false"
+                    )
             table = self.table_name(name)
             if table in tables:
                 raise ValueError(f"{name}.model_name: {table!r} is already the table of {tables[table]}")

@@ -1,7 +1,12 @@
-"""JSON documents for cached sessions, in Better Auth's secondary-storage shape:
-``{"session": {...}, "user": {...}}`` with camelCase keys and ISO-8601 UTC dates (millisecond precision), plus
-``checkedAt``: when the snapshot was last read from SQL (Unix milliseconds; absent in Better Auth's own
-documents, which are then never trusted without a re-check)."""
+"""JSON documents for cached sessions, in Better Auth's secondary-storage shape, driven by the field registry:
+``{"session": {...}, "user": {...}}`` keyed by Better Auth's field names (``emailVerified``; additional fields by
+their own name, ``returned = false`` ones included, as Better Auth stores them), ISO-8601 UTC dates with
+millisecond precision, plus ``checkedAt``: when the snapshot was last read from SQL (Unix milliseconds; absent in
+Better Auth's own documents, which are then never trusted without a re-check).
+
+A document written under another configuration (an additional field it lacks) decodes with ``StaleDocument``:
+a miss, not an error.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,16 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from authsidecar.domain.models import Session, SessionWithUser, User
+from authsidecar.domain.fields import FieldDef, ModelDef, Registry
+from authsidecar.domain.models import Extra, Session, SessionWithUser, User
 
-__all__ = ["decode_session", "encode_session", "iso"]
+__all__ = ["StaleDocument", "decode_session", "encode_session", "iso"]
+
+_DEFAULT = Registry()
+
+
+class StaleDocument(KeyError):
+    """The document lacks a field the configuration now has."""
 
 
 def _from_iso(value: str) -> datetime:
@@ -26,57 +38,59 @@ def iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def encode_session(entry: SessionWithUser) -> bytes:
+def _out(f: FieldDef, value: Any) -> Any:
+    if value is None:
+        return None
+    return iso(value) if f.type == "date" else value
+
+
+def _in(f: FieldDef, value: Any) -> Any:
+    if value is None:
+        return None
+    if f.type == "date":
+        return _from_iso(value)
+    return bool(value) if f.type == "boolean" else value
+
+
+def _part(model: ModelDef, item: Session | User) -> dict[str, Any]:
+    doc = {f.key: _out(f, getattr(item, f.attr)) for f in model.builtin}
+    doc.update({f.key: _out(f, item.additional.get(f.name)) for f in model.additional})
+    return doc
+
+
+def _required(f: FieldDef, doc: dict[str, Any]) -> Any:
+    value = doc[f.key]
+    if value is None:
+        raise ValueError(f"{f.key} is null")
+    return value
+
+
+def _fields(model: ModelDef, doc: dict[str, Any]) -> dict[str, Any]:
+    out = {f.attr: _in(f, _required(f, doc) if f.required else doc.get(f.key)) for f in model.builtin}
+    if model.additional:
+        missing = [f.key for f in model.additional if f.key not in doc]
+        if missing:
+            raise StaleDocument(missing[0])
+        out["additional"] = Extra({f.name: _in(f, doc[f.key]) for f in model.additional})
+    return out
+
+
+def encode_session(entry: SessionWithUser, registry: Registry = _DEFAULT) -> bytes:
     """Serialise for Redis."""
-    s, u = entry.session, entry.user
     doc: dict[str, Any] = {
-        "session": {
-            "id": s.id,
-            "token": s.stored_token,
-            "userId": s.user_id,
-            "expiresAt": iso(s.expires_at),
-            "createdAt": iso(s.created_at),
-            "updatedAt": iso(s.updated_at),
-            "ipAddress": s.ip_address,
-            "userAgent": s.user_agent,
-        },
-        "user": {
-            "id": u.id,
-            "name": u.name,
-            "email": u.email,
-            "emailVerified": u.email_verified,
-            "image": u.image,
-            "createdAt": iso(u.created_at),
-            "updatedAt": iso(u.updated_at),
-        },
+        "session": _part(registry.session, entry.session),
+        "user": _part(registry.user, entry.user),
         "checkedAt": int(entry.checked_at * 1000),
     }
-    return json.dumps(doc, separators=(",", ":")).encode()
+    return json.dumps(doc, separators=(",", ":"), default=str).encode()
 
 
-def decode_session(raw: bytes | str) -> SessionWithUser:
-    """Parse a cached document; raises ValueError/KeyError/TypeError on a malformed one."""
+def decode_session(raw: bytes | str, registry: Registry = _DEFAULT) -> SessionWithUser:
+    """Parse a cached document; raises ValueError/KeyError/TypeError on a malformed one (StaleDocument, a
+    KeyError, when it was written under another configuration)."""
     doc = json.loads(raw)
-    s, u = doc["session"], doc["user"]
     return SessionWithUser(
-        Session(
-            id=s["id"],
-            user_id=s["userId"],
-            stored_token=s["token"],
-            expires_at=_from_iso(s["expiresAt"]),
-            created_at=_from_iso(s["createdAt"]),
-            updated_at=_from_iso(s["updatedAt"]),
-            ip_address=s.get("ipAddress"),
-            user_agent=s.get("userAgent"),
-        ),
-        User(
-            id=u["id"],
-            name=u["name"],
-            email=u["email"],
-            email_verified=bool(u["emailVerified"]),
-            image=u.get("image"),
-            created_at=_from_iso(u["createdAt"]),
-            updated_at=_from_iso(u["updatedAt"]),
-        ),
+        Session(**_fields(registry.session, doc["session"])),
+        User(**_fields(registry.user, doc["user"])),
         int(doc.get("checkedAt", 0)) / 1000,
     )

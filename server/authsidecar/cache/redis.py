@@ -26,10 +26,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from authsidecar.cache.codec import decode_session, encode_session
+from authsidecar.cache.codec import StaleDocument, decode_session, encode_session
 from authsidecar.cache.integrity import DocumentSigner
 from authsidecar.cache.memo import BoundedMemo
 from authsidecar.cache.resp import PipelinedGetClient
+from authsidecar.domain.fields import Registry
 from authsidecar.domain.models import SessionWithUser
 from authsidecar.domain.ports import SessionCache
 
@@ -82,7 +83,9 @@ class RedisSessionCache:
         signer: DocumentSigner,
         getter: PipelinedGetClient | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        registry: Registry | None = None,
     ) -> None:
+        self._registry = registry or Registry()
         self._redis = client
         self._getter = getter
         self._prefix = prefix
@@ -117,7 +120,9 @@ class RedisSessionCache:
             self._refuse("unauthenticated (forged, altered or moved)")
             return None
         try:
-            entry = decode_session(body)
+            entry = decode_session(body, self._registry)
+        except StaleDocument:  # written under another configuration: a plain miss
+            return None
         except (ValueError, KeyError, TypeError):
             self._refuse("malformed")
             return None
@@ -139,7 +144,13 @@ class RedisSessionCache:
         expires_ms = int(entry.session.expires_at.timestamp() * 1000)
         await self._put(
             keys=[full, full + ":revoked", self._index(entry.session.user_id)],
-            args=[self._signer.sign(full, encode_session(entry)), ttl, key, expires_ms, int(time.time() * 1000)],
+            args=[
+                self._signer.sign(full, encode_session(entry, self._registry)),
+                ttl,
+                key,
+                expires_ms,
+                int(time.time() * 1000),
+            ],
         )
 
     async def invalidate(self, user_id: str, keys: Sequence[str], ttl: int) -> None:

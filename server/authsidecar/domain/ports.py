@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from authsidecar.domain.models import Account, Invalidations, Session, SessionWithUser, User, Verification
 
@@ -38,8 +38,8 @@ class UnitOfWork(Protocol):
     async def change_email(self, user_id: str, old_email: str, new_email: str, now: datetime) -> User | None:
         """Replace (and mark verified) the email if it is still ``old_email``; raises Conflict if taken."""
 
-    async def update_user(self, user_id: str, changes: dict[str, str | None], now: datetime) -> User | None:
-        """Set the given profile fields (logical names: name, image); the updated user, or None."""
+    async def update_user(self, user_id: str, changes: dict[str, Any], now: datetime) -> User | None:
+        """Set the given fields (logical names: name, image, additional fields); the updated user, or None."""
 
     async def delete_user(self, user_id: str) -> bool:
         """Delete the user, its sessions (declared revoked) and accounts; False if it did not exist."""

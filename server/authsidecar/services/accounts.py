@@ -7,8 +7,9 @@ same hash time whether or not the email exists.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from authsidecar.domain.models import CREDENTIAL_PROVIDER, Account, Session, SessionWithUser, User
 from authsidecar.domain.ports import Database
@@ -16,6 +17,7 @@ from authsidecar.errors import Conflict, EmailNotVerified, InvalidCredentials, M
 from authsidecar.security.ids import generate_id
 from authsidecar.security.passwords import PasswordHasher
 from authsidecar.services.clock import Clock, utc_now
+from authsidecar.services.extra_fields import ExtraFieldRules
 from authsidecar.services.rules import CredentialRules, normalize_email
 from authsidecar.services.sessions import ClientInfo, SessionManager
 
@@ -53,6 +55,7 @@ class AccountService:
         auto_sign_in: bool = True,
         clock: Clock = utc_now,
         verification: VerificationPolicy | None = None,
+        user_fields: ExtraFieldRules | None = None,
     ) -> None:
         self._db = db
         self._hasher = hasher
@@ -61,6 +64,7 @@ class AccountService:
         self._auto_sign_in = auto_sign_in
         self._clock = clock
         self._verification = verification or VerificationPolicy()
+        self._user_fields = user_fields
 
     async def sign_up(
         self,
@@ -70,11 +74,13 @@ class AccountService:
         image: str | None,
         client: ClientInfo,
         remember_me: bool = True,
+        additional: Mapping[str, Any] | None = None,
     ) -> AuthResult:
         """Create a user with a credential account, and a session unless auto sign-in is off."""
         email = normalize_email(email)
         if not name.strip():
             raise MissingField.field("name", "is required")
+        extra = (self._user_fields or ExtraFieldRules.none()).for_create(additional or {})
         self._rules.check_password(password)
         password_hash = await self._hasher.hash(password)  # takes (and frees) a hashing slot
         now = self._clock()
@@ -86,6 +92,7 @@ class AccountService:
             image=image or None,
             created_at=now,
             updated_at=now,
+            additional=extra,
         )
         account = Account(
             id=generate_id(),

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from authsidecar.domain.models import Account, Session, SessionWithUser, User
 from authsidecar.domain.ports import Database
 from authsidecar.errors import CredentialAccountNotFound, InvalidPassword, MissingField, UserNotFound
 from authsidecar.security.passwords import PasswordHasher
 from authsidecar.services.clock import Clock, utc_now
+from authsidecar.services.extra_fields import ExtraFieldRules
 from authsidecar.services.rules import CredentialRules
 from authsidecar.services.sessions import ClientInfo, SessionManager
 
@@ -33,7 +36,9 @@ class ProfileService:
         sessions: SessionManager,
         rules: CredentialRules,
         clock: Clock = utc_now,
+        user_fields: ExtraFieldRules | None = None,
     ) -> None:
+        self._user_fields = user_fields or ExtraFieldRules.none()
         self._db = db
         self._hasher = hasher
         self._sessions = sessions
@@ -71,11 +76,14 @@ class ProfileService:
         session, new_token = await self._sessions.open_session(current.user, client)
         return PasswordChanged(session, new_token)
 
-    async def update_user(self, token: str, changes: dict[str, str | None]) -> User:
-        """Set name and/or image; every cached snapshot of the user is superseded."""
+    async def update_user(
+        self, token: str, changes: dict[str, Any], additional: Mapping[str, Any] | None = None
+    ) -> User:
+        """Set name, image and/or additional fields; every cached snapshot of the user is superseded."""
         current = await self._sessions.validate(token)
         if "name" in changes and not (changes["name"] or "").strip():
             raise MissingField.field("name", "must not be empty")
+        changes = {**changes, **self._user_fields.for_update(additional or {})}
         if not changes:
             return current.user
         async with self._db.transaction() as tx:

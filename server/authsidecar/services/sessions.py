@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from authsidecar.domain.models import Session, SessionWithUser, User
+from authsidecar.domain.models import NO_EXTRA, Extra, Session, SessionWithUser, User
 from authsidecar.domain.ports import Database, SessionCache
 from authsidecar.errors import InvalidToken, SessionExpired, SessionNotFound, SessionNotFresh
 from authsidecar.security.ids import generate_id
@@ -71,7 +71,9 @@ class SessionManager:
         policy: SessionPolicy,
         coherence: CacheCoherence,
         clock: Clock = utc_now,
+        session_fields: Extra = NO_EXTRA,
     ) -> None:
+        self._session_fields = session_fields  # the defaults of the session's additional fields
         self._db = db
         self._cache = cache
         self._tokens = tokens
@@ -92,6 +94,7 @@ class SessionManager:
             updated_at=now,
             ip_address=client.ip_address,
             user_agent=client.user_agent,
+            additional=self._session_fields,
         )
         return session, token
 

@@ -220,7 +220,7 @@ class SqlUnitOfWork:
         params = {"u_id": user_id, "u_email": old_email, "u_new_email": new_email, "u_now": now}
         return self._user_changed(await self._one_user(self._q.change_email, params))
 
-    async def update_user(self, user_id: str, changes: dict[str, str | None], now: datetime) -> User | None:
+    async def update_user(self, user_id: str, changes: dict[str, Any], now: datetime) -> User | None:
         """Set the given profile fields."""
         self._expect_effects()
         u = self._q.user_table

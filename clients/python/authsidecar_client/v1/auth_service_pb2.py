@@ -23,59 +23,60 @@ _sym_db = _symbol_database.Default()
 
 
 from authsidecar_client.v1 import resources_pb2 as authsidecar_dot_v1_dot_resources__pb2
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!authsidecar/v1/auth_service.proto\x12\x0e\x61uthsidecar.v1\x1a\x1e\x61uthsidecar/v1/resources.proto\"\xa6\x01\n\rSignUpRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05image\x18\x04 \x01(\t\x12-\n\x06\x63lient\x18\x05 \x01(\x0b\x32\x1d.authsidecar.v1.ClientContext\x12\x18\n\x0bremember_me\x18\x06 \x01(\x08H\x00\x88\x01\x01\x42\x0e\n\x0c_remember_me\"m\n\x0eSignUpResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.authsidecar.v1.User\x12(\n\x07session\x18\x02 \x01(\x0b\x32\x17.authsidecar.v1.Session\x12\r\n\x05token\x18\x03 \x01(\t\"\x89\x01\n\rSignInRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12-\n\x06\x63lient\x18\x03 \x01(\x0b\x32\x1d.authsidecar.v1.ClientContext\x12\x18\n\x0bremember_me\x18\x04 \x01(\x08H\x00\x88\x01\x01\x42\x0e\n\x0c_remember_me\"m\n\x0eSignInResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.authsidecar.v1.User\x12(\n\x07session\x18\x02 \x01(\x0b\x32\x17.authsidecar.v1.Session\x12\r\n\x05token\x18\x03 \x01(\t\"\x1f\n\x0eSignOutRequest\x12\r\n\x05token\x18\x01 \x01(\t\"\x11\n\x0fSignOutResponse\"-\n\x1cSendVerificationEmailRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\"\x1f\n\x1dSendVerificationEmailResponse\"R\n\x12VerifyEmailRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12-\n\x06\x63lient\x18\x02 \x01(\x0b\x32\x1d.authsidecar.v1.ClientContext\"r\n\x13VerifyEmailResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.authsidecar.v1.User\x12(\n\x07session\x18\x02 \x01(\x0b\x32\x17.authsidecar.v1.Session\x12\r\n\x05token\x18\x03 \x01(\t\",\n\x1bRequestPasswordResetRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\"\x1e\n\x1cRequestPasswordResetResponse\";\n\x14ResetPasswordRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x14\n\x0cnew_password\x18\x02 \x01(\t\"\x17\n\x15ResetPasswordResponse\"\xa4\x01\n\x15\x43hangePasswordRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x18\n\x10\x63urrent_password\x18\x02 \x01(\t\x12\x14\n\x0cnew_password\x18\x03 \x01(\t\x12\x1d\n\x15revoke_other_sessions\x18\x04 \x01(\x08\x12-\n\x06\x63lient\x18\x05 \x01(\x0b\x32\x1d.authsidecar.v1.ClientContext\"Q\n\x16\x43hangePasswordResponse\x12(\n\x07session\x18\x01 \x01(\x0b\x32\x17.authsidecar.v1.Session\x12\r\n\x05token\x18\x02 \x01(\t\"6\n\x12\x43hangeEmailRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x11\n\tnew_email\x18\x02 \x01(\t\"\x15\n\x13\x43hangeEmailResponse\"\\\n\x11UpdateUserRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x11\n\x04name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05image\x18\x03 \x01(\tH\x01\x88\x01\x01\x42\x07\n\x05_nameB\x08\n\x06_image\"8\n\x12UpdateUserResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.authsidecar.v1.User\"4\n\x11\x44\x65leteUserRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"\x14\n\x12\x44\x65leteUserResponse2\xed\x07\n\x0b\x41uthService\x12G\n\x06SignUp\x12\x1d.authsidecar.v1.SignUpRequest\x1a\x1e.authsidecar.v1.SignUpResponse\x12G\n\x06SignIn\x12\x1d.authsidecar.v1.SignInRequest\x1a\x1e.authsidecar.v1.SignInResponse\x12J\n\x07SignOut\x12\x1e.authsidecar.v1.SignOutRequest\x1a\x1f.authsidecar.v1.SignOutResponse\x12t\n\x15SendVerificationEmail\x12,.authsidecar.v1.SendVerificationEmailRequest\x1a-.authsidecar.v1.SendVerificationEmailResponse\x12V\n\x0bVerifyEmail\x12\".authsidecar.v1.VerifyEmailRequest\x1a#.authsidecar.v1.VerifyEmailResponse\x12q\n\x14RequestPasswordReset\x12+.authsidecar.v1.RequestPasswordResetRequest\x1a,.authsidecar.v1.RequestPasswordResetResponse\x12\\\n\rResetPassword\x12$.authsidecar.v1.ResetPasswordRequest\x1a%.authsidecar.v1.ResetPasswordResponse\x12_\n\x0e\x43hangePassword\x12%.authsidecar.v1.ChangePasswordRequest\x1a&.authsidecar.v1.ChangePasswordResponse\x12V\n\x0b\x43hangeEmail\x12\".authsidecar.v1.ChangeEmailRequest\x1a#.authsidecar.v1.ChangeEmailResponse\x12S\n\nUpdateUser\x12!.authsidecar.v1.UpdateUserRequest\x1a\".authsidecar.v1.UpdateUserResponse\x12S\n\nDeleteUser\x12!.authsidecar.v1.DeleteUserRequest\x1a\".authsidecar.v1.DeleteUserResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!authsidecar/v1/auth_service.proto\x12\x0e\x61uthsidecar.v1\x1a\x1e\x61uthsidecar/v1/resources.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xda\x01\n\rSignUpRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05image\x18\x04 \x01(\t\x12-\n\x06\x63lient\x18\x05 \x01(\x0b\x32\x1d.authsidecar.v1.ClientContext\x12\x18\n\x0bremember_me\x18\x06 \x01(\x08H\x00\x88\x01\x01\x12\x32\n\x11\x61\x64\x64itional_fields\x18\x07 \x01(\x0b\x32\x17.google.protobuf.StructB\x0e\n\x0c_remember_me\"m\n\x0eSignUpResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.authsidecar.v1.User\x12(\n\x07session\x18\x02 \x01(\x0b\x32\x17.authsidecar.v1.Session\x12\r\n\x05token\x18\x03 \x01(\t\"\x89\x01\n\rSignInRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12-\n\x06\x63lient\x18\x03 \x01(\x0b\x32\x1d.authsidecar.v1.ClientContext\x12\x18\n\x0bremember_me\x18\x04 \x01(\x08H\x00\x88\x01\x01\x42\x0e\n\x0c_remember_me\"m\n\x0eSignInResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.authsidecar.v1.User\x12(\n\x07session\x18\x02 \x01(\x0b\x32\x17.authsidecar.v1.Session\x12\r\n\x05token\x18\x03 \x01(\t\"\x1f\n\x0eSignOutRequest\x12\r\n\x05token\x18\x01 \x01(\t\"\x11\n\x0fSignOutResponse\"-\n\x1cSendVerificationEmailRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\"\x1f\n\x1dSendVerificationEmailResponse\"R\n\x12VerifyEmailRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12-\n\x06\x63lient\x18\x02 \x01(\x0b\x32\x1d.authsidecar.v1.ClientContext\"r\n\x13VerifyEmailResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.authsidecar.v1.User\x12(\n\x07session\x18\x02 \x01(\x0b\x32\x17.authsidecar.v1.Session\x12\r\n\x05token\x18\x03 \x01(\t\",\n\x1bRequestPasswordResetRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\"\x1e\n\x1cRequestPasswordResetResponse\";\n\x14ResetPasswordRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x14\n\x0cnew_password\x18\x02 \x01(\t\"\x17\n\x15ResetPasswordResponse\"\xa4\x01\n\x15\x43hangePasswordRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x18\n\x10\x63urrent_password\x18\x02 \x01(\t\x12\x14\n\x0cnew_password\x18\x03 \x01(\t\x12\x1d\n\x15revoke_other_sessions\x18\x04 \x01(\x08\x12-\n\x06\x63lient\x18\x05 \x01(\x0b\x32\x1d.authsidecar.v1.ClientContext\"Q\n\x16\x43hangePasswordResponse\x12(\n\x07session\x18\x01 \x01(\x0b\x32\x17.authsidecar.v1.Session\x12\r\n\x05token\x18\x02 \x01(\t\"6\n\x12\x43hangeEmailRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x11\n\tnew_email\x18\x02 \x01(\t\"\x15\n\x13\x43hangeEmailResponse\"\x90\x01\n\x11UpdateUserRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x11\n\x04name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05image\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x32\n\x11\x61\x64\x64itional_fields\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructB\x07\n\x05_nameB\x08\n\x06_image\"8\n\x12UpdateUserResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.authsidecar.v1.User\"4\n\x11\x44\x65leteUserRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"\x14\n\x12\x44\x65leteUserResponse2\xed\x07\n\x0b\x41uthService\x12G\n\x06SignUp\x12\x1d.authsidecar.v1.SignUpRequest\x1a\x1e.authsidecar.v1.SignUpResponse\x12G\n\x06SignIn\x12\x1d.authsidecar.v1.SignInRequest\x1a\x1e.authsidecar.v1.SignInResponse\x12J\n\x07SignOut\x12\x1e.authsidecar.v1.SignOutRequest\x1a\x1f.authsidecar.v1.SignOutResponse\x12t\n\x15SendVerificationEmail\x12,.authsidecar.v1.SendVerificationEmailRequest\x1a-.authsidecar.v1.SendVerificationEmailResponse\x12V\n\x0bVerifyEmail\x12\".authsidecar.v1.VerifyEmailRequest\x1a#.authsidecar.v1.VerifyEmailResponse\x12q\n\x14RequestPasswordReset\x12+.authsidecar.v1.RequestPasswordResetRequest\x1a,.authsidecar.v1.RequestPasswordResetResponse\x12\\\n\rResetPassword\x12$.authsidecar.v1.ResetPasswordRequest\x1a%.authsidecar.v1.ResetPasswordResponse\x12_\n\x0e\x43hangePassword\x12%.authsidecar.v1.ChangePasswordRequest\x1a&.authsidecar.v1.ChangePasswordResponse\x12V\n\x0b\x43hangeEmail\x12\".authsidecar.v1.ChangeEmailRequest\x1a#.authsidecar.v1.ChangeEmailResponse\x12S\n\nUpdateUser\x12!.authsidecar.v1.UpdateUserRequest\x1a\".authsidecar.v1.UpdateUserResponse\x12S\n\nDeleteUser\x12!.authsidecar.v1.DeleteUserRequest\x1a\".authsidecar.v1.DeleteUserResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'authsidecar_client.v1.auth_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SIGNUPREQUEST']._serialized_start=86
-  _globals['_SIGNUPREQUEST']._serialized_end=252
-  _globals['_SIGNUPRESPONSE']._serialized_start=254
-  _globals['_SIGNUPRESPONSE']._serialized_end=363
-  _globals['_SIGNINREQUEST']._serialized_start=366
-  _globals['_SIGNINREQUEST']._serialized_end=503
-  _globals['_SIGNINRESPONSE']._serialized_start=505
-  _globals['_SIGNINRESPONSE']._serialized_end=614
-  _globals['_SIGNOUTREQUEST']._serialized_start=616
-  _globals['_SIGNOUTREQUEST']._serialized_end=647
-  _globals['_SIGNOUTRESPONSE']._serialized_start=649
-  _globals['_SIGNOUTRESPONSE']._serialized_end=666
-  _globals['_SENDVERIFICATIONEMAILREQUEST']._serialized_start=668
-  _globals['_SENDVERIFICATIONEMAILREQUEST']._serialized_end=713
-  _globals['_SENDVERIFICATIONEMAILRESPONSE']._serialized_start=715
-  _globals['_SENDVERIFICATIONEMAILRESPONSE']._serialized_end=746
-  _globals['_VERIFYEMAILREQUEST']._serialized_start=748
-  _globals['_VERIFYEMAILREQUEST']._serialized_end=830
-  _globals['_VERIFYEMAILRESPONSE']._serialized_start=832
-  _globals['_VERIFYEMAILRESPONSE']._serialized_end=946
-  _globals['_REQUESTPASSWORDRESETREQUEST']._serialized_start=948
-  _globals['_REQUESTPASSWORDRESETREQUEST']._serialized_end=992
-  _globals['_REQUESTPASSWORDRESETRESPONSE']._serialized_start=994
-  _globals['_REQUESTPASSWORDRESETRESPONSE']._serialized_end=1024
-  _globals['_RESETPASSWORDREQUEST']._serialized_start=1026
-  _globals['_RESETPASSWORDREQUEST']._serialized_end=1085
-  _globals['_RESETPASSWORDRESPONSE']._serialized_start=1087
-  _globals['_RESETPASSWORDRESPONSE']._serialized_end=1110
-  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=1113
-  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=1277
-  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=1279
-  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=1360
-  _globals['_CHANGEEMAILREQUEST']._serialized_start=1362
-  _globals['_CHANGEEMAILREQUEST']._serialized_end=1416
-  _globals['_CHANGEEMAILRESPONSE']._serialized_start=1418
-  _globals['_CHANGEEMAILRESPONSE']._serialized_end=1439
-  _globals['_UPDATEUSERREQUEST']._serialized_start=1441
-  _globals['_UPDATEUSERREQUEST']._serialized_end=1533
-  _globals['_UPDATEUSERRESPONSE']._serialized_start=1535
-  _globals['_UPDATEUSERRESPONSE']._serialized_end=1591
-  _globals['_DELETEUSERREQUEST']._serialized_start=1593
-  _globals['_DELETEUSERREQUEST']._serialized_end=1645
-  _globals['_DELETEUSERRESPONSE']._serialized_start=1647
-  _globals['_DELETEUSERRESPONSE']._serialized_end=1667
-  _globals['_AUTHSERVICE']._serialized_start=1670
-  _globals['_AUTHSERVICE']._serialized_end=2675
+  _globals['_SIGNUPREQUEST']._serialized_start=116
+  _globals['_SIGNUPREQUEST']._serialized_end=334
+  _globals['_SIGNUPRESPONSE']._serialized_start=336
+  _globals['_SIGNUPRESPONSE']._serialized_end=445
+  _globals['_SIGNINREQUEST']._serialized_start=448
+  _globals['_SIGNINREQUEST']._serialized_end=585
+  _globals['_SIGNINRESPONSE']._serialized_start=587
+  _globals['_SIGNINRESPONSE']._serialized_end=696
+  _globals['_SIGNOUTREQUEST']._serialized_start=698
+  _globals['_SIGNOUTREQUEST']._serialized_end=729
+  _globals['_SIGNOUTRESPONSE']._serialized_start=731
+  _globals['_SIGNOUTRESPONSE']._serialized_end=748
+  _globals['_SENDVERIFICATIONEMAILREQUEST']._serialized_start=750
+  _globals['_SENDVERIFICATIONEMAILREQUEST']._serialized_end=795
+  _globals['_SENDVERIFICATIONEMAILRESPONSE']._serialized_start=797
+  _globals['_SENDVERIFICATIONEMAILRESPONSE']._serialized_end=828
+  _globals['_VERIFYEMAILREQUEST']._serialized_start=830
+  _globals['_VERIFYEMAILREQUEST']._serialized_end=912
+  _globals['_VERIFYEMAILRESPONSE']._serialized_start=914
+  _globals['_VERIFYEMAILRESPONSE']._serialized_end=1028
+  _globals['_REQUESTPASSWORDRESETREQUEST']._serialized_start=1030
+  _globals['_REQUESTPASSWORDRESETREQUEST']._serialized_end=1074
+  _globals['_REQUESTPASSWORDRESETRESPONSE']._serialized_start=1076
+  _globals['_REQUESTPASSWORDRESETRESPONSE']._serialized_end=1106
+  _globals['_RESETPASSWORDREQUEST']._serialized_start=1108
+  _globals['_RESETPASSWORDREQUEST']._serialized_end=1167
+  _globals['_RESETPASSWORDRESPONSE']._serialized_start=1169
+  _globals['_RESETPASSWORDRESPONSE']._serialized_end=1192
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=1195
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=1359
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=1361
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=1442
+  _globals['_CHANGEEMAILREQUEST']._serialized_start=1444
+  _globals['_CHANGEEMAILREQUEST']._serialized_end=1498
+  _globals['_CHANGEEMAILRESPONSE']._serialized_start=1500
+  _globals['_CHANGEEMAILRESPONSE']._serialized_end=1521
+  _globals['_UPDATEUSERREQUEST']._serialized_start=1524
+  _globals['_UPDATEUSERREQUEST']._serialized_end=1668
+  _globals['_UPDATEUSERRESPONSE']._serialized_start=1670
+  _globals['_UPDATEUSERRESPONSE']._serialized_end=1726
+  _globals['_DELETEUSERREQUEST']._serialized_start=1728
+  _globals['_DELETEUSERREQUEST']._serialized_end=1780
+  _globals['_DELETEUSERRESPONSE']._serialized_start=1782
+  _globals['_DELETEUSERRESPONSE']._serialized_end=1802
+  _globals['_AUTHSERVICE']._serialized_start=1805
+  _globals['_AUTHSERVICE']._serialized_end=2810
 # @@protoc_insertion_point(module_scope)

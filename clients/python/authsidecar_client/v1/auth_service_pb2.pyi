@@ -1,4 +1,5 @@
 from authsidecar_client.v1 import resources_pb2 as _resources_pb2
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Mapping as _Mapping
@@ -7,20 +8,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SignUpRequest(_message.Message):
-    __slots__ = ("email", "password", "name", "image", "client", "remember_me")
+    __slots__ = ("email", "password", "name", "image", "client", "remember_me", "additional_fields")
     EMAIL_FIELD_NUMBER: _ClassVar[int]
     PASSWORD_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     CLIENT_FIELD_NUMBER: _ClassVar[int]
     REMEMBER_ME_FIELD_NUMBER: _ClassVar[int]
+    ADDITIONAL_FIELDS_FIELD_NUMBER: _ClassVar[int]
     email: str
     password: str
     name: str
     image: str
     client: _resources_pb2.ClientContext
     remember_me: bool
-    def __init__(self, email: _Optional[str] = ..., password: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., client: _Optional[_Union[_resources_pb2.ClientContext, _Mapping]] = ..., remember_me: _Optional[bool] = ...) -> None: ...
+    additional_fields: _struct_pb2.Struct
+    def __init__(self, email: _Optional[str] = ..., password: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., client: _Optional[_Union[_resources_pb2.ClientContext, _Mapping]] = ..., remember_me: _Optional[bool] = ..., additional_fields: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class SignUpResponse(_message.Message):
     __slots__ = ("user", "session", "token")
@@ -149,14 +152,16 @@ class ChangeEmailResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class UpdateUserRequest(_message.Message):
-    __slots__ = ("token", "name", "image")
+    __slots__ = ("token", "name", "image", "additional_fields")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
+    ADDITIONAL_FIELDS_FIELD_NUMBER: _ClassVar[int]
     token: str
     name: str
     image: str
-    def __init__(self, token: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ...) -> None: ...
+    additional_fields: _struct_pb2.Struct
+    def __init__(self, token: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., additional_fields: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class UpdateUserResponse(_message.Message):
     __slots__ = ("user",)

@@ -12,7 +12,7 @@ from authsidecar.services.accounts import AccountService, AuthResult
 from authsidecar.services.profile import ProfileService
 from authsidecar.services.sessions import SessionManager
 from authsidecar.services.verification import AccountFlows
-from authsidecar.transport.grpc.convert import session_to_proto, user_to_proto
+from authsidecar.transport.grpc.convert import Converter, struct_to_dict
 from authsidecar.transport.grpc.fields import (
     MAX_EMAIL,
     MAX_ID,
@@ -32,10 +32,10 @@ __all__ = ["AuthServicer", "SessionServicer"]
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def _auth_parts(result: AuthResult) -> dict[str, Any]:
-    parts: dict[str, Any] = {"user": user_to_proto(result.user)}
+def _auth_parts(convert: Converter, result: AuthResult) -> dict[str, Any]:
+    parts: dict[str, Any] = {"user": convert.user(result.user)}
     if result.session is not None:
-        parts["session"] = session_to_proto(result.session)
+        parts["session"] = convert.session(result.session)
         parts["token"] = result.token or ""
     return parts
 
@@ -51,12 +51,18 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
     """authsidecar.v1.AuthService."""
 
     def __init__(
-        self, accounts: AccountService, sessions: SessionManager, flows: AccountFlows, profile: ProfileService
+        self,
+        accounts: AccountService,
+        sessions: SessionManager,
+        flows: AccountFlows,
+        profile: ProfileService,
+        convert: Converter | None = None,
     ) -> None:
         self._accounts = accounts
         self._sessions = sessions
         self._flows = flows
         self._profile = profile
+        self._convert = convert or Converter()
 
     @rpc
     async def SignUp(self, request: auth_pb.SignUpRequest, context: Context) -> auth_pb.SignUpResponse:
@@ -69,8 +75,9 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         client = check.client("client", request.client.ip_address, request.client.user_agent)
         check.done()
         remember = request.remember_me if request.HasField("remember_me") else True
-        result = await self._accounts.sign_up(email, password, name, image or None, client, remember)
-        return auth_pb.SignUpResponse(**_auth_parts(result))
+        extra = struct_to_dict(request.additional_fields)
+        result = await self._accounts.sign_up(email, password, name, image or None, client, remember, extra)
+        return auth_pb.SignUpResponse(**_auth_parts(self._convert, result))
 
     @rpc
     async def SignIn(self, request: auth_pb.SignInRequest, context: Context) -> auth_pb.SignInResponse:
@@ -82,7 +89,7 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         check.done()
         remember = request.remember_me if request.HasField("remember_me") else True
         result = await self._accounts.sign_in(email, password, client, remember)
-        return auth_pb.SignInResponse(**_auth_parts(result))
+        return auth_pb.SignInResponse(**_auth_parts(self._convert, result))
 
     @rpc
     async def SignOut(self, request: auth_pb.SignOutRequest, context: Context) -> auth_pb.SignOutResponse:
@@ -109,7 +116,7 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         client = check.client("client", request.client.ip_address, request.client.user_agent)
         check.done()
         result = await self._flows.verify_email(token, client)
-        return auth_pb.VerifyEmailResponse(**_auth_parts(result))
+        return auth_pb.VerifyEmailResponse(**_auth_parts(self._convert, result))
 
     @rpc
     async def RequestPasswordReset(
@@ -148,7 +155,7 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         result = await self._profile.change_password(token, current, new, request.revoke_other_sessions, client)
         reply = auth_pb.ChangePasswordResponse()
         if result.session is not None:
-            reply.session.CopyFrom(session_to_proto(result.session))
+            reply.session.CopyFrom(self._convert.session(result.session))
             reply.token = result.token or ""
         return reply
 
@@ -164,17 +171,17 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
 
     @rpc
     async def UpdateUser(self, request: auth_pb.UpdateUserRequest, context: Context) -> auth_pb.UpdateUserResponse:
-        """Update name and/or image."""
+        """Update name, image and/or additional fields."""
         check = FieldChecker()
         token = check.token("token", request.token)
-        changes: dict[str, str | None] = {}
+        changes: dict[str, Any] = {}
         if request.HasField("name"):
             changes["name"] = check.text("name", request.name, MAX_NAME)
         if request.HasField("image"):
             changes["image"] = check.text("image", request.image, MAX_IMAGE, required=False) or None
         check.done()
-        user = await self._profile.update_user(token, changes)
-        return auth_pb.UpdateUserResponse(user=user_to_proto(user))
+        user = await self._profile.update_user(token, changes, struct_to_dict(request.additional_fields))
+        return auth_pb.UpdateUserResponse(user=self._convert.user(user))
 
     @rpc
     async def DeleteUser(self, request: auth_pb.DeleteUserRequest, context: Context) -> auth_pb.DeleteUserResponse:
@@ -190,8 +197,9 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
 class SessionServicer(session_grpc.SessionServiceServicer):
     """authsidecar.v1.SessionService."""
 
-    def __init__(self, sessions: SessionManager) -> None:
+    def __init__(self, sessions: SessionManager, convert: Converter | None = None) -> None:
         self._sessions = sessions
+        self._convert = convert or Converter()
         # Replies by (immutable) entry: validating the same unchanged session again reuses its reply.
         self._replies: BoundedMemo[SessionWithUser, session_pb.ValidateSessionResponse] = BoundedMemo(4096)
 
@@ -207,7 +215,7 @@ class SessionServicer(session_grpc.SessionServiceServicer):
         reply = self._replies.get(entry)
         if reply is None:
             reply = session_pb.ValidateSessionResponse(
-                session=session_to_proto(entry.session), user=user_to_proto(entry.user)
+                session=self._convert.session(entry.session), user=self._convert.user(entry.user)
             )
             self._replies.put(entry, reply)
         return reply
@@ -218,7 +226,7 @@ class SessionServicer(session_grpc.SessionServiceServicer):
     ) -> session_pb.ListSessionsResponse:
         """The user's active sessions."""
         sessions = await self._sessions.list_sessions(_token(request))
-        return session_pb.ListSessionsResponse(sessions=[session_to_proto(s) for s in sessions])
+        return session_pb.ListSessionsResponse(sessions=[self._convert.session(s) for s in sessions])
 
     @rpc
     async def RevokeSession(
