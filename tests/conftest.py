@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import tomllib
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,6 +16,8 @@ import asyncpg
 import pytest
 import redis
 
+from authsidecar.domain.fields import Registry
+from authsidecar.schema_config import SchemaSettings
 from authsidecar.security.passwords import Argon2Parameters
 from authsidecar.storage.migrate import upgrade
 from authsidecar.storage.schema import Schema
@@ -24,6 +27,53 @@ PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 FAST_ARGON2 = Argon2Parameters(time_cost=1, memory_kib=8192, parallelism=1)
 TEST_SECRET = "test-secret-" + "0123456789abcdef" * 3  # AUTHSIDECAR_SECRET of every test server
+
+# A customised schema: renamed and plural tables, renamed columns, additional fields of every type, uuid ids.
+CUSTOM_SCHEMA_TOML = """
+[schema]
+use_plural = true
+generate_id = "uuid"
+[schema.user]
+model_name = "members"
+fields = { email = "email_address", name = "full_name", email_verified = "is_verified" }
+[schema.user.additional_fields.role]
+type = "string"
+required = false
+default_value = "member"
+input = false
+[schema.user.additional_fields.lang]
+type = "string"
+default_value = "en"
+[schema.user.additional_fields.age]
+type = "number"
+required = false
+[schema.user.additional_fields.vip]
+type = "boolean"
+required = false
+default_value = false
+[schema.user.additional_fields.birthday]
+type = "date"
+required = false
+[schema.user.additional_fields.tags]
+type = "string[]"
+required = false
+index = true
+[schema.user.additional_fields.prefs]
+type = "json"
+required = false
+[schema.user.additional_fields.secretNote]
+type = "string"
+required = false
+returned = false
+field_name = "secret_note"
+[schema.session]
+model_name = "user_sessions"
+fields = { user_id = "user_id", ip_address = "ip" }
+[schema.session.additional_fields.device]
+type = "string"
+default_value = "unknown"
+"""
+CUSTOM_SCHEMA = SchemaSettings.model_validate(tomllib.loads(CUSTOM_SCHEMA_TOML)["schema"])
 
 T = TypeVar("T")
 
@@ -55,9 +105,9 @@ def drop_pg_database(url: str) -> None:
     run_sync(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-def migrate(url: str) -> None:
-    """Apply the migrations to a database URL (postgresql:// or sqlite:///)."""
-    run_sync(upgrade(resolve_database_url(url, ""), Schema()))
+def migrate(url: str, registry: Registry | None = None) -> None:
+    """Apply the migrations to a database URL (postgresql:// or sqlite:///), for a schema configuration."""
+    run_sync(upgrade(resolve_database_url(url, ""), Schema(registry)))
 
 
 @pytest.fixture(scope="session")
@@ -77,6 +127,25 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     path: Path = tmp_path_factory.mktemp("sqlite") / "authsidecar.db"
     url = f"sqlite:///{path}"
     migrate(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def pg_custom_url() -> Iterator[str]:
+    """A Postgres database migrated with CUSTOM_SCHEMA."""
+    url = create_pg_database("authsidecar_custom")
+    try:
+        migrate(url, CUSTOM_SCHEMA.registry())
+        yield url
+    finally:
+        drop_pg_database(url)
+
+
+@pytest.fixture(scope="session")
+def sqlite_custom_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A SQLite file migrated with CUSTOM_SCHEMA."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('sqlite-custom') / 'custom.db'}"
+    migrate(url, CUSTOM_SCHEMA.registry())
     return url
 
 

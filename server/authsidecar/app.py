@@ -19,6 +19,7 @@ from authsidecar.config import ConfigError, Settings
 from authsidecar.delivery import DeliveryQueue, LogSender, Sender, SmtpSender, WebhookSender
 from authsidecar.domain.ports import SessionCache
 from authsidecar.errors import AuthSidecarError, BackendUnavailable
+from authsidecar.security.ids import id_generator
 from authsidecar.security.passwords import Argon2Parameters, PasswordHasher
 from authsidecar.security.tokens import HashedTokenPolicy
 from authsidecar.services.accounts import AccountService, VerificationPolicy
@@ -203,7 +204,11 @@ class App:
         database.add_commit_listener(coherence.committed)
         registry = database.schema.registry
         session_fields = ExtraFieldRules(registry.session).for_create({})
-        sessions = SessionManager(database, cache, tokens, policy, coherence, session_fields=session_fields)
+        try:
+            ids = id_generator(str(settings.db_schema.generate_id))
+        except ValueError as exc:
+            raise ConfigError(f"invalid configuration: schema.generate_id: {exc}") from None
+        sessions = SessionManager(database, cache, tokens, policy, coherence, session_fields=session_fields, ids=ids)
         rules = CredentialRules(settings.password_min_length, settings.password_max_length)
         flows = AccountFlows(database, hasher, sessions, rules, outbox, build_flow_settings(settings))
         verification = VerificationPolicy(
@@ -214,7 +219,14 @@ class App:
         )
         user_fields = ExtraFieldRules(registry.user)
         accounts = AccountService(
-            database, hasher, sessions, rules, settings.auto_sign_in, verification=verification, user_fields=user_fields
+            database,
+            hasher,
+            sessions,
+            rules,
+            settings.auto_sign_in,
+            verification=verification,
+            user_fields=user_fields,
+            ids=ids,
         )
         profile = ProfileService(database, hasher, sessions, rules, user_fields=user_fields)
         convert = Converter(registry)

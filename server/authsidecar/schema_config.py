@@ -207,4 +207,5 @@ class SchemaSettings(BaseModel):
 
     def registry(self) -> Registry:
         """The field registry for this configuration."""
-        return Registry(**{name: self.model(name) for name in BUILTIN_MODELS})
+        models = {name: self.model(name) for name in BUILTIN_MODELS}
+        return Registry(**models, generate_id=str(self.generate_id))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -15,12 +16,15 @@ from authsidecar.cache.integrity import DocumentSigner, derive_key
 from authsidecar.cache.redis import connect_redis
 from authsidecar.cache.resp import PipelinedGetClient
 from authsidecar.delivery import DeliveryQueue, Message
+from authsidecar.domain.fields import Registry
 from authsidecar.domain.ports import SessionCache
+from authsidecar.security.ids import id_generator
 from authsidecar.security.passwords import PasswordHasher
 from authsidecar.security.tokens import HashedTokenPolicy
 from authsidecar.services.accounts import AccountService
 from authsidecar.services.clock import utc_now
 from authsidecar.services.coherence import CacheCoherence
+from authsidecar.services.extra_fields import ExtraFieldRules
 from authsidecar.services.profile import ProfileService
 from authsidecar.services.rules import CredentialRules
 from authsidecar.services.sessions import SessionManager, SessionPolicy
@@ -28,7 +32,7 @@ from authsidecar.services.verification import AccountFlows, FlowSettings
 from authsidecar.storage.database import SqlDatabase, create_database
 from authsidecar.storage.schema import Schema
 from authsidecar.storage.urls import resolve_database_url
-from tests.conftest import FAST_ARGON2, REDIS_URL, TEST_SECRET
+from tests.conftest import CUSTOM_SCHEMA, FAST_ARGON2, REDIS_URL, TEST_SECRET
 
 
 @dataclass
@@ -83,19 +87,65 @@ def hasher() -> Iterator[PasswordHasher]:
     h.close()
 
 
-@pytest_asyncio.fixture(params=["postgres+redis", "sqlite+memory"])
+BACKENDS = ["postgres+redis", "sqlite+memory", "postgres+redis/custom-schema", "sqlite+memory/custom-schema"]
+
+
+@dataclass(frozen=True)
+class Databases:
+    """The migrated databases of this run: default and customised schema, Postgres and SQLite."""
+
+    pg: str
+    sqlite: str
+    pg_custom: str
+    sqlite_custom: str
+    redis_prefix: str
+
+
+@pytest.fixture(scope="session")
+def databases(pg_url: str, sqlite_url: str, pg_custom_url: str, sqlite_custom_url: str, redis_prefix: str) -> Databases:
+    return Databases(pg_url, sqlite_url, pg_custom_url, sqlite_custom_url, redis_prefix)
+
+
+@pytest_asyncio.fixture(params=BACKENDS)
 async def backend(
-    request: pytest.FixtureRequest, pg_url: str, sqlite_url: str, redis_prefix: str, hasher: PasswordHasher
+    request: pytest.FixtureRequest, databases: Databases, hasher: PasswordHasher
 ) -> AsyncIterator[Backend]:
-    """One backend per parameter; the services are built over it as in production."""
+    """One backend per parameter, with the default or the customised schema (tests/conftest.py)."""
+    async with build_backend(request.param, databases, hasher) as built:
+        yield built
+
+
+@pytest_asyncio.fixture(params=[name for name in BACKENDS if name.endswith("/custom-schema")])
+async def custom_backend(
+    request: pytest.FixtureRequest, databases: Databases, hasher: PasswordHasher
+) -> AsyncIterator[Backend]:
+    """The customised schema only, on each database."""
+    async with build_backend(request.param, databases, hasher) as built:
+        yield built
+
+
+@asynccontextmanager
+async def build_backend(name: str, databases: Databases, hasher: PasswordHasher) -> AsyncIterator[Backend]:
+    """The services over one backend, wired as in production."""
+    pg_url, sqlite_url, pg_custom_url, sqlite_custom_url = (
+        databases.pg,
+        databases.sqlite,
+        databases.pg_custom,
+        databases.sqlite_custom,
+    )
+    redis_prefix = databases.redis_prefix
     cache: SessionCache
-    if request.param == "postgres+redis":
-        db = create_database(resolve_database_url(pg_url, ""), Schema())
+    custom = name.endswith("/custom-schema")
+    registry = CUSTOM_SCHEMA.registry() if custom else Registry()
+    if name.startswith("postgres+redis"):
+        db = create_database(resolve_database_url(pg_custom_url if custom else pg_url, ""), Schema(registry))
         getter = PipelinedGetClient(REDIS_URL, 0.5)
         signer = DocumentSigner(derive_key(TEST_SECRET, "cache-documents"))
-        cache = ResilientSessionCache(RedisSessionCache(connect_redis(REDIS_URL, 0.5), redis_prefix, signer, getter))
+        prefix = redis_prefix + ("custom:" if custom else "")
+        redis_cache = RedisSessionCache(connect_redis(REDIS_URL, 0.5), prefix, signer, getter, registry=registry)
+        cache = ResilientSessionCache(redis_cache)
     else:
-        db = create_database(resolve_database_url(sqlite_url, ""), Schema())
+        db = create_database(resolve_database_url(sqlite_custom_url if custom else sqlite_url, ""), Schema(registry))
         cache = MemorySessionCache()
     clock = FakeClock()
     tokens = HashedTokenPolicy()
@@ -103,19 +153,24 @@ async def backend(
     db.add_commit_listener(coherence.committed)
     await coherence.catch_up(db)
     follower = asyncio.create_task(coherence.follow(db))
-    sessions = SessionManager(db, cache, tokens, SessionPolicy(), coherence, clock)
+    ids = id_generator(registry.generate_id)
+    user_fields = ExtraFieldRules(registry.user)
+    session_fields = ExtraFieldRules(registry.session).for_create({})
+    sessions = SessionManager(
+        db, cache, tokens, SessionPolicy(), coherence, clock, session_fields=session_fields, ids=ids
+    )
     sender = RecordingSender()
     outbox = DeliveryQueue(sender, attempts=1)
     outbox.start()
     rules = CredentialRules()
     flows = AccountFlows(db, hasher, sessions, rules, outbox, FlowSettings(), clock)
-    profile = ProfileService(db, hasher, sessions, rules, clock)
+    profile = ProfileService(db, hasher, sessions, rules, clock, user_fields=user_fields)
 
     def make_accounts(h: PasswordHasher) -> AccountService:
-        return AccountService(db, h, sessions, rules, auto_sign_in=True, clock=clock)
+        return AccountService(db, h, sessions, rules, auto_sign_in=True, clock=clock, user_fields=user_fields, ids=ids)
 
     yield Backend(
-        request.param,
+        name,
         db,
         cache,
         coherence,

@@ -11,7 +11,6 @@ import sqlalchemy as sa
 
 from authsidecar import errors
 from authsidecar.domain.models import User
-from authsidecar.security.ids import generate_id
 from authsidecar.security.passwords import Argon2Parameters, PasswordHasher
 from authsidecar.services.sessions import ClientInfo
 from tests.integration.conftest import Backend
@@ -271,6 +270,6 @@ async def test_user_without_a_password_cannot_sign_in_with_one(backend: Backend)
     email = new_email()
     now = backend.clock.now
     async with backend.db.transaction() as tx:  # e.g. a user who only ever signed in with a social provider
-        await tx.insert_user(User(generate_id(), "Social", email, True, None, now, now))
+        await tx.insert_user(User(backend.sessions.ids("user"), "Social", email, True, None, now, now))
     with pytest.raises(errors.InvalidCredentials):
         await backend.accounts.sign_in(email, PASSWORD, CLIENT)

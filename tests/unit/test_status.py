@@ -50,7 +50,11 @@ CASES: list[tuple[errors.AuthSidecarError, grpc.StatusCode, str]] = [
     (errors.AuthSidecarError(), Code.INTERNAL, "INTERNAL"),
     (errors.InvalidArgument(VIOLATION), Code.INVALID_ARGUMENT, "VALIDATION_ERROR"),
     (errors.MissingField.field("name", "is required"), Code.INVALID_ARGUMENT, "MISSING_FIELD"),
-    (errors.FieldNotAllowed.field("additional_fields.role", "may not be set"), Code.INVALID_ARGUMENT, "FIELD_NOT_ALLOWED"),
+    (
+        errors.FieldNotAllowed.field("additional_fields.role", "may not be set"),
+        Code.INVALID_ARGUMENT,
+        "FIELD_NOT_ALLOWED",
+    ),
     (errors.InvalidEmail(VIOLATION), Code.INVALID_ARGUMENT, "INVALID_EMAIL"),
     (errors.PasswordTooShort.field("password", "too short"), Code.INVALID_ARGUMENT, "PASSWORD_TOO_SHORT"),
     (errors.PasswordTooLong.field("password", "too long"), Code.INVALID_ARGUMENT, "PASSWORD_TOO_LONG"),

@@ -194,6 +194,12 @@ class Registry:
     session: ModelDef = BUILTIN_MODELS["session"]
     account: ModelDef = BUILTIN_MODELS["account"]
     verification: ModelDef = BUILTIN_MODELS["verification"]
+    generate_id: str = "random"
+
+    @property
+    def uuid_ids(self) -> bool:
+        """Ids are UUIDs (native ``uuid`` columns on Postgres, as Better Auth creates them)."""
+        return self.generate_id in ("uuid", "uuid7")
 
     def models(self) -> tuple[ModelDef, ...]:
         """In creation order (referenced tables first)."""

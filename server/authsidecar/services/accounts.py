@@ -14,7 +14,7 @@ from typing import Any
 from authsidecar.domain.models import CREDENTIAL_PROVIDER, Account, Session, SessionWithUser, User
 from authsidecar.domain.ports import Database
 from authsidecar.errors import Conflict, EmailNotVerified, InvalidCredentials, MissingField, UserAlreadyExists
-from authsidecar.security.ids import generate_id
+from authsidecar.security.ids import IdGenerator
 from authsidecar.security.passwords import PasswordHasher
 from authsidecar.services.clock import Clock, utc_now
 from authsidecar.services.extra_fields import ExtraFieldRules
@@ -56,7 +56,9 @@ class AccountService:
         clock: Clock = utc_now,
         verification: VerificationPolicy | None = None,
         user_fields: ExtraFieldRules | None = None,
+        ids: IdGenerator | None = None,
     ) -> None:
+        self._ids = ids or sessions.ids
         self._db = db
         self._hasher = hasher
         self._sessions = sessions
@@ -85,7 +87,7 @@ class AccountService:
         password_hash = await self._hasher.hash(password)  # takes (and frees) a hashing slot
         now = self._clock()
         user = User(
-            id=generate_id(),
+            id=self._ids("user"),
             name=name,
             email=email,
             email_verified=False,
@@ -95,7 +97,7 @@ class AccountService:
             additional=extra,
         )
         account = Account(
-            id=generate_id(),
+            id=self._ids("account"),
             account_id=user.id,
             provider_id=CREDENTIAL_PROVIDER,
             user_id=user.id,

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from authsidecar.domain.models import NO_EXTRA, Extra, Session, SessionWithUser, User
 from authsidecar.domain.ports import Database, SessionCache
 from authsidecar.errors import InvalidToken, SessionExpired, SessionNotFound, SessionNotFresh
-from authsidecar.security.ids import generate_id
+from authsidecar.security.ids import IdGenerator, id_generator
 from authsidecar.security.tokens import TokenPolicy
 from authsidecar.services.clock import Clock, utc_now
 from authsidecar.services.coherence import CacheCoherence
@@ -72,7 +72,9 @@ class SessionManager:
         coherence: CacheCoherence,
         clock: Clock = utc_now,
         session_fields: Extra = NO_EXTRA,
+        ids: IdGenerator | None = None,
     ) -> None:
+        self.ids = ids or id_generator("random")
         self._session_fields = session_fields  # the defaults of the session's additional fields
         self._db = db
         self._cache = cache
@@ -86,7 +88,7 @@ class SessionManager:
         token = self._tokens.generate()
         lifetime = self._policy.expires_in if remember_me else self._policy.short_expires_in
         session = Session(
-            id=generate_id(),
+            id=self.ids("session"),
             user_id=user_id,
             stored_token=self._tokens.stored(token),
             expires_at=now + lifetime,

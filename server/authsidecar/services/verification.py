@@ -24,7 +24,7 @@ from authsidecar.delivery.queue import DeliveryQueue
 from authsidecar.domain.models import CREDENTIAL_PROVIDER, Account, User, Verification
 from authsidecar.domain.ports import Database, UnitOfWork
 from authsidecar.errors import Conflict, InvalidEmail, InvalidToken, TokenExpired, UserAlreadyExists
-from authsidecar.security.ids import generate_id
+from authsidecar.security.ids import IdGenerator, id_generator
 from authsidecar.security.passwords import PasswordHasher
 from authsidecar.services.accounts import AuthResult
 from authsidecar.services.clock import Clock, utc_now
@@ -41,8 +41,9 @@ RESET_PASSWORD = "reset-password"  # noqa: S105 - a purpose name
 class VerificationTokens:
     """Issue and consume single-use tokens in the ``verification`` table."""
 
-    def __init__(self, clock: Clock = utc_now) -> None:
+    def __init__(self, clock: Clock = utc_now, ids: IdGenerator | None = None) -> None:
         self._clock = clock
+        self._ids = ids or id_generator("random")
 
     @staticmethod
     def identifier(purpose: str, token: str) -> str:
@@ -59,7 +60,7 @@ class VerificationTokens:
         expires_at = now + ttl
         value = json.dumps(payload, separators=(",", ":"))
         await tx.insert_verification(
-            Verification(generate_id(), self.identifier(purpose, token), value, expires_at, now, now)
+            Verification(self._ids("verification"), self.identifier(purpose, token), value, expires_at, now, now)
         )
         return token, expires_at
 
@@ -109,7 +110,7 @@ class AccountFlows:
         self._outbox = outbox
         self._settings = settings
         self._clock = clock
-        self._tokens = VerificationTokens(clock)
+        self._tokens = VerificationTokens(clock, sessions.ids)
 
     def _message(self, purpose: str, to: str, user: User, token: str, expires_at: datetime) -> Message:
         url = render_link(self._settings.link_template, purpose, token)
@@ -203,7 +204,9 @@ class AccountFlows:
                 await tx.update_account_password(account.id, password_hash, now)
             elif await tx.get_user_by_id(user_id) is not None:
                 await tx.insert_account(
-                    Account(generate_id(), user_id, CREDENTIAL_PROVIDER, user_id, password_hash, now, now)
+                    Account(
+                        self._sessions.ids("account"), user_id, CREDENTIAL_PROVIDER, user_id, password_hash, now, now
+                    )
                 )
             else:
                 raise InvalidToken("the token no longer matches the account")

@@ -126,9 +126,12 @@ class Schema:
             target_model = self.registry.model(f.references[0])
             target = target_model[f.references[1]]
             args.append(sa.ForeignKey(f"{target_model.table}.{target.column}", ondelete="CASCADE"))
+        type_ = column_type(f)
+        if self.registry.uuid_ids and (f.primary_key or f.references is not None):
+            type_ = sa.Text().with_variant(postgresql.UUID(as_uuid=False), "postgresql")
         return sa.Column(
             f.column,
-            column_type(f),
+            type_,
             *args,
             key=f.name,
             primary_key=f.primary_key,

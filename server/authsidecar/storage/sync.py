@@ -142,7 +142,7 @@ def _table_plan(conn: Connection, inspector: sa.Inspector, table: sa.Table, out:
                     "(or make the field optional, or give it a default_value)"
                 )
             continue
-        want, have = _family(column.type), _family(found["type"])
+        want, have = _family(column.type.dialect_impl(dialect)), _family(found["type"])
         if want != have and not (want == "boolean" and have == "integer"):  # MySQL reports BOOLEAN as TINYINT
             out.problems.append(
                 f"{table.name}.{column.name} is {found['type']} in the database but the schema needs {want}; "
