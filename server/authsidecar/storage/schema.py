@@ -138,4 +138,5 @@ class Schema:
             nullable=not (f.required and f.default is None) and not f.primary_key,
             server_default=_server_default(f),
             autoincrement=False,
+            info={"default_name": f.key},  # Better Auth's column name, to recognise a renamed column
         )

@@ -128,6 +128,15 @@ def _table_plan(conn: Connection, inspector: sa.Inspector, table: sa.Table, out:
     for column in table.columns:
         found = existing.get(column.name)
         if found is None:
+            default_name = column.info.get("default_name")
+            if default_name and default_name != column.name and default_name in existing:
+                quoted = dialect.identifier_preparer
+                out.problems.append(
+                    f"{table.name}.{column.name} is configured but the table has {default_name}: authsidecar never"
+                    f" renames a column; rename it by hand: ALTER TABLE {quoted.format_table(table)} RENAME COLUMN"
+                    f" {quoted.quote(default_name)} TO {quoted.format_column(column)}"
+                )
+                continue
             if column.nullable or column.server_default is not None:
                 out.steps.append(_add_column(table, column, dialect))
                 continue
