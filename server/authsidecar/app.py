@@ -80,7 +80,10 @@ def build_cache(settings: Settings) -> SessionCache:
         return MemorySessionCache(settings.memory_cache_max_entries)
     url = settings.redis_url.get_secret_value()
     if settings.secret is None:
-        raise ConfigError("invalid configuration: AUTHSIDECAR_SECRET: required with REDIS_URL")
+        raise ConfigError(
+            "invalid configuration: AUTHSIDECAR_SECRET: required with REDIS_URL (32+ characters, the same on every"
+            " instance; for example: openssl rand -hex 32)"
+        )
     try:
         client = connect_redis(url, settings.redis_timeout)
         getter = PipelinedGetClient(url, settings.redis_timeout)

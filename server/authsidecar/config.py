@@ -225,11 +225,6 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(f"invalid configuration: AUTHSIDECAR_CONFIG: {path}: {exc}") from None
     if "{token}" not in settings.link_url_template:
         raise ConfigError("invalid configuration: AUTHSIDECAR_LINK_URL_TEMPLATE: must contain {token}")
-    if settings.redis_url is not None and settings.cache_enabled and settings.secret is None:
-        raise ConfigError(
-            "invalid configuration: AUTHSIDECAR_SECRET: required with REDIS_URL (32+ characters, the same on every"
-            " instance; for example: openssl rand -hex 32)"
-        )
     if settings.password_min_length > settings.password_max_length:
         raise ConfigError("invalid configuration: AUTHSIDECAR_PASSWORD_MIN_LENGTH: greater than password_max_length")
     return settings

@@ -1,4 +1,5 @@
-"""Cache coherence rules, document integrity and the invalidation payload: pure logic, fake clocks, no I/O."""
+"""Cache coherence rules, document integrity, the invalidation payload and additional-field rules: pure logic,
+fake clocks, no I/O."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import pytest
 from authsidecar.cache.integrity import DocumentSigner, derive_key
 from authsidecar.cache.memory import MemorySessionCache
 from authsidecar.domain.models import Invalidations, SessionWithUser, version_of
+from authsidecar.errors import FieldNotAllowed, InvalidArgument, MissingField
 from authsidecar.security.tokens import HashedTokenPolicy
 from authsidecar.services.coherence import RETENTION_MARGIN, CacheCoherence
+from authsidecar.services.extra_fields import ExtraFieldRules
 from authsidecar.storage.invalidations import decode_payload, encode_payload
 from tests.unit.test_cache import FakeClock, make_entry
 
@@ -279,3 +282,41 @@ class TestPayload:
     def test_empty_invalidations_are_falsy(self) -> None:
         assert not Invalidations()
         assert Invalidations(users=(("u", 1),))
+
+
+class TestExtraFieldRules:
+    """Client-supplied additional fields (pure rules; the contract and e2e suites run them through the server)."""
+
+    @staticmethod
+    def rules() -> ExtraFieldRules:
+        from tests.conftest import CUSTOM_SCHEMA
+
+        return ExtraFieldRules(CUSTOM_SCHEMA.registry().user)
+
+    def test_a_required_field_without_default_is_missing(self) -> None:
+        from authsidecar.schema_config import SchemaSettings
+
+        settings = SchemaSettings.model_validate({"user": {"additional_fields": {"nick": {"type": "string"}}}})
+        with pytest.raises(MissingField) as info:
+            ExtraFieldRules(settings.registry().user).for_create({})
+        assert [v.field for v in info.value.violations] == ["additional_fields.nick"]
+        with pytest.raises(InvalidArgument):
+            ExtraFieldRules(settings.registry().user).for_update({"nick": None})
+
+    def test_not_allowed_wins_and_lists_every_field(self) -> None:
+        with pytest.raises(FieldNotAllowed) as info:
+            self.rules().for_create({"role": "admin", "zzz": 1, "age": "x"})
+        assert sorted(v.field for v in info.value.violations) == [
+            "additional_fields.age",
+            "additional_fields.role",
+            "additional_fields.zzz",
+        ]
+
+    def test_update_changes_only_what_is_given(self) -> None:
+        assert self.rules().for_update({"age": 7.0}) == {"age": 7}
+        assert self.rules().for_update({}) == {}
+
+    def test_a_model_without_additional_fields_refuses_any(self) -> None:
+        with pytest.raises(FieldNotAllowed):
+            ExtraFieldRules.none().for_create({"x": 1})
+        assert not ExtraFieldRules.none().for_create({})

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from authsidecar.app import build_cache
+from authsidecar.cache import NullSessionCache
 from authsidecar.config import ConfigError, Settings, load_settings
 
 DB_PASSWORD = "s3cr3t-db-pa55"
@@ -199,16 +201,20 @@ class TestSecrets:
             assert REDIS_PASSWORD not in text
             assert SECRET not in text
 
-    def test_redis_needs_a_secret(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        message = config_error(monkeypatch, REDIS_URL=REDIS_URL)
+    def test_serving_with_redis_needs_a_secret(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("REDIS_URL", REDIS_URL)
+        settings = load_settings()  # migrate, generate and cleanup do not need it
+        with pytest.raises(ConfigError) as info:
+            build_cache(settings)
+        message = str(info.value)
         assert message.startswith("invalid configuration: AUTHSIDECAR_SECRET: required with REDIS_URL")
-        assert REDIS_PASSWORD not in message
+        assert REDIS_PASSWORD not in message and "\n" not in message
 
     def test_no_secret_needed_without_redis_or_without_caching(self, monkeypatch: pytest.MonkeyPatch) -> None:
         assert load_settings().secret is None
         monkeypatch.setenv("REDIS_URL", REDIS_URL)
         monkeypatch.setenv("AUTHSIDECAR_CACHE_ENABLED", "false")
-        assert load_settings().secret is None
+        assert isinstance(build_cache(load_settings()), NullSessionCache)
 
     def test_short_secret_is_refused_without_echoing_it(self, monkeypatch: pytest.MonkeyPatch) -> None:
         message = config_error(monkeypatch, AUTHSIDECAR_SECRET="short-secret-value")
@@ -288,3 +294,86 @@ class TestTomlFile:
 def test_settings_model_forbids_unknown_fields() -> None:
     with pytest.raises(ValueError, match=r"(?i)extra"):
         Settings(not_a_setting=1)  # type: ignore[call-arg]
+
+
+class TestSchemaSection:
+    """[schema]: every bad key gives one line naming it."""
+
+    @pytest.mark.parametrize(
+        ("toml", "expected"),
+        [
+            ("[schema]\nuse_plurals = true\n", "schema.use_plurals: unknown setting"),
+            ("[schema.user]\nfields = { emial = 'mail' }\n", "schema: user.fields.emial: user has no field 'emial'"),
+            ("[schema.user]\nmodel_name = 'bad name'\n", "schema.user.model_name: must be a plain identifier"),
+            ("[schema.user]\nfields = { email = 'e-mail' }\n", "schema.user.fields: email = 'e-mail'"),
+            ("[schema.user.additional_fields.role]\ntype = 'text'\n", "schema.user.additional_fields.role.type"),
+            (
+                "[schema.user.additional_fields.age]\ntype = 'number'\ndefault_value = 'x'\n",
+                "schema.user.additional_fields.age: default_value does not match type number",
+            ),
+            (
+                "[schema.user.additional_fields.role]\ntype = 'string'\ninput = false\n",
+                "schema.user.additional_fields.role: a required field with input = false needs a default_value",
+            ),
+            (
+                "[schema.user.additional_fields.email]\ntype = 'string'\n",
+                "schema: user.additional_fields.email: 'email' is a built-in field",
+            ),
+            (
+                "[schema.account.additional_fields.x]\ntype = 'string'\n",
+                "schema: account.additional_fields: only user and session",
+            ),
+            (
+                "[schema.session.additional_fields.device]\ntype = 'string'\n",
+                "schema: session.additional_fields.device: clients cannot set",
+            ),
+            (
+                "[schema.session]\nmodel_name = 'user'\n",
+                "schema: session.model_name: 'user' is already the table of user",
+            ),
+            ("[schema.user]\nfields = { name = 'email' }\n", "schema: user: column 'email' is used by"),
+            (
+                "[schema]\ngenerate_id = false\n",
+                "schema.generate_id: false (database-generated ids) is not supported yet",
+            ),
+            ("[schema]\ngenerate_id = 'serial'\n", 'schema.generate_id: "serial" (integer ids) is not supported yet'),
+            ("[schema]\ngenerate_id = 'nonsense'\n", "schema.generate_id: expected"),
+            (
+                "[schema.user.additional_fields.token]\ntype = 'string'\n",
+                "schema.user.additional_fields: 'token' cannot be a field name",
+            ),
+        ],
+    )
+    def test_bad_key_is_named(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, toml: str, expected: str) -> None:
+        message = config_error(monkeypatch, AUTHSIDECAR_CONFIG=str(write_toml(tmp_path, toml)))
+        assert message.startswith(f"invalid configuration: {expected}"), message
+
+    def test_a_custom_id_function_that_cannot_be_imported_stops_start_up(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        from authsidecar.app import App
+
+        monkeypatch.setenv(
+            "AUTHSIDECAR_CONFIG", str(write_toml(tmp_path, "[schema]\ngenerate_id = 'no.such.module:f'\n"))
+        )
+        monkeypatch.setenv("AUTHSIDECAR_SQLITE_PATH", str(tmp_path / "x.db"))
+        with pytest.raises(
+            ConfigError, match=r"^invalid configuration: schema.generate_id: cannot import no.such.module:f"
+        ):
+            App.build(load_settings())
+
+    def test_a_full_example_builds_the_registry(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from tests.conftest import CUSTOM_SCHEMA, CUSTOM_SCHEMA_TOML
+
+        registry = CUSTOM_SCHEMA.registry()
+        assert (registry.user.table, registry.session.table, registry.account.table) == (
+            "members",
+            "user_sessions",
+            "accounts",
+        )
+        assert (
+            registry.user["email"].column == "email_address" and registry.user["email_verified"].column == "is_verified"
+        )
+        assert [f.name for f in registry.user.additional][:2] == ["role", "lang"]
+        assert registry.user["secretNote"].column == "secret_note" and not registry.user["secretNote"].returned
+        assert registry.uuid_ids and CUSTOM_SCHEMA_TOML.count("[schema") > 3

@@ -7,10 +7,12 @@ async with AuthClient("127.0.0.1:50051") as auth:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.json_format import MessageToDict
 from google.rpc import error_details_pb2, status_pb2
 
 from authsidecar_client.v1 import auth_service_pb2 as auth_pb
@@ -19,7 +21,14 @@ from authsidecar_client.v1 import resources_pb2
 from authsidecar_client.v1 import session_service_pb2 as session_pb
 from authsidecar_client.v1 import session_service_pb2_grpc as session_grpc
 
-__all__ = ["AuthClient", "AuthSidecarError"]
+__all__ = ["AuthClient", "AuthSidecarError", "fields_of"]
+
+
+def fields_of(record: resources_pb2.User | resources_pb2.Session) -> dict[str, Any]:
+    """A user's or session's additional fields as plain Python values (JSON numbers are floats)."""
+    values: dict[str, Any] = MessageToDict(record.additional_fields)
+    return values
+
 
 _Reply = TypeVar("_Reply")
 
@@ -84,12 +93,16 @@ class AuthClient:
         remember_me: bool = True,
         ip_address: str = "",
         user_agent: str = "",
+        additional_fields: Mapping[str, Any] | None = None,
     ) -> auth_pb.SignUpResponse:
-        """Create a user (and a session unless auto sign-in is off)."""
+        """Create a user (and a session unless auto sign-in is off). ``additional_fields``: values of the
+        server's configured additional user fields (read them back with ``fields_of(reply.user)``)."""
         client = resources_pb2.ClientContext(ip_address=ip_address, user_agent=user_agent)
         request = auth_pb.SignUpRequest(
             email=email, password=password, name=name, image=image, client=client, remember_me=remember_me
         )
+        if additional_fields:
+            request.additional_fields.update(dict(additional_fields))
         return await self._call(self._auth.SignUp, request, auth_pb.SignUpResponse)
 
     async def sign_in(
@@ -170,14 +183,20 @@ class AuthClient:
         await self._call(self._auth.ChangeEmail, request, auth_pb.ChangeEmailResponse)
 
     async def update_user(
-        self, token: str, name: str | None = None, image: str | None = None
+        self,
+        token: str,
+        name: str | None = None,
+        image: str | None = None,
+        additional_fields: Mapping[str, Any] | None = None,
     ) -> auth_pb.UpdateUserResponse:
-        """Set the fields given (image "" clears it)."""
+        """Set the fields given (image "" clears it; an additional field set to None clears it)."""
         request = auth_pb.UpdateUserRequest(token=token)
         if name is not None:
             request.name = name
         if image is not None:
             request.image = image
+        if additional_fields:
+            request.additional_fields.update(dict(additional_fields))
         return await self._call(self._auth.UpdateUser, request, auth_pb.UpdateUserResponse)
 
     async def delete_user(self, token: str, password: str = "") -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -30,18 +31,13 @@ def timestamp(value: datetime) -> Timestamp:
 
 def struct_to_dict(struct: Struct) -> dict[str, Any]:
     """A request's Struct as plain Python values (numbers come back as floats)."""
-    return {key: _plain(value) for key, value in struct.items()}
-
-
-def _plain(value: Any) -> Any:
-    if hasattr(value, "items"):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, str | bool | float | int) or value is None:
-        return value
-    return [_plain(v) for v in value]
+    values: dict[str, Any] = MessageToDict(struct)
+    return values
 
 
 def _json(f: FieldDef, value: Any) -> Any:
+    if value is None:
+        return None
     if isinstance(value, datetime):
         return iso(value)
     if f.type == "json" and not isinstance(value, dict | list | str | int | float | bool):
