@@ -69,6 +69,7 @@ def build_database(settings: Settings) -> SqlDatabase:
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         connect_timeout=settings.db_connect_timeout,
+        pool_recycle=settings.db_pool_recycle,
     )
 
 

@@ -138,6 +138,9 @@ class Settings(BaseSettings):
     db_pool_size: Annotated[int, Field(ge=1, le=200)] = 10
     db_max_overflow: Annotated[int, Field(ge=0, le=200)] = 5
     db_connect_timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
+    db_pool_recycle: Annotated[int, Field(ge=1, le=86_400)] = Field(
+        1800, description="seconds after which a pooled connection is replaced (the pool's idle/age limit)"
+    )
     redis_timeout: Annotated[float, Field(gt=0, le=30)] = 0.5
     redis_retry_after: Annotated[float, Field(gt=0, le=60)] = Field(
         1.0, description="seconds to bypass Redis after it failed, before probing it again"

@@ -459,6 +459,7 @@ def create_database(
     pool_size: int = 10,
     max_overflow: int = 5,
     connect_timeout: float = 5.0,
+    pool_recycle: int = 1800,
 ) -> SqlDatabase:
     """Build the engine for a resolved target (no connection is opened yet)."""
     connect_args = dict(target.connect_args)
@@ -473,7 +474,7 @@ def create_database(
             connect_args=connect_args,
             pool_size=pool_size,
             max_overflow=max_overflow,
-            pool_recycle=1800,
+            pool_recycle=pool_recycle,
             pool_timeout=connect_timeout,
             hide_parameters=True,  # bound values (password hashes, token digests) never reach a log line
         )
