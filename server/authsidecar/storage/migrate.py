@@ -31,13 +31,11 @@ T = TypeVar("T")
 
 
 def migrations_dir() -> Path:
-    """The ``migrations/`` folder of the source tree this package runs from."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        candidate = parent / "migrations"
-        if (candidate / "env.py").is_file():
-            return candidate
-    raise FileNotFoundError("migrations/ not found next to the authsidecar sources")
+    """The Alembic environment: the package ``authsidecar.migrations`` (the top-level ``migrations/`` folder of
+    the source tree, linked into the package, so it ships in the wheel)."""
+    from authsidecar import migrations
+
+    return Path(migrations.__file__).resolve().parent
 
 
 def alembic_config(schema: Schema) -> Config:

@@ -1,0 +1,1 @@
+"""Alembic revisions (each one additive and idempotent, see authsidecar/storage/sync.py)."""
