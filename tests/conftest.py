@@ -12,9 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiomysql
 import asyncpg
 import pytest
 import redis
+from sqlalchemy.engine import make_url
 
 from authsidecar.domain.fields import Registry
 from authsidecar.schema_config import SchemaSettings
@@ -25,6 +27,7 @@ from authsidecar.storage.urls import resolve_database_url
 
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+MARIADB_ADMIN_URL = os.environ.get("TEST_MARIADB_URL", "mysql://root@127.0.0.1:3306/mysql")
 FAST_ARGON2 = Argon2Parameters(time_cost=1, memory_kib=8192, parallelism=1)
 TEST_SECRET = "test-secret-" + "0123456789abcdef" * 3  # AUTHSIDECAR_SECRET of every test server
 
@@ -128,6 +131,52 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     url = f"sqlite:///{path}"
     migrate(url)
     return url
+
+
+async def _mariadb_admin(sql: str) -> None:
+    url = make_url(MARIADB_ADMIN_URL)
+    conn = await aiomysql.connect(
+        host=url.host or "127.0.0.1", port=url.port or 3306, user=url.username or "root", password=url.password or ""
+    )
+    try:
+        async with conn.cursor() as cursor:
+            await cursor.execute(sql)
+    finally:
+        conn.close()
+
+
+def create_mariadb_database(prefix: str = "authsidecar_test") -> str:
+    """A new, empty MariaDB/MySQL database; returns its URL."""
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    run_sync(_mariadb_admin(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
+    return f"{MARIADB_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+
+
+def drop_mariadb_database(url: str) -> None:
+    """Drop a database made by create_mariadb_database."""
+    run_sync(_mariadb_admin(f"DROP DATABASE IF EXISTS `{url.rsplit('/', 1)[1]}`"))
+
+
+@pytest.fixture(scope="session")
+def mariadb_url() -> Iterator[str]:
+    """A migrated MariaDB database for this test run."""
+    url = create_mariadb_database()
+    try:
+        migrate(url)
+        yield url
+    finally:
+        drop_mariadb_database(url)
+
+
+@pytest.fixture(scope="session")
+def mariadb_custom_url() -> Iterator[str]:
+    """A MariaDB database migrated with CUSTOM_SCHEMA."""
+    url = create_mariadb_database("authsidecar_custom")
+    try:
+        migrate(url, CUSTOM_SCHEMA.registry())
+        yield url
+    finally:
+        drop_mariadb_database(url)
 
 
 @pytest.fixture(scope="session")

@@ -169,7 +169,7 @@ def test_bad_configuration_stops_with_one_clear_line(tmp_path: Path) -> None:
 
 
 def test_bad_database_url_is_a_configuration_error(tmp_path: Path) -> None:
-    env = {**clean_env(), "DATABASE_URL": "mysql://u:s3cret@h/db"}
+    env = {**clean_env(), "DATABASE_URL": "oracle://u:s3cret@h/db"}
     out = serve_once(env, tmp_path)
     assert out.returncode == 2, out.stderr
     assert "DATABASE_URL" in out.stderr and "s3cret" not in out.stderr

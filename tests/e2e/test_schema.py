@@ -1,5 +1,6 @@
 """A customised schema end to end: the real server configured with CUSTOM_SCHEMA_TOML (renamed plural tables,
-renamed columns, additional fields, uuid ids), through grpcurl and the Python client, on both backends."""
+renamed columns, additional fields, uuid ids), through grpcurl and the Python client, on Postgres, SQLite and
+MariaDB."""
 
 from __future__ import annotations
 
@@ -22,20 +23,22 @@ from tests.e2e.test_grpcurl import grpcurl
 PASSWORD = "correct horse battery"
 
 
-@pytest.fixture(scope="module", params=["postgres+redis", "sqlite+memory"])
+@pytest.fixture(scope="module", params=["postgres+redis", "sqlite+memory", "mariadb+redis"])
 def custom_server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pg_custom_url: str, redis_prefix: str
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    pg_custom_url: str,
+    mariadb_custom_url: str,
+    redis_prefix: str,
 ) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp("custom-schema")
     config = folder / "authsidecar.toml"
     config.write_text(CUSTOM_SCHEMA_TOML)
     env = {"AUTHSIDECAR_CONFIG": str(config)}
-    if request.param == "postgres+redis":
-        env |= {
-            "DATABASE_URL": pg_custom_url,
-            "REDIS_URL": REDIS_URL,
-            "AUTHSIDECAR_REDIS_KEY_PREFIX": redis_prefix + "e2e-custom:",
-        }
+    if request.param.endswith("+redis"):
+        database = pg_custom_url if request.param.startswith("postgres") else mariadb_custom_url
+        prefix = f"{redis_prefix}e2e-{request.param}:"
+        env |= {"DATABASE_URL": database, "REDIS_URL": REDIS_URL, "AUTHSIDECAR_REDIS_KEY_PREFIX": prefix}
     else:
         env |= {"AUTHSIDECAR_SQLITE_PATH": str(folder / "custom.db")}
         subprocess.run(

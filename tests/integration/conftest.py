@@ -87,7 +87,14 @@ def hasher() -> Iterator[PasswordHasher]:
     h.close()
 
 
-BACKENDS = ["postgres+redis", "sqlite+memory", "postgres+redis/custom-schema", "sqlite+memory/custom-schema"]
+BACKENDS = [
+    "postgres+redis",
+    "sqlite+memory",
+    "mariadb+memory",
+    "postgres+redis/custom-schema",
+    "sqlite+memory/custom-schema",
+    "mariadb+memory/custom-schema",
+]
 
 
 @dataclass(frozen=True)
@@ -96,14 +103,26 @@ class Databases:
 
     pg: str
     sqlite: str
+    mariadb: str
     pg_custom: str
     sqlite_custom: str
+    mariadb_custom: str
     redis_prefix: str
 
 
 @pytest.fixture(scope="session")
-def databases(pg_url: str, sqlite_url: str, pg_custom_url: str, sqlite_custom_url: str, redis_prefix: str) -> Databases:
-    return Databases(pg_url, sqlite_url, pg_custom_url, sqlite_custom_url, redis_prefix)
+def databases(
+    pg_url: str,
+    sqlite_url: str,
+    mariadb_url: str,
+    pg_custom_url: str,
+    sqlite_custom_url: str,
+    mariadb_custom_url: str,
+    redis_prefix: str,
+) -> Databases:
+    return Databases(
+        pg_url, sqlite_url, mariadb_url, pg_custom_url, sqlite_custom_url, mariadb_custom_url, redis_prefix
+    )
 
 
 @pytest_asyncio.fixture(params=BACKENDS)
@@ -127,25 +146,23 @@ async def custom_backend(
 @asynccontextmanager
 async def build_backend(name: str, databases: Databases, hasher: PasswordHasher) -> AsyncIterator[Backend]:
     """The services over one backend, wired as in production."""
-    pg_url, sqlite_url, pg_custom_url, sqlite_custom_url = (
-        databases.pg,
-        databases.sqlite,
-        databases.pg_custom,
-        databases.sqlite_custom,
-    )
     redis_prefix = databases.redis_prefix
     cache: SessionCache
     custom = name.endswith("/custom-schema")
     registry = CUSTOM_SCHEMA.registry() if custom else Registry()
+    url = {
+        "postgres": databases.pg_custom if custom else databases.pg,
+        "sqlite": databases.sqlite_custom if custom else databases.sqlite,
+        "mariadb": databases.mariadb_custom if custom else databases.mariadb,
+    }[name.split("+")[0]]
+    db = create_database(resolve_database_url(url, ""), Schema(registry))
     if name.startswith("postgres+redis"):
-        db = create_database(resolve_database_url(pg_custom_url if custom else pg_url, ""), Schema(registry))
         getter = PipelinedGetClient(REDIS_URL, 0.5)
         signer = DocumentSigner(derive_key(TEST_SECRET, "cache-documents"))
         prefix = redis_prefix + ("custom:" if custom else "")
         redis_cache = RedisSessionCache(connect_redis(REDIS_URL, 0.5), prefix, signer, getter, registry=registry)
         cache = ResilientSessionCache(redis_cache)
     else:
-        db = create_database(resolve_database_url(sqlite_custom_url if custom else sqlite_url, ""), Schema(registry))
         cache = MemorySessionCache()
     clock = FakeClock()
     tokens = HashedTokenPolicy()

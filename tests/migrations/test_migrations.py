@@ -16,14 +16,27 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from authsidecar.storage.migrate import alembic_config
 from authsidecar.storage.schema import Schema
 from authsidecar.storage.urls import resolve_database_url
-from tests.conftest import create_pg_database, drop_pg_database, migrate
+from tests.conftest import (
+    create_mariadb_database,
+    create_pg_database,
+    drop_mariadb_database,
+    drop_pg_database,
+    migrate,
+)
 
 
-@pytest.fixture(params=["postgres", "sqlite"])
+@pytest.fixture(params=["postgres", "sqlite", "mariadb"])
 def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty database of each kind."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'fresh.db'}"
+        return
+    if request.param == "mariadb":
+        url = create_mariadb_database("authsidecar_migr")
+        try:
+            yield url
+        finally:
+            drop_mariadb_database(url)
         return
     url = create_pg_database("authsidecar_migr")
     try:

@@ -11,8 +11,16 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from sqlalchemy.engine import make_url
 
-from tests.conftest import CUSTOM_SCHEMA_TOML, create_pg_database, drop_pg_database, run_sync
+from tests.conftest import (
+    CUSTOM_SCHEMA_TOML,
+    create_mariadb_database,
+    create_pg_database,
+    drop_mariadb_database,
+    drop_pg_database,
+    run_sync,
+)
 from tests.e2e.conftest import clean_env
 
 # Better Auth 1.7.25's Postgres DDL (shared/docs/better-auth.md), as `npx auth migrate` creates it.
@@ -194,3 +202,37 @@ def test_what_cannot_be_added_is_refused_with_the_sql_to_run(
     ]
     assert after == before
     assert cli("migrate", "--check", env=env, cwd=tmp_path).returncode == 1
+
+
+@pytest.mark.parametrize("config", ["default", "custom"])
+def test_generate_applied_with_the_mariadb_client_is_accepted_by_check(tmp_path: Path, config: str) -> None:
+    url = create_mariadb_database("authsidecar_gen")
+    try:
+        env = {"DATABASE_URL": url}
+        if config == "custom":
+            (tmp_path / "authsidecar.toml").write_text(CUSTOM_SCHEMA_TOML)
+            env["AUTHSIDECAR_CONFIG"] = str(tmp_path / "authsidecar.toml")
+        script = cli("generate", "--dialect", "mysql", env=env, cwd=tmp_path)
+        assert script.returncode == 0, script.stderr
+        parsed = make_url(url)
+        subprocess.run(
+            [
+                "mysql",
+                "-h",
+                parsed.host or "127.0.0.1",
+                "-P",
+                str(parsed.port or 3306),
+                "-u",
+                parsed.username or "root",
+                str(parsed.database),
+            ],
+            input=script.stdout,
+            text=True,
+            check=True,
+            capture_output=True,
+        )
+        check = cli("migrate", "--check", env=env, cwd=tmp_path)
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert cli("migrate", env=env, cwd=tmp_path).returncode == 0
+    finally:
+        drop_mariadb_database(url)

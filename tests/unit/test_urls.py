@@ -74,7 +74,8 @@ def test_libpq_only_options_are_dropped() -> None:
         (f"postgresql://app:{PASSWORD}@db/auth?foo=1", "option 'foo' is not supported"),
         (f"postgresql://app:{PASSWORD}@db/auth?sslmode=bogus", "sslmode must be one of"),
         (f"postgresql://app:{PASSWORD}@db/auth?sslmode=require&sslmode=disable", "sslmode must be one of"),
-        (f"mysql://app:{PASSWORD}@db/auth", "scheme 'mysql' is not supported"),
+        (f"oracle://app:{PASSWORD}@db/auth", "scheme 'oracle' is not supported"),
+        (f"mysql://app:{PASSWORD}@db/auth?ssl_mode=x", "option 'ssl_mode' is not supported for MySQL"),
         (f"postgresql+psycopg://app:{PASSWORD}@db/auth", "scheme 'postgresql\\+psycopg' is not supported"),
         ("not a url at all", "not a valid URL"),
         (f"postgresql://app:{PASSWORD}@db:54x2/auth", "not a valid URL"),
@@ -94,3 +95,12 @@ def test_target_repr_hides_the_password() -> None:
     target = resolve_database_url(f"postgresql://app:{PASSWORD}@db/auth?sslmode=require", "x.db")
     assert PASSWORD not in repr(target)
     assert PASSWORD not in str(target.url)
+
+
+@pytest.mark.parametrize("scheme", ["mysql", "mariadb", "mysql+aiomysql"])
+def test_mysql_schemes_become_aiomysql(scheme: str) -> None:
+    target = resolve_database_url(f"{scheme}://app:{PASSWORD}@db.internal:3307/auth", "x.db")
+    assert target.url.drivername == "mysql+aiomysql"
+    assert (target.url.host, target.url.port, target.url.database) == ("db.internal", 3307, "auth")
+    assert dict(target.url.query) == {"charset": "utf8mb4"}
+    assert target.is_mysql and not target.is_sqlite

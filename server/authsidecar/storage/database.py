@@ -107,7 +107,9 @@ class _Statements:
             for name, t in (("session", s), ("verification", v))
         }
         self.user_table = u
+        self.session_table = s
         log, seq = schema.invalidation, schema.invalidation_seq
+        self.invalidation_table = log
         self.next_seq = (
             sa.update(seq).where(seq.c.id == 1).values(last_seq=seq.c.last_seq + 1).returning(seq.c.last_seq)
         )
@@ -145,6 +147,8 @@ class SqlUnitOfWork:
     def __init__(self, conn: AsyncConnection, statements: _Statements, autocommit: bool = False) -> None:
         self._conn = conn
         self._q = statements
+        # MySQL has no RETURNING (MariaDB only on DELETE/INSERT): emulated with SELECT ... FOR UPDATE.
+        self._emulate_returning = conn.dialect.name == "mysql"
         self._autocommit = autocommit
         self._revoked: dict[str, str] = {}  # stored token -> user id
         self._changed: dict[str, int] = {}  # user id -> version
@@ -178,8 +182,30 @@ class SqlUnitOfWork:
             await self._execute(self._q.notify, {"channel": NOTIFY_CHANNEL, "seq": str(seq)})
         return seq
 
-    async def _execute(self, stmt: sa.Executable, params: dict[str, Any]) -> sa.CursorResult[Any]:
+    async def _execute(self, stmt: sa.Executable, params: dict[str, Any]) -> sa.Result[Any]:
+        if self._emulate_returning and isinstance(stmt, sa.Update | sa.Delete) and stmt._returning:
+            return await self._returning(stmt, params)
         return await self._conn.execute(stmt, params)
+
+    async def _returning(self, stmt: sa.Update | sa.Delete, params: dict[str, Any]) -> sa.Result[Any]:
+        """UPDATE/DELETE ... RETURNING where the database has none: lock the rows the statement matches, run it
+        without RETURNING, and answer what RETURNING would have (rows after an UPDATE, before a DELETE)."""
+        table, where = stmt.table, stmt.whereclause
+        assert isinstance(table, sa.Table)
+        assert where is not None
+        pk = list(table.primary_key.columns)
+        returning = list(stmt._returning)
+        plain = stmt._generate()
+        plain._returning = ()
+        if isinstance(stmt, sa.Delete):
+            before = (await self._conn.execute(sa.select(*returning).where(where).with_for_update(), params)).freeze()
+            await self._conn.execute(plain, params)
+            return before()
+        keys = (await self._conn.execute(sa.select(*pk).where(where).with_for_update(), params)).all()
+        await self._conn.execute(plain, params)
+        if not keys:
+            return (await self._conn.execute(sa.select(*returning).where(sa.false()))).freeze()()
+        return await self._conn.execute(sa.select(*returning).where(pk[0].in_([k[0] for k in keys])))
 
     async def insert_user(self, user: User) -> None:
         """Insert a user row."""
@@ -250,15 +276,26 @@ class SqlUnitOfWork:
         head = '{"userId":' + json.dumps(user_id)
         v = self._q.verification_table
         mine = sa.or_(v.c.value == head + "}", v.c.value.startswith(head + ",", autoescape=True))
-        return (await self._execute(sa.delete(v).where(mine), {})).rowcount
+        return (await self._conn.execute(sa.delete(v).where(mine))).rowcount
+
+    async def _delete_batch(self, stmt: sa.Delete, column: sa.ColumnElement[Any], before: datetime, limit: int) -> int:
+        if self._emulate_returning:  # MySQL: no LIMIT in an IN subquery, but DELETE ... LIMIT
+            table = stmt.table
+            assert isinstance(table, sa.Table)
+            stmt = sa.delete(table).where(column < before).with_dialect_options(mysql_limit=limit)
+        result = await self._conn.execute(stmt, {"x_now": before, "x_limit": limit})
+        return result.rowcount
 
     async def delete_expired(self, table: str, now: datetime, limit: int) -> int:
         """One batch of expired rows."""
-        return (await self._execute(self._q.expired[table], {"x_now": now, "x_limit": limit})).rowcount
+        t = self._q.verification_table if table == "verification" else self._q.session_table
+        return await self._delete_batch(self._q.expired[table], t.c.expires_at, now, limit)
 
     async def delete_old_invalidations(self, before: datetime, limit: int) -> int:
         """One batch of invalidation log entries written before ``before``."""
-        return (await self._execute(self._q.old_invalidations, {"x_now": before, "x_limit": limit})).rowcount
+        return await self._delete_batch(
+            self._q.old_invalidations, self._q.invalidation_table.c.created_at, before, limit
+        )
 
     async def insert_account(self, account: Account) -> None:
         """Insert an account row."""
@@ -280,7 +317,7 @@ class SqlUnitOfWork:
     async def refresh_session(self, stored_token: str, expires_at: datetime, now: datetime) -> bool:
         """Extend a session; False when it no longer exists."""
         params = {"s_token": stored_token, "s_expires": expires_at, "s_now": now}
-        return (await self._execute(self._q.refresh_session, params)).rowcount > 0
+        return (await self._conn.execute(self._q.refresh_session, params)).rowcount > 0
 
     async def _delete_sessions(self, stmt: sa.Executable, params: dict[str, Any]) -> list[Session]:
         self._expect_effects()
@@ -467,8 +504,11 @@ def create_database(
         engine = create_async_engine(target.url, connect_args={"timeout": 5.0, **connect_args}, hide_parameters=True)
         sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     else:
-        connect_args.setdefault("timeout", connect_timeout)
-        connect_args.setdefault("command_timeout", 30)
+        if target.is_mysql:
+            connect_args.setdefault("connect_timeout", max(1, round(connect_timeout)))
+        else:
+            connect_args.setdefault("timeout", connect_timeout)
+            connect_args.setdefault("command_timeout", 30)
         engine = create_async_engine(
             target.url,
             connect_args=connect_args,

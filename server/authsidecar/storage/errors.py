@@ -1,4 +1,4 @@
-"""The one place driver errors become domain errors (asyncpg and sqlite3, as wrapped by SQLAlchemy)."""
+"""The one place driver errors become domain errors (asyncpg, sqlite3 and aiomysql, as wrapped by SQLAlchemy)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,12 @@ from authsidecar.errors import AuthSidecarError, BackendUnavailable, Conflict
 __all__ = ["translate_error"]
 
 _UNIQUE_VIOLATION = "23505"
+_MYSQL_DUPLICATE_ENTRY = 1062
+
+
+def _mysql_code(error: sa_exc.DBAPIError) -> int | None:
+    args = getattr(error.orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
 
 
 def _sqlstate(error: sa_exc.DBAPIError) -> str | None:
@@ -38,6 +44,8 @@ def translate_error(error: BaseException) -> AuthSidecarError | None:
     if isinstance(error, sa_exc.IntegrityError):
         if _sqlstate(error) == _UNIQUE_VIOLATION or "UNIQUE constraint failed" in str(error.orig):
             return Conflict(_constraint(error))
+        if _mysql_code(error) == _MYSQL_DUPLICATE_ENTRY:
+            return Conflict(None)
         return None
     if isinstance(error, sa_exc.DBAPIError) and (
         error.connection_invalidated or isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError)

@@ -11,8 +11,10 @@ import datetime as dt
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 from authsidecar.domain.fields import FieldDef, ModelDef, Registry
 
@@ -30,20 +32,30 @@ INVALIDATION_TABLE = "authsidecar_invalidation"
 INVALIDATION_SEQ_TABLE = "authsidecar_invalidation_seq"
 
 
+_NAIVE = ("sqlite", "mysql", "mariadb")  # databases without time zones: naive UTC is stored
+
+
 class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
-    """``timestamptz`` on Postgres; on SQLite (no time zones) values are stored as UTC and read back aware."""
+    """``timestamptz`` on Postgres; ``DATETIME(6)`` on MySQL/MariaDB and a text date on SQLite, both holding UTC
+    (no time zones there); always read back aware."""
 
     impl = sa.DateTime(timezone=True)
     cache_ok = True
 
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        """Microsecond precision on MySQL (its DATETIME drops fractions by default)."""
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(self.impl)
+
     def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
-        """Require aware datetimes; SQLite gets naive UTC."""
+        """Require aware datetimes; databases without zones get naive UTC."""
         if value is None:
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
         value = value.astimezone(dt.UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        return value.replace(tzinfo=None) if dialect.name in _NAIVE else value
 
     def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
         """Always return aware UTC."""
@@ -52,7 +64,26 @@ class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
         return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
+class utc_now_default(FunctionElement[dt.datetime]):
+    """The column default "now": CURRENT_TIMESTAMP, at microsecond precision where the type needs it."""
+
+    type = sa.DateTime()
+    inherit_cache = True
+
+
+@compiles(utc_now_default)
+def _now_default(element: Any, compiler: Any, **kw: Any) -> str:
+    return "CURRENT_TIMESTAMP"
+
+
+@compiles(utc_now_default, "mysql")
+def _now_default_mysql(element: Any, compiler: Any, **kw: Any) -> str:
+    return "CURRENT_TIMESTAMP(6)"
+
+
 _JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+# MySQL cannot index or key TEXT without a length: string columns that are keys or indexed are VARCHAR there.
+_KEY_STRING = sa.Text().with_variant(sa.String(255), "mysql", "mariadb")
 
 
 def column_type(f: FieldDef) -> sa.types.TypeEngine[Any]:
@@ -70,7 +101,7 @@ def column_type(f: FieldDef) -> sa.types.TypeEngine[Any]:
 
 def _server_default(f: FieldDef) -> Any:
     if f.db_default == "now":
-        return sa.text("CURRENT_TIMESTAMP")
+        return utc_now_default()
     if f.db_default == "false":
         return sa.false()
     return None
@@ -86,7 +117,7 @@ class Schema:
         self.session = self._table(self.registry.session)
         self.account = self._table(self.registry.account)
         self.verification = self._table(self.registry.verification)
-        now = sa.text("CURRENT_TIMESTAMP")
+        now = utc_now_default()
         # The invalidation log: ``seq`` comes from the counter row, whose lock is held until commit, so entries
         # become visible in ``seq`` order with no gaps; ``payload`` is JSON (see storage/invalidations.py).
         self.invalidation = sa.Table(
@@ -110,7 +141,8 @@ class Schema:
         return table
 
     def _table(self, model: ModelDef) -> sa.Table:
-        columns = [self._column(model, f) for f in model]
+        keyed = {name for index in model.indexes for name in index}
+        columns = [self._column(model, f, f.name in keyed) for f in model]
         table = sa.Table(model.table, self.metadata, *columns)
         for f in model:
             if f.unique:
@@ -120,15 +152,18 @@ class Schema:
             sa.Index(f"{model.table}_{physical}_idx", *(table.c[name] for name in fields))
         return table
 
-    def _column(self, model: ModelDef, f: FieldDef) -> sa.Column[Any]:
+    def _column(self, model: ModelDef, f: FieldDef, indexed: bool) -> sa.Column[Any]:
         args: list[Any] = []
         if f.references is not None:
             target_model = self.registry.model(f.references[0])
             target = target_model[f.references[1]]
             args.append(sa.ForeignKey(f"{target_model.table}.{target.column}", ondelete="CASCADE"))
         type_ = column_type(f)
+        is_key = f.primary_key or f.references is not None or f.unique or indexed
+        if f.type == "string" and is_key:
+            type_ = _KEY_STRING
         if self.registry.uuid_ids and (f.primary_key or f.references is not None):
-            type_ = sa.Text().with_variant(postgresql.UUID(as_uuid=False), "postgresql")
+            type_ = _KEY_STRING.with_variant(postgresql.UUID(as_uuid=False), "postgresql")
         return sa.Column(
             f.column,
             type_,

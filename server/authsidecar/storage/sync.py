@@ -88,6 +88,8 @@ def _default_sql(column: sa.Column[Any], dialect: Dialect) -> str | None:
 
 
 _COUNTER = "authsidecar_invalidation_seq"
+# (wanted, reflected) families that are the same type: MySQL reports BOOLEAN as TINYINT, MariaDB JSON as LONGTEXT.
+_SAME = {("boolean", "integer"), ("json", "string")}
 
 
 def _seed(table: sa.Table, dialect: Dialect) -> list[Step]:
@@ -152,7 +154,7 @@ def _table_plan(conn: Connection, inspector: sa.Inspector, table: sa.Table, out:
                 )
             continue
         want, have = _family(column.type.dialect_impl(dialect)), _family(found["type"])
-        if want != have and not (want == "boolean" and have == "integer"):  # MySQL reports BOOLEAN as TINYINT
+        if want != have and (want, have) not in _SAME:
             out.problems.append(
                 f"{table.name}.{column.name} is {found['type']} in the database but the schema needs {want}; "
                 "authsidecar never changes a column's type: convert it by hand (ALTER TABLE ... ALTER COLUMN ...) "

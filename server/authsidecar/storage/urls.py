@@ -11,6 +11,7 @@ __all__ = ["DatabaseTarget", "resolve_database_url"]
 
 _PG_SCHEMES = {"postgres", "postgresql", "postgresql+asyncpg"}
 _SQLITE_SCHEMES = {"sqlite", "sqlite+aiosqlite"}
+_MYSQL_SCHEMES = {"mysql", "mariadb", "mysql+aiomysql", "mariadb+aiomysql"}
 # libpq options asyncpg has no equivalent for; harmless to drop (asyncpg negotiates SCRAM itself).
 _DROPPED_PG_OPTIONS = {"channel_binding", "connect_timeout", "application_name"}
 _SSLMODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
@@ -28,9 +29,15 @@ class DatabaseTarget:
         """True for the embedded SQLite backend."""
         return self.url.get_backend_name() == "sqlite"
 
+    @property
+    def is_mysql(self) -> bool:
+        """True for MySQL and MariaDB."""
+        return self.url.get_backend_name() in ("mysql", "mariadb")
+
 
 def resolve_database_url(raw: str | None, sqlite_path: str) -> DatabaseTarget:
-    """Accept ``postgresql://`` / ``postgres://`` (with ``sslmode``), ``sqlite:///path`` or nothing (embedded).
+    """Accept ``postgresql://`` / ``postgres://`` (with ``sslmode``), ``mysql://`` / ``mariadb://`` (aiomysql),
+    ``sqlite:///path`` or nothing (embedded).
 
     Raises ValueError with a message fit for a one-line configuration error.
     """
@@ -42,8 +49,14 @@ def resolve_database_url(raw: str | None, sqlite_path: str) -> DatabaseTarget:
         raise ValueError("DATABASE_URL is not a valid URL") from exc
     if url.drivername in _SQLITE_SCHEMES:
         return DatabaseTarget(url.set(drivername="sqlite+aiosqlite"))
+    if url.drivername in _MYSQL_SCHEMES:
+        if url.query:
+            raise ValueError(f"DATABASE_URL option {sorted(url.query)[0]!r} is not supported for MySQL")
+        return DatabaseTarget(url.set(drivername="mysql+aiomysql", query={"charset": "utf8mb4"}))
     if url.drivername not in _PG_SCHEMES:
-        raise ValueError(f"DATABASE_URL scheme {url.drivername!r} is not supported (use postgresql:// or sqlite://)")
+        raise ValueError(
+            f"DATABASE_URL scheme {url.drivername!r} is not supported (use postgresql://, mysql:// or sqlite://)"
+        )
     query = dict(url.query)
     connect_args: dict[str, Any] = {}
     ssl_alias = query.pop("ssl", None)
