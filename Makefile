@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TOOLS := .tools
 BUF := $(TOOLS)/node_modules/.bin/buf
+DRIZZLE_KIT := $(TOOLS)/node_modules/.bin/drizzle-kit
 
 .PHONY: run test lint format proto bench migrate buf-lint clean
 
@@ -23,12 +24,16 @@ run: $(STAMP)
 migrate: $(STAMP)
 	$(BIN)/authsidecar migrate
 
-## All tests: unit, storage/service contract (Postgres+Redis and SQLite+in-process), end-to-end, grpcurl.
-test: $(STAMP)
+## All tests: unit, storage/service contract (Postgres+Redis, SQLite+in-process, MariaDB), end-to-end, grpcurl.
+test: $(STAMP) $(DRIZZLE_KIT)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 $(BUF):
-	npm install --silent --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@1.75.0
+	npm install --silent --no-audit --no-fund --save-exact --prefix $(TOOLS) @bufbuild/buf@1.75.0
+
+## drizzle-orm, drizzle-kit and TypeScript: the tests compile `generate --format drizzle` output and run drizzle-kit on it.
+$(DRIZZLE_KIT): $(BUF)
+	npm install --silent --no-audit --no-fund --save-exact --prefix $(TOOLS) drizzle-orm@0.45.4 drizzle-kit@0.31.11 typescript@5.9.3
 
 buf-lint: $(BUF)
 	cd proto && ../$(BUF) lint

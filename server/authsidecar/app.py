@@ -249,6 +249,8 @@ class App:
         """
         try:
             problem = await schema_status(self.database.engine, self.database.schema)
+            if problem is None:
+                await self.database.ensure_invalidation_counter()
         except Exception:  # unreachable: serve anyway, NOT_SERVING until it comes up
             problem = None
             log.warning("database unreachable at start-up; schema not checked")

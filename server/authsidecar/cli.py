@@ -78,16 +78,21 @@ def _migrate(settings: Settings, check_only: bool, dry_run: bool) -> int:
     return 0
 
 
-def _generate(settings: Settings, dialect_name: str, output: str | None) -> int:
+def _generate(settings: Settings, dialect_name: str, output_format: str, output: str | None) -> int:
     from sqlalchemy.dialects import mysql, postgresql, sqlite
 
+    from authsidecar.storage.drizzle import drizzle_schema
     from authsidecar.storage.schema import Schema
     from authsidecar.storage.sync import create_script
 
-    dialect = {"postgresql": postgresql.dialect, "sqlite": sqlite.dialect, "mysql": mysql.dialect}[dialect_name]()
-    lines = [f"-- authsidecar schema for {dialect_name} (authsidecar generate)"]
-    lines += [f"{step.sql};" for step in create_script(Schema(settings.registry()).metadata, dialect)]
-    text = "\n".join(lines) + "\n"
+    metadata = Schema(settings.registry()).metadata
+    if output_format == "drizzle":
+        text = drizzle_schema(metadata, dialect_name)
+    else:
+        dialect = {"postgresql": postgresql.dialect, "sqlite": sqlite.dialect, "mysql": mysql.dialect}[dialect_name]()
+        lines = [f"-- authsidecar schema for {dialect_name} (authsidecar generate)"]
+        lines += [f"{step.sql};" for step in create_script(metadata, dialect)]
+        text = "\n".join(lines) + "\n"
     if output is None:
         sys.stdout.write(text)
     else:
@@ -129,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--dry-run", action="store_true", help="print the SQL migrate would run; change nothing")
     generate = sub.add_parser("generate", help="print the DDL of the configured schema")
     generate.add_argument("--dialect", choices=("postgresql", "sqlite", "mysql"), default="postgresql")
-    generate.add_argument("--format", choices=("sql",), default="sql", help="sql (drizzle: not yet)")
+    generate.add_argument("--format", choices=("sql", "drizzle"), default="sql", help="SQL DDL or a Drizzle schema")
     generate.add_argument("--output", help="write to this file instead of standard output")
     sub.add_parser("cleanup", help="delete expired sessions and verification tokens, in batches")
     args = parser.parse_args(argv)
@@ -141,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "cleanup":
             return _cleanup(settings)
         if args.command == "generate":
-            return _generate(settings, args.dialect, args.output)
+            return _generate(settings, args.dialect, args.format, args.output)
         return _migrate(settings, args.check, args.dry_run)
     except ConfigError as exc:
         print(f"authsidecar: {exc}", file=sys.stderr)

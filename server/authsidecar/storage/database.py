@@ -114,6 +114,7 @@ class _Statements:
             sa.update(seq).where(seq.c.id == 1).values(last_seq=seq.c.last_seq + 1).returning(seq.c.last_seq)
         )
         self.insert_invalidation = sa.insert(log)
+        self.first_seq = sa.insert(seq).values(id=1, last_seq=1)
         self.last_seq = sa.select(seq.c.last_seq).where(seq.c.id == 1)
         self.notify = sa.select(sa.func.pg_notify(p("channel"), p("seq")))
         self.invalidations_after = (
@@ -176,7 +177,11 @@ class SqlUnitOfWork:
     async def log_invalidations(self, invalidations: Invalidations) -> int:
         """Append to the invalidation log (last statement before COMMIT: the counter row stays locked only
         until then); returns the entry's sequence number."""
-        seq = int((await self._execute(self._q.next_seq, {})).scalar_one())
+        seq = (await self._execute(self._q.next_seq, {})).scalar()
+        if seq is None:  # a schema created without authsidecar's seed row (drizzle-kit, by hand): the first entry
+            await self._conn.execute(self._q.first_seq)
+            seq = 1
+        seq = int(seq)
         await self._execute(self._q.insert_invalidation, {"seq": seq, "payload": encode_payload(invalidations)})
         if self._conn.dialect.name == "postgresql":
             await self._execute(self._q.notify, {"channel": NOTIFY_CHANNEL, "seq": str(seq)})
@@ -435,6 +440,19 @@ class SqlDatabase:
             await raw.add_listener(NOTIFY_CHANNEL, lambda *_: wake())
             wake()  # whatever was logged before LISTEN took effect is read now
             await lost.wait()
+
+    async def ensure_invalidation_counter(self) -> None:
+        """Create the invalidation log's counter row if a schema made elsewhere (drizzle-kit, by hand) lacks it."""
+        seq = self.schema.invalidation_seq
+        missing = sa.insert(seq).from_select(
+            ["id", "last_seq"],
+            sa.select(sa.literal(1), sa.literal(0)).where(~sa.exists().where(seq.c.id == 1)),
+        )
+        try:
+            async with self._autocommit.connect() as conn:
+                await conn.execute(missing)
+        except sa.exc.IntegrityError:
+            pass  # another instance created it at the same moment
 
     async def invalidation_cursor(self) -> int:
         """The sequence number of the last committed invalidation log entry (0: none yet)."""

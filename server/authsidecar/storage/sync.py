@@ -210,8 +210,6 @@ def plan(conn: Connection, metadata: sa.MetaData, tables: Iterable[str] | None =
             out.steps += _seed(table, conn.dialect)
             continue
         _table_plan(conn, inspector, table, out)
-        if table.name == _COUNTER and conn.execute(sa.select(table.c.last_seq)).first() is None:
-            out.steps += _seed(table, conn.dialect)
     return out
 
 
