@@ -7,8 +7,9 @@ import asyncio
 import os
 import secrets
 import tomllib
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -116,12 +117,8 @@ def migrate(url: str, registry: Registry | None = None) -> None:
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A migrated Postgres database for this test run."""
-    url = create_pg_database()
-    try:
-        migrate(url)
+    with migrated(create_pg_database, drop_pg_database, "authsidecar_test", custom=False) as url:
         yield url
-    finally:
-        drop_pg_database(url)
 
 
 @pytest.fixture(scope="session")
@@ -157,37 +154,36 @@ def drop_mariadb_database(url: str) -> None:
     run_sync(_mariadb_admin(f"DROP DATABASE IF EXISTS `{url.rsplit('/', 1)[1]}`"))
 
 
+@contextmanager
+def migrated(create: Callable[[str], str], drop: Callable[[str], None], prefix: str, custom: bool) -> Iterator[str]:
+    """A new database, migrated with the default or the customised schema, dropped afterwards."""
+    url = create(prefix)
+    try:
+        migrate(url, CUSTOM_SCHEMA.registry() if custom else None)
+        yield url
+    finally:
+        drop(url)
+
+
 @pytest.fixture(scope="session")
 def mariadb_url() -> Iterator[str]:
     """A migrated MariaDB database for this test run."""
-    url = create_mariadb_database()
-    try:
-        migrate(url)
+    with migrated(create_mariadb_database, drop_mariadb_database, "authsidecar_test", custom=False) as url:
         yield url
-    finally:
-        drop_mariadb_database(url)
 
 
 @pytest.fixture(scope="session")
 def mariadb_custom_url() -> Iterator[str]:
     """A MariaDB database migrated with CUSTOM_SCHEMA."""
-    url = create_mariadb_database("authsidecar_custom")
-    try:
-        migrate(url, CUSTOM_SCHEMA.registry())
+    with migrated(create_mariadb_database, drop_mariadb_database, "authsidecar_custom", custom=True) as url:
         yield url
-    finally:
-        drop_mariadb_database(url)
 
 
 @pytest.fixture(scope="session")
 def pg_custom_url() -> Iterator[str]:
     """A Postgres database migrated with CUSTOM_SCHEMA."""
-    url = create_pg_database("authsidecar_custom")
-    try:
-        migrate(url, CUSTOM_SCHEMA.registry())
+    with migrated(create_pg_database, drop_pg_database, "authsidecar_custom", custom=True) as url:
         yield url
-    finally:
-        drop_pg_database(url)
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,11 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from authsidecar.cache.codec import decode_session, encode_session, iso
+from authsidecar.cache.codec import StaleDocument, decode_session, encode_session, iso
 from authsidecar.cache.memory import MemorySessionCache, NullSessionCache
 from authsidecar.cache.resilient import ResilientSessionCache
-from authsidecar.domain.models import Session, SessionWithUser, User
+from authsidecar.domain.fields import Registry
+from authsidecar.domain.models import Extra, Session, SessionWithUser, User
 
 T0 = datetime(2025, 3, 4, 5, 6, 7, 891_000, tzinfo=UTC)
 
@@ -541,3 +542,53 @@ def test_bounded_memo_stays_bounded_and_keeps_recent_entries() -> None:
     assert len(memo) <= 10
     assert memo.get(24) == "24"
     assert memo.get(0) is None
+
+
+class TestCodecWithAdditionalFields:
+    """Documents under a configured schema: every additional field by its own name (returned = false ones too),
+    a document from another configuration is a miss (StaleDocument), and entries stay hashable."""
+
+    @staticmethod
+    def entry() -> tuple[Registry, SessionWithUser]:
+        from tests.conftest import CUSTOM_SCHEMA
+
+        registry = CUSTOM_SCHEMA.registry()
+        base = make_entry()
+        extra = {
+            "role": "member",
+            "lang": "fr",
+            "age": 36,
+            "vip": False,
+            "birthday": T0,
+            "tags": ["a"],
+            "prefs": {"theme": "dark", "nested": [1, {"x": None}]},
+            "secretNote": "kept",
+        }
+        entry = SessionWithUser(
+            replace(base.session, additional=Extra({"device": "phone"})),
+            replace(base.user, additional=Extra(extra)),
+            1_700_000_000.0,
+        )
+        return registry, entry
+
+    def test_round_trip_keeps_every_field(self) -> None:
+        registry, entry = self.entry()
+        raw = encode_session(entry, registry)
+        doc = json.loads(raw)
+        assert doc["user"]["secretNote"] == "kept" and doc["user"]["birthday"] == "2025-03-04T05:06:07.891Z"
+        assert doc["session"]["device"] == "phone"
+        assert decode_session(raw, registry) == entry
+
+    def test_a_document_from_another_configuration_is_stale(self) -> None:
+        registry, entry = self.entry()
+        raw = encode_session(entry)  # written by the default configuration: no additional fields
+        with pytest.raises(StaleDocument):
+            decode_session(raw, registry)
+        assert decode_session(encode_session(entry, registry)).user.additional == Extra()  # extra keys ignored
+
+    def test_entries_with_json_values_are_hashable_and_compare_by_value(self) -> None:
+        _, entry = self.entry()
+        twin = replace(entry, user=replace(entry.user, additional=Extra(dict(entry.user.additional))))
+        assert hash(entry) == hash(twin) and entry == twin
+        other = replace(entry, user=replace(entry.user, additional=Extra({**entry.user.additional, "age": 37})))
+        assert entry != other
