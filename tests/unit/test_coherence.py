@@ -112,6 +112,7 @@ class TestTrust:
         assert not world.coherence.trusted(world.fresh_entry())
 
     async def test_snapshots_older_than_trust_seconds_are_rechecked(self, world: World) -> None:
+        await world.coherence.catch_up(world.log)
         entry = world.fresh_entry()
         world.wall.advance(59.9)
         await world.coherence.catch_up(world.log)
@@ -139,11 +140,37 @@ class TestTrust:
     async def test_user_versions_follow_commit_order_not_arrival_order(self, world: World) -> None:
         await world.coherence.catch_up(world.log)
         entry = world.fresh_entry()
-        v1, v2 = version_of(entry.user) + 1000, version_of(entry.user) + 2000
-        world.coherence.note(Invalidations(users=((entry.user.id, v2),), seq=6))
-        world.coherence.note(Invalidations(users=((entry.user.id, v1),), seq=5))  # an older entry arrives late
-        v2_user = replace(entry.user, updated_at=entry.user.updated_at + timedelta(seconds=2))
+        v1_user = replace(entry.user, name="one", updated_at=entry.user.updated_at + timedelta(seconds=1))
+        v2_user = replace(entry.user, name="two", updated_at=entry.user.updated_at + timedelta(seconds=2))
+        world.coherence.note(Invalidations(users=((entry.user.id, version_of(v2_user)),), seq=6))
+        world.coherence.note(Invalidations(users=((entry.user.id, version_of(v1_user)),), seq=5))  # late arrival
         assert world.coherence.trusted(replace(entry, user=v2_user))
+        assert not world.coherence.trusted(replace(entry, user=v1_user))
+
+    async def test_two_states_written_in_the_same_millisecond_have_different_versions(self, world: World) -> None:
+        await world.coherence.catch_up(world.log)
+        entry = world.fresh_entry()
+        x = replace(entry.user, name="X")
+        y = replace(entry.user, name="Y")  # same updatedAt, to the microsecond
+        assert version_of(x) != version_of(y)
+        world.coherence.note(Invalidations(users=((entry.user.id, version_of(y)),), seq=1))
+        assert not world.coherence.trusted(replace(entry, user=x))
+        assert world.coherence.trusted(replace(entry, user=y))
+
+    def test_versions_ignore_sub_millisecond_precision(self) -> None:
+        user = make_entry().user
+        assert version_of(user) == version_of(
+            replace(
+                user, updated_at=user.updated_at.replace(microsecond=user.updated_at.microsecond // 1000 * 1000 + 999)
+            )
+        )
+
+    async def test_nothing_cached_before_start_is_trusted_without_a_recheck(self, world: World) -> None:
+        before = world.fresh_entry()  # e.g. a Redis document written before this instance started
+        world.wall.advance(0.001)
+        await world.coherence.catch_up(world.log)  # the start: entries by createdAt may miss late commits
+        assert not world.coherence.trusted(before)
+        assert world.coherence.trusted(world.fresh_entry())
 
     async def test_invalidations_are_forgotten_after_trust_plus_margin(self, world: World) -> None:
         await world.coherence.catch_up(world.log)
@@ -271,17 +298,17 @@ class TestDocumentSigner:
 
 class TestPayload:
     def test_round_trip(self) -> None:
-        invalidations = Invalidations(sessions=(("u1", "t1"), ("u2", "t2")), users=(("u1", 1234),))
+        invalidations = Invalidations(sessions=(("u1", "t1"), ("u2", "t2")), users=(("u1", "9f86d081884c7d65"),))
         assert decode_payload(encode_payload(invalidations), 7) == replace(invalidations, seq=7)
 
-    @pytest.mark.parametrize("raw", ["", "[]", '{"s": [["only-one"]]}', '{"u": [["u", "NaN-ish"]]}', "null"])
+    @pytest.mark.parametrize("raw", ["", "[]", '{"s": [["only-one"]]}', '{"u": [["u"]]}', '{"u": 5}', "null"])
     def test_malformed_payloads_raise(self, raw: str) -> None:
         with pytest.raises(ValueError, match="malformed"):
             decode_payload(raw, 1)
 
     def test_empty_invalidations_are_falsy(self) -> None:
         assert not Invalidations()
-        assert Invalidations(users=(("u", 1),))
+        assert Invalidations(users=(("u", "v1"),))
 
 
 class TestExtraFieldRules:

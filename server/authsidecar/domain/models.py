@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -98,9 +100,19 @@ class SessionWithUser:
     checked_at: float = 0.0
 
 
-def version_of(user: User) -> int:
-    """A user snapshot's version: ``updatedAt`` in milliseconds (the precision cached documents keep)."""
-    return int(user.updated_at.timestamp() * 1000)
+def _canonical(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return int(value.timestamp() * 1000)  # cached documents keep milliseconds
+    return value
+
+
+def version_of(user: User) -> str:
+    """A user snapshot's version: a digest of its content (dates to the millisecond, as cached documents keep
+    them). Two different states never share a version, even when written in the same millisecond."""
+    fields = [_canonical(getattr(user, f.name)) for f in dataclasses.fields(User) if f.name != "additional"]
+    extra = {name: _canonical(value) for name, value in user.additional.items()}
+    text = json.dumps([fields, extra], sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +120,13 @@ class Invalidations:
     """What a committed write made stale in every cache, declared by the write itself.
 
     ``sessions``: (user id, stored token) of sessions that were deleted and must never validate again.
-    ``users``: (user id, version) of users whose snapshot changed; only a snapshot of that version is current.
+    ``users``: (user id, version) of users whose snapshot changed; only a snapshot of that version is current
+    (``version_of``: a digest of the new row).
     ``seq``: the entry's place in the invalidation log (commit order), once logged.
     """
 
     sessions: tuple[tuple[str, str], ...] = ()
-    users: tuple[tuple[str, int], ...] = ()
+    users: tuple[tuple[str, str], ...] = ()
     seq: int = 0
 
     def __bool__(self) -> bool:

@@ -66,7 +66,7 @@ class CacheCoherence:
         self._wall = wall
         self._mono = monotonic
         self._revoked: dict[str, float] = {}  # stored token -> forget at (monotonic)
-        self._users: dict[str, tuple[int, int, float]] = {}  # user id -> (current version, log seq, forget at)
+        self._users: dict[str, tuple[str, int, float]] = {}  # user id -> (current version, log seq, forget at)
         self._fresh_until = -math.inf  # nothing cached is trusted before the log was read once
         self._trust_floor = 0.0  # snapshots checked before this (Unix seconds) are not trusted
         self._cursor: int | None = None
@@ -135,6 +135,9 @@ class CacheCoherence:
         ``bound`` seconds from the moment the read started."""
         started = self._mono()
         if self._cursor is None:
+            # Entries are found by createdAt, which is when their transaction began: one that committed long after
+            # could be missed here. So nothing cached before this instance started is trusted without a re-check.
+            self._trust_floor = self._wall()
             cursor = await db.invalidation_cursor()
             since = datetime.fromtimestamp(self._wall() - self.retention, UTC)
             for _, invalidations in await db.invalidations_since(since, cursor):

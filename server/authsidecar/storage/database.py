@@ -152,7 +152,7 @@ class SqlUnitOfWork:
         self._emulate_returning = conn.dialect.name == "mysql"
         self._autocommit = autocommit
         self._revoked: dict[str, str] = {}  # stored token -> user id
-        self._changed: dict[str, int] = {}  # user id -> version
+        self._changed: dict[str, str] = {}  # user id -> version
 
     def _expect_effects(self) -> None:
         if self._autocommit:

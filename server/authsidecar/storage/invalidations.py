@@ -21,7 +21,7 @@ def decode_payload(raw: str, seq: int) -> Invalidations:
     try:
         doc = json.loads(raw)
         sessions = tuple((str(user_id), str(token)) for user_id, token in doc.get("s", ()))
-        users = tuple((str(user_id), int(version)) for user_id, version in doc.get("u", ()))
+        users = tuple((str(user_id), str(version)) for user_id, version in doc.get("u", ()))
     except (TypeError, ValueError, AttributeError) as exc:
         raise ValueError("malformed invalidation payload") from exc
     return Invalidations(sessions, users, seq)
