@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 
+from authsidecar import errors
 from authsidecar.domain.models import Invalidations, version_of
 from authsidecar.services.sessions import ClientInfo
 from tests.integration.conftest import Backend
@@ -148,3 +149,30 @@ async def test_a_failed_transaction_logs_nothing(backend: Backend) -> None:
     assert await backend.db.invalidation_cursor() == before
     assert not backend.coherence.revoked(backend.tokens.stored(up.token))
     await backend.sessions.validate(up.token)  # rolled back: still valid
+
+
+@pytest.mark.parametrize("change", ["ResetPassword", "ChangePassword"])
+async def test_a_sign_in_racing_a_password_change_gets_no_session(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """Sign-in checks the password outside any transaction; a reset or password change that commits between that
+    check and the session insert must win (or its revocation would miss the new session)."""
+    email = new_email()
+    up = await backend.accounts.sign_up(email, PASSWORD, "Ada", None, CLIENT)
+    assert up.token is not None
+    hasher = backend.accounts._hasher
+    real_verify = hasher.verify
+
+    async def verify_then_change(encoded: str, password: str) -> bool:
+        ok = await real_verify(encoded, password)
+        monkeypatch.setattr(hasher, "verify", real_verify)
+        if change == "ResetPassword":
+            await reset_password(backend, (email, up.token))
+        else:
+            await backend.profile.change_password(up.token, PASSWORD, NEW_PASSWORD, True, CLIENT)
+        return ok
+
+    monkeypatch.setattr(hasher, "verify", verify_then_change)
+    with pytest.raises(errors.InvalidCredentials):
+        await backend.accounts.sign_in(email, PASSWORD, CLIENT)
+    assert (await backend.accounts.sign_in(email, NEW_PASSWORD, CLIENT)).token

@@ -71,6 +71,9 @@ class UnitOfWork(Protocol):
     async def update_account_password(self, account_id: str, password_hash: str, now: datetime) -> None:
         """Replace an account's password hash."""
 
+    async def lock_credential(self, account_id: str, password_hash: str) -> bool:
+        """Lock the account row until the transaction ends; True if its password hash is still ``password_hash``."""
+
     async def insert_session(self, session: Session) -> None:
         """Insert a session row."""
 

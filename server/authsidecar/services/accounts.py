@@ -7,6 +7,7 @@ same hash time whether or not the email exists.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -108,6 +109,7 @@ class AccountService:
         session, token = (None, None)
         if self._auto_sign_in and not self._verification.required:
             session, token = self._sessions.new_session(user.id, client, remember_me, now)
+        written_at = time.time()
         try:
             async with self._db.transaction() as tx:
                 await tx.insert_user(user)
@@ -117,7 +119,7 @@ class AccountService:
         except Conflict as exc:
             raise UserAlreadyExists() from exc
         if session is not None:
-            await self._sessions.remember(SessionWithUser(session, user))
+            await self._sessions.remember(SessionWithUser(session, user, written_at))
         if self._verification.send_on_sign_up and self._verification.send is not None:
             self._verification.send(user.email)
         return AuthResult(user, session, token)
@@ -130,6 +132,7 @@ class AccountService:
         if len(password) > self._rules.max_password_length:
             raise InvalidCredentials()  # no stored password can be this long; do not spend a hash on it
         with self._hasher.admitted():  # shed load before touching the database
+            read_at = time.time()
             async with self._db.transaction(autocommit=True) as tx:
                 found = await tx.get_user_with_credential(email)
             user, account = found if found is not None else (None, None)
@@ -145,11 +148,15 @@ class AccountService:
             raise EmailNotVerified()
         now = self._clock()
         session, token = self._sessions.new_session(user.id, client, remember_me, now)
-        async with self._db.transaction(autocommit=new_hash is None) as tx:  # one INSERT needs no BEGIN/COMMIT
+        async with self._db.transaction() as tx:
+            # The password was checked against the hash read above, outside any transaction; a reset or password
+            # change that committed since must win, or its revocation would miss this new session.
+            if not await tx.lock_credential(account.id, account.password):
+                raise InvalidCredentials()
             await tx.insert_session(session)
             if new_hash is not None:
                 await tx.update_account_password(account.id, new_hash, now)
-        await self._sessions.remember(SessionWithUser(session, user))
+        await self._sessions.remember(SessionWithUser(session, user, read_at))
         return AuthResult(user, session, token)
 
     async def _rehash(self, encoded: str, password: str) -> str | None:

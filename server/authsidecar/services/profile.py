@@ -73,7 +73,7 @@ class ProfileService:
                 await tx.delete_user_sessions(current.user.id)
         if not revoke_other_sessions:
             return PasswordChanged()
-        session, new_token = await self._sessions.open_session(current.user, client)
+        session, new_token = await self._sessions.open_session(current.user, client, current.checked_at)
         return PasswordChanged(session, new_token)
 
     async def update_user(

@@ -9,7 +9,6 @@ cache by hand. Expiry is always checked, whatever the source.
 from __future__ import annotations
 
 import hmac
-import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -100,12 +99,15 @@ class SessionManager:
         )
         return session, token
 
-    async def open_session(self, user: User, client: ClientInfo, remember_me: bool = True) -> tuple[Session, str]:
-        """Create, store and cache a new session for the user; returns it with its bearer token."""
+    async def open_session(
+        self, user: User, client: ClientInfo, checked_at: float, remember_me: bool = True
+    ) -> tuple[Session, str]:
+        """Create, store and cache a new session for the user, whose snapshot was read from SQL at ``checked_at``
+        (Unix seconds); returns the session with its bearer token."""
         session, token = self.new_session(user.id, client, remember_me, self._clock())
         async with self._db.transaction(autocommit=True) as tx:
             await tx.insert_session(session)
-        await self.remember(SessionWithUser(session, user))
+        await self.remember(SessionWithUser(session, user, checked_at))
         return session, token
 
     def require_fresh(self, entry: SessionWithUser) -> None:
@@ -114,10 +116,11 @@ class SessionManager:
             raise SessionNotFresh()
 
     async def remember(self, entry: SessionWithUser) -> None:
-        """Write a session this instance just stored through to the cache (saves the first validation a query)."""
+        """Write a session this instance just stored through to the cache (saves the first validation a query).
+        ``entry.checked_at`` must say when its user snapshot was read: the copy is trusted from then, not from now."""
+        assert entry.checked_at > 0, "a remembered session needs the time its user snapshot was read"
         ttl = _ttl(entry.session.expires_at, self._clock())
-        fresh = replace(entry, checked_at=time.time())
-        await self._cache.put(self._tokens.cache_key(entry.session.stored_token), fresh, ttl)
+        await self._cache.put(self._tokens.cache_key(entry.session.stored_token), entry, ttl)
 
     async def validate(self, token: str) -> SessionWithUser:
         """The session and user of a token; raises InvalidToken / SessionExpired."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -137,7 +138,7 @@ class AccountFlows:
 
     async def verify_email(self, token: str, client: ClientInfo) -> AuthResult:
         """Consume a verify-email or change-email token and apply it."""
-        now = self._clock()
+        now, read_at = self._clock(), time.time()
         try:
             async with self._db.transaction() as tx:
                 purpose, payload = await self._tokens.consume(tx, (VERIFY_EMAIL, CHANGE_EMAIL), token)
@@ -151,7 +152,7 @@ class AccountFlows:
             raise UserAlreadyExists() from exc
         if not self._settings.auto_sign_in_after_verification:
             return AuthResult(user)
-        session, session_token = await self._sessions.open_session(user, client)
+        session, session_token = await self._sessions.open_session(user, client, read_at)
         return AuthResult(user, session, session_token)
 
     # -- email change ----------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -65,6 +66,7 @@ class _Statements:
         self.credential_account = (
             sa.select(a).where(a.c.user_id == p("user_id"), a.c.provider_id == CREDENTIAL_PROVIDER).limit(1)
         )
+        self.lock_credential = sa.select(a.c.password).where(a.c.id == p("a_id")).with_for_update()
         self.update_password = (
             sa.update(a).where(a.c.id == p("a_id")).values(password=p("a_password"), updated_at=p("a_now"))
         )
@@ -310,6 +312,11 @@ class SqlUnitOfWork:
         """The user's email/password account."""
         row = (await self._execute(self._q.credential_account, {"user_id": user_id})).first()
         return record(Account, self._q.registry.account, row._mapping) if row else None
+
+    async def lock_credential(self, account_id: str, password_hash: str) -> bool:
+        """SELECT ... FOR UPDATE of the account's hash (SQLite: its write lock serialises writers anyway)."""
+        current = (await self._conn.execute(self._q.lock_credential, {"a_id": account_id})).scalar()
+        return current is not None and hmac.compare_digest(str(current), password_hash)
 
     async def update_account_password(self, account_id: str, password_hash: str, now: datetime) -> None:
         """Replace an account's password hash."""
