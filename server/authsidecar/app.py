@@ -124,21 +124,22 @@ class AlreadyServing(RuntimeError):
 
 
 def lock_sqlite(settings: Settings) -> IO[bytes] | None:
-    """On SQLite, hold ``<database>.lock`` for as long as this process serves: one serving process only (the
-    in-process caches of two would not see each other's revocations). None on other databases."""
+    """On SQLite, hold an exclusive lock on the database file itself for as long as this process serves: one
+    serving process only (the in-process caches of two would not see each other's revocations). The lock is on
+    the file, so another path to it (a symlink, a hard link) is refused too; SQLite's own locks are of another
+    kind and unaffected. None on other databases, or when the file does not exist yet (serve then stops with the
+    migrate hint)."""
     target = database_target(settings)
-    if not target.is_sqlite or not target.url.database:
+    if not target.is_sqlite or not target.url.database or not os.path.exists(target.url.database):
         return None
-    path = f"{os.path.abspath(target.url.database)}.lock"
-    handle = open(path, "ab")  # noqa: SIM115 - held open until the process exits
+    handle = open(target.url.database, "rb")  # noqa: SIM115 - held open until the process exits
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
         raise AlreadyServing(
-            f"another authsidecar server already serves {target.url.database} (lock {path}); the embedded SQLite"
-            " database supports one serving process: stop the other one, or use Postgres (DATABASE_URL) to run"
-            " several"
+            f"another authsidecar server already serves {target.url.database}; the embedded SQLite database"
+            " supports one serving process: stop the other one, or use Postgres (DATABASE_URL) to run several"
         ) from None
     return handle
 

@@ -505,3 +505,19 @@ async def test_randomized_revocations_under_redis_faults(
     finally:
         await conn.close()
     assert left == 0
+
+
+async def test_another_path_to_the_same_sqlite_file_is_refused_too(tmp_path: Path) -> None:
+    env = {**clean_env(), "AUTHSIDECAR_SQLITE_PATH": str(tmp_path / "a.db")}
+    subprocess.run([sys.executable, "-m", "authsidecar", "migrate"], cwd=tmp_path, env=env, check=True)
+    (tmp_path / "hard.db").hardlink_to(tmp_path / "a.db")
+    (tmp_path / "soft.db").symlink_to(tmp_path / "a.db")
+    first = start_server(tmp_path, {"AUTHSIDECAR_SQLITE_PATH": str(tmp_path / "a.db")})
+    try:
+        first.wait_for(SERVING)
+        for other in ("hard.db", "soft.db"):
+            second = start_server(tmp_path, {"AUTHSIDECAR_SQLITE_PATH": str(tmp_path / other)})
+            assert second.process.wait(30) == 1, second.log()
+            assert "another authsidecar server already serves" in second.log()
+    finally:
+        assert first.stop() == 0

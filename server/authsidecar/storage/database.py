@@ -534,6 +534,11 @@ def create_database(
         else:
             connect_args.setdefault("timeout", connect_timeout)
             connect_args.setdefault("command_timeout", 30)
+            # A connection that stalls inside a transaction must not hold row locks (the invalidation log's
+            # counter) for long: Postgres ends such sessions, and lock waits give up instead of queueing forever.
+            connect_args.setdefault(
+                "server_settings", {"idle_in_transaction_session_timeout": "15000", "lock_timeout": "10000"}
+            )
         engine = create_async_engine(
             target.url,
             connect_args=connect_args,
