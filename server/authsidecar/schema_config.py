@@ -4,7 +4,7 @@ registry it produces.
 ```toml
 [schema]
 use_plural = false            # user -> users, session -> sessions, ... (an explicit model_name wins)
-generate_id = "random"        # "random" | "uuid" | "uuid7" | "pkg.module:function"
+generate_id = "random"        # "random" | "uuid" | "uuid7" | "serial" | false | "pkg.module:function"
 [schema.user]
 model_name = "members"
 fields = { email = "email_address", name = "full_name" }
@@ -137,14 +137,12 @@ class SchemaSettings(BaseModel):
         if value is True:
             return "random"
         if value is False:
-            raise ValueError('false (database-generated ids) is not supported yet; use "random", "uuid" or "uuid7"')
-        if value in ("random", "uuid", "uuid7"):
+            return "false"
+        if value in ("random", "uuid", "uuid7", "serial"):
             return value
-        if value == "serial":
-            raise ValueError('"serial" (integer ids) is not supported yet; use "random", "uuid" or "uuid7"')
         module, sep, function = value.partition(":")
         if not sep or not module or not function.isidentifier():
-            raise ValueError('expected "random", "uuid", "uuid7" or "package.module:function"')
+            raise ValueError('expected "random", "uuid", "uuid7", "serial", false or "package.module:function"')
         return value
 
     @model_validator(mode="after")

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -16,8 +17,8 @@ from authsidecar.cache.integrity import DocumentSigner, derive_key
 from authsidecar.cache.redis import connect_redis
 from authsidecar.cache.resp import PipelinedGetClient
 from authsidecar.delivery import DeliveryQueue, Message
-from authsidecar.domain.fields import Registry
 from authsidecar.domain.ports import SessionCache
+from authsidecar.schema_config import SchemaSettings
 from authsidecar.security.ids import id_generator
 from authsidecar.security.passwords import PasswordHasher
 from authsidecar.security.tokens import HashedTokenPolicy
@@ -32,7 +33,17 @@ from authsidecar.services.verification import AccountFlows, FlowSettings
 from authsidecar.storage.database import SqlDatabase, create_database
 from authsidecar.storage.schema import Schema
 from authsidecar.storage.urls import resolve_database_url
-from tests.conftest import CUSTOM_SCHEMA, FAST_ARGON2, REDIS_URL, TEST_SECRET
+from tests.conftest import (
+    CUSTOM_SCHEMA,
+    FAST_ARGON2,
+    REDIS_URL,
+    TEST_SECRET,
+    create_mariadb_database,
+    create_pg_database,
+    drop_mariadb_database,
+    drop_pg_database,
+    migrate,
+)
 
 
 @dataclass
@@ -87,42 +98,52 @@ def hasher() -> Iterator[PasswordHasher]:
     h.close()
 
 
-BACKENDS = [
-    "postgres+redis",
-    "sqlite+memory",
-    "mariadb+memory",
-    "postgres+redis/custom-schema",
-    "sqlite+memory/custom-schema",
-    "mariadb+memory/custom-schema",
-]
+KINDS = ("postgres+redis", "sqlite+memory", "mariadb+memory")
+# Schema variants: Better Auth's default, the customised one, and the two ways of letting the database make ids.
+VARIANTS: dict[str, SchemaSettings] = {
+    "": SchemaSettings(),
+    "/custom-schema": CUSTOM_SCHEMA,
+    "/serial-ids": SchemaSettings(generate_id="serial"),
+    "/database-ids": SchemaSettings(generate_id=False),
+}
+BACKENDS = [kind + variant for variant in VARIANTS for kind in KINDS]
 
 
-@dataclass(frozen=True)
 class Databases:
-    """The migrated databases of this run: default and customised schema, Postgres and SQLite."""
+    """Migrated databases of this run, one per (database, schema variant), made when first needed."""
 
-    pg: str
-    sqlite: str
-    mariadb: str
-    pg_custom: str
-    sqlite_custom: str
-    mariadb_custom: str
-    redis_prefix: str
+    def __init__(self, tmp: Path, redis_prefix: str) -> None:
+        self.tmp = tmp
+        self.redis_prefix = redis_prefix
+        self._urls: dict[tuple[str, str], str] = {}
+        self._drops: list[Callable[[], None]] = []
+
+    def url(self, kind: str, variant: str) -> str:
+        key = (kind, variant)
+        if key not in self._urls:
+            registry = VARIANTS[variant].registry()
+            if kind == "sqlite":
+                url = f"sqlite:///{self.tmp / f'{len(self._urls)}.db'}"
+            elif kind == "postgres":
+                url = create_pg_database("authsidecar_contract")
+                self._drops.append(lambda url=url: drop_pg_database(url))
+            else:
+                url = create_mariadb_database("authsidecar_contract")
+                self._drops.append(lambda url=url: drop_mariadb_database(url))
+            migrate(url, registry)
+            self._urls[key] = url
+        return self._urls[key]
+
+    def drop_all(self) -> None:
+        for drop in self._drops:
+            drop()
 
 
 @pytest.fixture(scope="session")
-def databases(
-    pg_url: str,
-    sqlite_url: str,
-    mariadb_url: str,
-    pg_custom_url: str,
-    sqlite_custom_url: str,
-    mariadb_custom_url: str,
-    redis_prefix: str,
-) -> Databases:
-    return Databases(
-        pg_url, sqlite_url, mariadb_url, pg_custom_url, sqlite_custom_url, mariadb_custom_url, redis_prefix
-    )
+def databases(tmp_path_factory: pytest.TempPathFactory, redis_prefix: str) -> Iterator[Databases]:
+    made = Databases(tmp_path_factory.mktemp("contract"), redis_prefix)
+    yield made
+    made.drop_all()
 
 
 @pytest_asyncio.fixture(params=BACKENDS)
@@ -146,20 +167,14 @@ async def custom_backend(
 @asynccontextmanager
 async def build_backend(name: str, databases: Databases, hasher: PasswordHasher) -> AsyncIterator[Backend]:
     """The services over one backend, wired as in production."""
-    redis_prefix = databases.redis_prefix
     cache: SessionCache
-    custom = name.endswith("/custom-schema")
-    registry = CUSTOM_SCHEMA.registry() if custom else Registry()
-    url = {
-        "postgres": databases.pg_custom if custom else databases.pg,
-        "sqlite": databases.sqlite_custom if custom else databases.sqlite,
-        "mariadb": databases.mariadb_custom if custom else databases.mariadb,
-    }[name.split("+")[0]]
-    db = create_database(resolve_database_url(url, ""), Schema(registry))
+    kind, variant = name.split("+")[0], name[name.find("/") :] if "/" in name else ""
+    registry = VARIANTS[variant].registry()
+    db = create_database(resolve_database_url(databases.url(kind, variant), ""), Schema(registry))
     if name.startswith("postgres+redis"):
         getter = PipelinedGetClient(REDIS_URL, 0.5)
         signer = DocumentSigner(derive_key(TEST_SECRET, "cache-documents"))
-        prefix = redis_prefix + ("custom:" if custom else "")
+        prefix = f"{databases.redis_prefix}{variant.strip('/')}:"
         redis_cache = RedisSessionCache(connect_redis(REDIS_URL, 0.5), prefix, signer, getter, registry=registry)
         cache = ResilientSessionCache(redis_cache)
     else:

@@ -110,3 +110,26 @@ async def test_physical_names_follow_the_configuration(custom: Backend) -> None:
             await conn.execute(sa.text("SELECT full_name, role FROM members WHERE id = :id"), {"id": up.user.id})
         ).one()
     assert tuple(row) == ("Ada", "member")
+
+
+async def test_ids_follow_the_configured_strategy(backend: Backend) -> None:
+    """Every backend of the suite: app-made random ids, uuids, or ids the database assigns (serial, uuid default)."""
+    up = await backend.accounts.sign_up(new_email(), PASSWORD, "Ada", None, CLIENT)
+    assert up.session is not None and up.token is not None
+    ids = (up.user.id, up.session.id)
+    if backend.name.endswith("/serial-ids"):
+        assert all(i.isdigit() for i in ids)
+    elif backend.name.endswith(("/database-ids", "/custom-schema")):
+        for i in ids:
+            uuid.UUID(i)
+    else:
+        assert all(len(i) == 32 and i.isalnum() for i in ids)
+    validated = await backend.sessions.validate(up.token)
+    assert (validated.user.id, validated.session.id) == ids
+    assert validated.session.user_id == up.user.id
+    users = backend.db.schema.user
+    async with backend.db.engine.connect() as conn:
+        stored = (await conn.execute(sa.select(users.c.id).where(users.c.email == up.user.email))).scalar_one()
+    assert str(stored) == up.user.id
+    with pytest.raises(errors.SessionNotFound):
+        await backend.sessions.revoke(up.token, "not-an-id")  # a malformed id from a client matches nothing

@@ -14,9 +14,8 @@ from grpc_health.v1 import health_pb2
 
 from authsidecar_client.v1 import auth_service_pb2 as auth_pb
 from authsidecar_client.v1 import auth_service_pb2_grpc
-from tests.conftest import CUSTOM_SCHEMA_TOML
 from tests.e2e.conftest import start_server
-from tests.migrations.test_schema_sync import cli, empty_pg  # noqa: F401 - the fixture
+from tests.migrations.test_schema_sync import CONFIGS, cli, configured, empty_pg  # noqa: F401 - the fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".tools" / "node_modules" / ".bin"
@@ -38,16 +37,13 @@ def _tool(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("config", ["default", "custom"])
+@pytest.mark.parametrize("config", list(CONFIGS))
 def test_drizzle_schema_compiles_and_drizzle_kit_sql_passes_the_check(
     empty_pg: str,  # noqa: F811
     node_project: Path,
     config: str,
 ) -> None:
-    env = {"DATABASE_URL": empty_pg}
-    if config == "custom":
-        (node_project / "authsidecar.toml").write_text(CUSTOM_SCHEMA_TOML)
-        env["AUTHSIDECAR_CONFIG"] = str(node_project / "authsidecar.toml")
+    env = configured({"DATABASE_URL": empty_pg}, node_project, config)
     generated = cli("generate", "--format", "drizzle", "--output", "schema.ts", env=env, cwd=node_project)
     assert generated.returncode == 0, generated.stderr
 

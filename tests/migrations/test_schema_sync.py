@@ -50,6 +50,23 @@ insert into "account" values ('a1', 'u1', 'credential', 'u1', null, null, null, 
 """
 
 
+CONFIGS = {
+    "default": "",
+    "custom": CUSTOM_SCHEMA_TOML,
+    "serial-ids": '[schema]\ngenerate_id = "serial"\n',
+    "database-ids": "[schema]\ngenerate_id = false\n",
+}
+
+
+def configured(env: dict[str, str], folder: Path, config: str) -> dict[str, str]:
+    """``env`` plus AUTHSIDECAR_CONFIG for one of CONFIGS (written into ``folder``)."""
+    if not CONFIGS[config]:
+        return env
+    path = folder / "authsidecar.toml"
+    path.write_text(CONFIGS[config])
+    return {**env, "AUTHSIDECAR_CONFIG": str(path)}
+
+
 def cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "authsidecar", *args]
     return subprocess.run(
@@ -121,12 +138,9 @@ def test_adopting_a_redis_only_better_auth_database_creates_session_and_verifica
     assert cli("migrate", "--check", env=env, cwd=tmp_path).returncode == 0
 
 
-@pytest.mark.parametrize("config", ["default", "custom"])
+@pytest.mark.parametrize("config", list(CONFIGS))
 def test_generate_applied_with_psql_is_accepted_by_check(empty_pg: str, tmp_path: Path, config: str) -> None:
-    env = {"DATABASE_URL": empty_pg}
-    if config == "custom":
-        (tmp_path / "authsidecar.toml").write_text(CUSTOM_SCHEMA_TOML)
-        env["AUTHSIDECAR_CONFIG"] = str(tmp_path / "authsidecar.toml")
+    env = configured({"DATABASE_URL": empty_pg}, tmp_path, config)
     out = tmp_path / "schema.sql"
     generated = cli("generate", "--dialect", "postgresql", "--output", str(out), env=env, cwd=tmp_path)
     assert generated.returncode == 0, generated.stderr
@@ -135,12 +149,9 @@ def test_generate_applied_with_psql_is_accepted_by_check(empty_pg: str, tmp_path
     assert check.returncode == 0, check.stdout + check.stderr
 
 
-def test_generate_applied_with_sqlite3_is_accepted_by_check(tmp_path: Path) -> None:
-    (tmp_path / "authsidecar.toml").write_text(CUSTOM_SCHEMA_TOML)
-    env = {
-        "AUTHSIDECAR_SQLITE_PATH": str(tmp_path / "gen.db"),
-        "AUTHSIDECAR_CONFIG": str(tmp_path / "authsidecar.toml"),
-    }
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_generate_applied_with_sqlite3_is_accepted_by_check(tmp_path: Path, config: str) -> None:
+    env = configured({"AUTHSIDECAR_SQLITE_PATH": str(tmp_path / "gen.db")}, tmp_path, config)
     script = cli("generate", "--dialect", "sqlite", env=env, cwd=tmp_path)
     assert script.returncode == 0, script.stderr
     subprocess.run(["sqlite3", str(tmp_path / "gen.db")], input=script.stdout, text=True, check=True)
@@ -204,14 +215,11 @@ def test_what_cannot_be_added_is_refused_with_the_sql_to_run(
     assert cli("migrate", "--check", env=env, cwd=tmp_path).returncode == 1
 
 
-@pytest.mark.parametrize("config", ["default", "custom"])
+@pytest.mark.parametrize("config", list(CONFIGS))
 def test_generate_applied_with_the_mariadb_client_is_accepted_by_check(tmp_path: Path, config: str) -> None:
     url = create_mariadb_database("authsidecar_gen")
     try:
-        env = {"DATABASE_URL": url}
-        if config == "custom":
-            (tmp_path / "authsidecar.toml").write_text(CUSTOM_SCHEMA_TOML)
-            env["AUTHSIDECAR_CONFIG"] = str(tmp_path / "authsidecar.toml")
+        env = configured({"DATABASE_URL": url}, tmp_path, config)
         script = cli("generate", "--dialect", "mysql", env=env, cwd=tmp_path)
         assert script.returncode == 0, script.stderr
         parsed = make_url(url)

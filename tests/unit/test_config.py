@@ -332,11 +332,6 @@ class TestSchemaSection:
                 "schema: session.model_name: 'user' is already the table of user",
             ),
             ("[schema.user]\nfields = { name = 'email' }\n", "schema: user: column 'email' is used by"),
-            (
-                "[schema]\ngenerate_id = false\n",
-                "schema.generate_id: false (database-generated ids) is not supported yet",
-            ),
-            ("[schema]\ngenerate_id = 'serial'\n", 'schema.generate_id: "serial" (integer ids) is not supported yet'),
             ("[schema]\ngenerate_id = 'nonsense'\n", "schema.generate_id: expected"),
             (
                 "[schema.user.additional_fields.token]\ntype = 'string'\n",

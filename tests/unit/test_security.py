@@ -269,3 +269,55 @@ class TestSessionPolicy:
         policy = SessionPolicy(expires_in=7 * DAY, update_age=8 * DAY, short_expires_in=DAY)
         s = session(NOW, NOW + 7 * DAY)
         assert policy.needs_refresh(s, NOW + 7 * DAY - timedelta(seconds=1)) is False
+
+
+def sequence_ids(model: str) -> str:
+    """A custom generate_id function for the tests below (imported by name, like a user's)."""
+    sequence_ids.calls.append(model)  # type: ignore[attr-defined]
+    return f"{model}-{len(sequence_ids.calls)}"  # type: ignore[attr-defined]
+
+
+sequence_ids.calls = []  # type: ignore[attr-defined]
+
+
+class TestIdGenerators:
+    def test_random_ids_are_better_auths_format(self) -> None:
+        from authsidecar.security.ids import ID_ALPHABET, id_generator
+
+        made = {id_generator("random")("user") for _ in range(100)}
+        assert len(made) == 100 and all(len(i) == 32 and set(i) <= set(ID_ALPHABET) for i in made)
+
+    def test_uuid7_is_version_7_and_time_ordered(self) -> None:
+        import time
+        import uuid
+
+        from authsidecar.security.ids import uuid7
+
+        first = uuid7()
+        time.sleep(0.002)
+        second = uuid7()
+        assert uuid.UUID(first).version == 7 and uuid.UUID(first).variant == uuid.RFC_4122
+        assert first < second
+
+    def test_a_custom_function_is_called_with_the_model_name(self) -> None:
+        from authsidecar.security.ids import id_generator
+
+        generate = id_generator("tests.unit.test_security:sequence_ids")
+        assert generate("user").startswith("user-") and generate("session").startswith("session-")
+        assert sequence_ids.calls[-2:] == ["user", "session"]  # type: ignore[attr-defined]
+
+    def test_unusable_custom_functions_are_refused(self) -> None:
+        from authsidecar.security.ids import id_generator
+
+        with pytest.raises(ValueError, match="cannot import"):
+            id_generator("tests.unit.nope:f")
+        with pytest.raises(ValueError, match="is not callable"):
+            id_generator("tests.unit.test_security:__doc__")
+        returns_none = id_generator("builtins:print")
+        with pytest.raises(TypeError, match="expected a non-empty string"):
+            returns_none("user")
+
+    def test_database_ids_are_left_empty_for_the_database(self) -> None:
+        from authsidecar.security.ids import id_generator
+
+        assert id_generator("serial")("user") == "" and id_generator("false")("user") == ""

@@ -20,8 +20,9 @@ class UnitOfWork(Protocol):
     listeners afterwards. Services never invalidate caches by hand.
     """
 
-    async def insert_user(self, user: User) -> None:
-        """Insert a user; raises Conflict on a duplicate email."""
+    async def insert_user(self, user: User) -> str:
+        """Insert a user; raises Conflict on a duplicate email. Returns its id: ``user.id``, or the one the
+        database assigned when ``user.id`` is empty (``generate_id`` false / "serial"); likewise below."""
 
     async def get_user_with_credential(self, email: str) -> tuple[User, Account | None] | None:
         """The user with that (normalised) email and their credential account, if any."""
@@ -44,8 +45,8 @@ class UnitOfWork(Protocol):
     async def delete_user(self, user_id: str) -> bool:
         """Delete the user, its sessions (declared revoked) and accounts; False if it did not exist."""
 
-    async def insert_verification(self, verification: Verification) -> None:
-        """Insert a verification row."""
+    async def insert_verification(self, verification: Verification) -> str:
+        """Insert a verification row; returns its id."""
 
     async def consume_verification(self, identifier: str, now: datetime) -> str | None:
         """Atomically delete an unexpired verification and return its value; None if absent or expired."""
@@ -62,8 +63,8 @@ class UnitOfWork(Protocol):
     async def delete_old_invalidations(self, before: datetime, limit: int) -> int:
         """Delete up to ``limit`` invalidation log entries written before ``before``."""
 
-    async def insert_account(self, account: Account) -> None:
-        """Insert an account row."""
+    async def insert_account(self, account: Account) -> str:
+        """Insert an account row; returns its id."""
 
     async def get_credential_account(self, user_id: str) -> Account | None:
         """The user's email/password account."""
@@ -74,8 +75,8 @@ class UnitOfWork(Protocol):
     async def lock_credential(self, account_id: str, password_hash: str) -> bool:
         """Lock the account row until the transaction ends; True if its password hash is still ``password_hash``."""
 
-    async def insert_session(self, session: Session) -> None:
-        """Insert a session row."""
+    async def insert_session(self, session: Session) -> str:
+        """Insert a session row; returns its id."""
 
     async def refresh_session(self, stored_token: str, expires_at: datetime, now: datetime) -> bool:
         """Extend a session; False when it no longer exists."""

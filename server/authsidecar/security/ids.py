@@ -1,6 +1,6 @@
 """Record identifiers. Default: Better Auth's format, 32 random characters from [A-Za-z0-9]. Configurable with
-``[schema] generate_id``: "uuid" (v4), "uuid7" (time-ordered), or "package.module:function" (called with the
-model name, imported once at start-up)."""
+``[schema] generate_id``: "uuid" (v4), "uuid7" (time-ordered), "package.module:function" (called with the
+model name, imported once at start-up), or false / "serial" (the database assigns ids: an empty id here)."""
 
 from __future__ import annotations
 
@@ -41,6 +41,8 @@ def id_generator(strategy: str) -> IdGenerator:
         return lambda _model: str(uuid.uuid4())
     if strategy == "uuid7":
         return lambda _model: uuid7()
+    if strategy in ("false", "serial"):
+        return lambda _model: ""  # the database assigns it at insert (storage returns it)
     module_name, _, name = strategy.partition(":")
     try:
         function = getattr(importlib.import_module(module_name), name)

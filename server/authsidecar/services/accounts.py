@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from authsidecar.domain.models import CREDENTIAL_PROVIDER, Account, Session, SessionWithUser, User
@@ -111,11 +111,12 @@ class AccountService:
             session, token = self._sessions.new_session(user.id, client, remember_me, now)
         written_at = time.time()
         try:
-            async with self._db.transaction() as tx:
-                await tx.insert_user(user)
-                await tx.insert_account(account)
+            async with self._db.transaction() as tx:  # ids may be the database's own (generate_id false / serial)
+                user = replace(user, id=await tx.insert_user(user))
+                await tx.insert_account(replace(account, account_id=user.id, user_id=user.id))
                 if session is not None:
-                    await tx.insert_session(session)
+                    session = replace(session, user_id=user.id)
+                    session = replace(session, id=await tx.insert_session(session))
         except Conflict as exc:
             raise UserAlreadyExists() from exc
         if session is not None:
@@ -153,7 +154,7 @@ class AccountService:
             # change that committed since must win, or its revocation would miss this new session.
             if not await tx.lock_credential(account.id, account.password):
                 raise InvalidCredentials()
-            await tx.insert_session(session)
+            session = replace(session, id=await tx.insert_session(session))
             if new_hash is not None:
                 await tx.update_account_password(account.id, new_hash, now)
         await self._sessions.remember(SessionWithUser(session, user, read_at))

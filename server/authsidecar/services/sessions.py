@@ -106,7 +106,7 @@ class SessionManager:
         (Unix seconds); returns the session with its bearer token."""
         session, token = self.new_session(user.id, client, remember_me, self._clock())
         async with self._db.transaction(autocommit=True) as tx:
-            await tx.insert_session(session)
+            session = replace(session, id=await tx.insert_session(session))
         await self.remember(SessionWithUser(session, user, checked_at))
         return session, token
 

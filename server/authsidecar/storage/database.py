@@ -214,9 +214,20 @@ class SqlUnitOfWork:
             return (await self._conn.execute(sa.select(*returning).where(sa.false()))).freeze()()
         return await self._conn.execute(sa.select(*returning).where(pk[0].in_([k[0] for k in keys])))
 
-    async def insert_user(self, user: User) -> None:
-        """Insert a user row."""
-        await self._execute(self._q.insert_user, values(self._q.registry.user, user))
+    async def _insert(self, stmt: sa.Insert, row: dict[str, Any]) -> str:
+        """Insert one row; returns its id (the database's own when ``row`` has an empty one)."""
+        if row.get("id"):
+            await self._conn.execute(stmt, row)
+            return str(row["id"])
+        row.pop("id", None)
+        key = (await self._conn.execute(stmt, row)).inserted_primary_key
+        if key is None or key[0] is None:
+            raise RuntimeError("the database returned no id: generate_id = false needs INSERT ... RETURNING")
+        return str(key[0])
+
+    async def insert_user(self, user: User) -> str:
+        """Insert a user row; returns its id."""
+        return await self._insert(self._q.insert_user, values(self._q.registry.user, user))
 
     async def get_user_with_credential(self, email: str) -> tuple[User, Account | None] | None:
         """The user with that email and their credential account, in one round trip (LEFT JOIN)."""
@@ -265,9 +276,9 @@ class SqlUnitOfWork:
         await self.delete_user_sessions(user_id)
         return (await self._execute(self._q.delete_user, {"u_id": user_id})).first() is not None
 
-    async def insert_verification(self, verification: Verification) -> None:
-        """Insert a verification row."""
-        await self._execute(self._q.insert_verification, values(self._q.registry.verification, verification))
+    async def insert_verification(self, verification: Verification) -> str:
+        """Insert a verification row; returns its id."""
+        return await self._insert(self._q.insert_verification, values(self._q.registry.verification, verification))
 
     async def consume_verification(self, identifier: str, now: datetime) -> str | None:
         """One DELETE ... RETURNING: two concurrent consumers cannot both get the value."""
@@ -304,9 +315,9 @@ class SqlUnitOfWork:
             self._q.old_invalidations, self._q.invalidation_table.c.created_at, before, limit
         )
 
-    async def insert_account(self, account: Account) -> None:
-        """Insert an account row."""
-        await self._execute(self._q.insert_account, values(self._q.registry.account, account))
+    async def insert_account(self, account: Account) -> str:
+        """Insert an account row; returns its id."""
+        return await self._insert(self._q.insert_account, values(self._q.registry.account, account))
 
     async def get_credential_account(self, user_id: str) -> Account | None:
         """The user's email/password account."""
@@ -322,9 +333,9 @@ class SqlUnitOfWork:
         """Replace an account's password hash."""
         await self._execute(self._q.update_password, {"a_id": account_id, "a_password": password_hash, "a_now": now})
 
-    async def insert_session(self, session: Session) -> None:
-        """Insert a session row."""
-        await self._execute(self._q.insert_session, values(self._q.registry.session, session))
+    async def insert_session(self, session: Session) -> str:
+        """Insert a session row; returns its id."""
+        return await self._insert(self._q.insert_session, values(self._q.registry.session, session))
 
     async def refresh_session(self, stored_token: str, expires_at: datetime, now: datetime) -> bool:
         """Extend a session; False when it no longer exists."""

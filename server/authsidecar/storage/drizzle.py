@@ -14,12 +14,13 @@ import re
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 
-from authsidecar.storage.schema import UTCDateTime
+from authsidecar.storage.schema import IntId, UTCDateTime, UuidId, new_uuid_default
 
 __all__ = ["drizzle_schema"]
 
+_DIALECTS = {"mysql": mysql.dialect, "sqlite": sqlite.dialect}
 _CORE = {
     "postgresql": ("pg-core", "pgTable"),
     "mysql": ("mysql-core", "mysqlTable"),
@@ -39,9 +40,14 @@ def _builder(column: sa.Column[Any], dialect: str, imports: set[str]) -> str:
     """The Drizzle column builder call for a column's type."""
     type_ = column.type
     variant = getattr(type_, "_variant_mapping", {}).get("postgresql" if dialect == "postgresql" else "mysql")
-    if dialect == "postgresql" and isinstance(variant, postgresql.UUID):
-        imports.add("uuid")
-        return f'uuid("{column.name}")'
+    if isinstance(type_, UuidId):
+        if dialect == "postgresql":
+            imports.add("uuid")
+            return f'uuid("{column.name}")'
+        variant = sa.String(255) if dialect == "mysql" else None
+    if isinstance(type_, IntId):
+        imports.add("int" if dialect == "mysql" else "integer")
+        return f'{"int" if dialect == "mysql" else "integer"}("{column.name}")'
     if dialect == "mysql" and isinstance(variant, sa.String) and variant.length:
         imports.add("varchar")
         return f'varchar("{column.name}", {{ length: {variant.length} }})'
@@ -76,12 +82,24 @@ def _builder(column: sa.Column[Any], dialect: str, imports: set[str]) -> str:
 
 
 def _default(column: sa.Column[Any], dialect: str, imports: set[str]) -> str:
+    if column.identity is not None:
+        return {
+            "postgresql": ".generatedByDefaultAsIdentity()",
+            "mysql": ".autoincrement()",
+            "sqlite": "",  # an INTEGER PRIMARY KEY is the rowid: SQLite numbers it
+        }[dialect]
     default = column.server_default
     if not isinstance(default, sa.DefaultClause):
         return ""
     arg = default.arg
     if isinstance(arg, sa.sql.elements.False_):
         return ".default(false)"
+    if isinstance(arg, new_uuid_default):
+        if dialect == "postgresql":
+            return ".defaultRandom()"
+        imports.add("sql")
+        rendered = str(arg.compile(dialect=_DIALECTS[dialect]()))
+        return f".default(sql`{rendered}`)"
     if dialect == "sqlite":
         imports.add("sql")
         return ".default(sql`CURRENT_TIMESTAMP`)"

@@ -8,6 +8,7 @@ configuration says) appear only here, so no query depends on them.
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from typing import Any
 
 import sqlalchemy as sa
@@ -81,6 +82,79 @@ def _now_default_mysql(element: Any, compiler: Any, **kw: Any) -> str:
     return "CURRENT_TIMESTAMP(6)"
 
 
+class new_uuid_default(FunctionElement[str]):
+    """The id column default with ``generate_id = false``: a random UUID made by the database."""
+
+    type = sa.Text()
+    inherit_cache = True
+
+
+@compiles(new_uuid_default, "postgresql")
+def _uuid_postgres(element: Any, compiler: Any, **kw: Any) -> str:
+    return "gen_random_uuid()"
+
+
+@compiles(new_uuid_default, "mysql")
+def _uuid_mysql(element: Any, compiler: Any, **kw: Any) -> str:
+    return "(uuid())"
+
+
+@compiles(new_uuid_default, "sqlite")
+def _uuid_sqlite(element: Any, compiler: Any, **kw: Any) -> str:
+    return (
+        "(lower(hex(randomblob(4))) || '-' || lower(hex(randomblob(2))) || '-4' || substr(lower(hex(randomblob(2))), 2)"
+        " || '-' || substr('89ab', 1 + (abs(random()) % 4), 1) || substr(lower(hex(randomblob(2))), 2) || '-'"
+        " || lower(hex(randomblob(6))))"
+    )
+
+
+class IntId(sa.types.TypeDecorator[str]):
+    """Integer ids (``generate_id = "serial"``) seen as strings by everything above storage. A string that is
+    not a number binds as -1, which matches no row (ids from clients are never trusted to be numeric)."""
+
+    impl = sa.Integer()
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> int | None:
+        """str -> int."""
+        if value is None:
+            return None
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return -1
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
+        """int -> str."""
+        return None if value is None else str(value)
+
+
+class UuidId(sa.types.TypeDecorator[str]):
+    """UUID ids: native ``uuid`` on Postgres (as Better Auth creates them), VARCHAR elsewhere. A string that is not
+    a UUID binds as the nil UUID on Postgres, which matches no row, instead of failing the statement."""
+
+    impl = sa.Text()
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        """uuid / VARCHAR(255) / TEXT."""
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.UUID(as_uuid=False))
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(sa.String(255))
+        return dialect.type_descriptor(sa.Text())
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        """Malformed ids match nothing."""
+        if value is None or dialect.name != "postgresql":
+            return value
+        try:
+            return str(uuid.UUID(str(value)))
+        except ValueError:
+            return _NIL_UUID
+
+
+_NIL_UUID = "00000000-0000-0000-0000-000000000000"
 _JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 # MySQL cannot index or key TEXT without a length: string columns that are keys or indexed are VARCHAR there.
 _KEY_STRING = sa.Text().with_variant(sa.String(255), "mysql", "mariadb")
@@ -162,8 +236,18 @@ class Schema:
         is_key = f.primary_key or f.references is not None or f.unique or indexed
         if f.type == "string" and is_key:
             type_ = _KEY_STRING
-        if self.registry.uuid_ids and (f.primary_key or f.references is not None):
-            type_ = _KEY_STRING.with_variant(postgresql.UUID(as_uuid=False), "postgresql")
+        is_id = f.primary_key or f.references is not None
+        server_default = _server_default(f)
+        autoincrement = False
+        if self.registry.uuid_ids and is_id:
+            type_ = UuidId()
+            if f.primary_key and self.registry.generate_id == "false":
+                server_default = new_uuid_default()
+        elif self.registry.generate_id == "serial" and is_id:
+            type_ = IntId()
+            if f.primary_key:
+                args.append(sa.Identity())
+                autoincrement = True
         return sa.Column(
             f.column,
             type_,
@@ -171,7 +255,7 @@ class Schema:
             key=f.name,
             primary_key=f.primary_key,
             nullable=not (f.required and f.default is None) and not f.primary_key,
-            server_default=_server_default(f),
-            autoincrement=False,
+            server_default=server_default,
+            autoincrement=autoincrement,
             info={"default_name": f.key},  # Better Auth's column name, to recognise a renamed column
         )
