@@ -135,7 +135,7 @@ async def test_cache_miss_is_served_from_sql_and_refills_the_cache(backend: Back
     assert up.token and up.session
     key = backend.tokens.cache_key(backend.tokens.stored(up.token))
     assert await backend.cache.get(key) is not None  # written through at sign-up
-    await backend.cache.purge()
+    await backend.cache.evict_user(up.user.id)
     assert await backend.cache.get(key) is None
     validated = await backend.sessions.validate(up.token)
     assert validated.session.id == up.session.id

@@ -358,7 +358,7 @@ class TestNullSessionCache:
         await cache.put("k", make_entry(), ttl=60)
         assert await cache.get("k") is None
         await cache.invalidate("u", ["k"], ttl=60)
-        await cache.purge()
+        await cache.evict_user("u")
         await cache.close()
 
 
@@ -400,10 +400,6 @@ class FlakyCache:
 
     async def evict_user(self, user_id: str) -> None:
         self._check("evict_user", user_id)
-
-    async def purge(self) -> None:
-        self._check("purge", None)
-        self.store.clear()
 
     async def close(self) -> None:
         self.closed = True
@@ -519,10 +515,9 @@ class TestResilientSessionCache:
         await resilient.invalidate("u", ["k"], ttl=30)
         assert resilient.available
 
-    async def test_close_and_purge_delegate(self, resilient: ResilientSessionCache, inner: FlakyCache) -> None:
-        await resilient.purge()
+    async def test_close_delegates(self, resilient: ResilientSessionCache, inner: FlakyCache) -> None:
         await resilient.close()
-        assert inner.names() == ["purge"]
+        assert inner.names() == []
         assert inner.closed
 
     async def test_unexpected_errors_propagate(self, clock: FakeClock) -> None:

@@ -119,9 +119,6 @@ class NullSessionCache:
     async def evict_user(self, user_id: str) -> None:
         """Nothing to drop."""
 
-    async def purge(self) -> None:
-        """Nothing to drop."""
-
     async def close(self) -> None:
         """Nothing to release."""
 

@@ -169,18 +169,6 @@ class RedisSessionCache:
         """Delete every session document indexed under the user, and the index."""
         await self._evict_user(keys=[self._index(user_id)], args=[self._prefix])
 
-    async def purge(self) -> None:
-        """Delete every session document and index under the prefix (tombstones stay)."""
-        batch: list[bytes] = []
-        async for name in self._redis.scan_iter(match=self._prefix.replace("*", r"\*") + "*", count=1000):
-            if not name.endswith(b":revoked"):
-                batch.append(name)
-            if len(batch) >= 500:
-                await self._redis.unlink(*batch)
-                batch.clear()
-        if batch:
-            await self._redis.unlink(*batch)
-
     async def close(self) -> None:
         """Close the connection pool."""
         if self._getter is not None:

@@ -75,10 +75,6 @@ class ResilientSessionCache:
         """Inner evict_user; skipped while down."""
         await self._call(self._inner.evict_user(user_id))
 
-    async def purge(self) -> None:
-        """Inner purge."""
-        await self._inner.purge()
-
     async def close(self) -> None:
         """Close the inner cache."""
         await self._inner.close()

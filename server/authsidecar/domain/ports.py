@@ -154,8 +154,5 @@ class SessionCache(Protocol):
     async def evict_user(self, user_id: str) -> None:
         """Drop the user's cached sessions (their user snapshot changed); no tombstones (they stay valid)."""
 
-    async def purge(self) -> None:
-        """Drop every cached session (used when invalidations may have been lost)."""
-
     async def close(self) -> None:
         """Release connections."""
