@@ -65,6 +65,10 @@ index = true
 [schema.user.additional_fields.prefs]
 type = "json"
 required = false
+[schema.user.additional_fields.handle]
+type = "string"
+required = false
+unique = true
 [schema.user.additional_fields.secretNote]
 type = "string"
 required = false

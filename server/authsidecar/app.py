@@ -211,7 +211,8 @@ class App:
         session_fields = ExtraFieldRules(registry.session).for_create({})
         try:
             ids = id_generator(str(settings.db_schema.generate_id))
-        except ValueError as exc:
+            ids("user")  # a custom function that returns no usable id stops start-up, not every sign-up
+        except (ValueError, TypeError) as exc:
             raise ConfigError(f"invalid configuration: schema.generate_id: {exc}") from None
         sessions = SessionManager(database, cache, tokens, policy, coherence, session_fields=session_fields, ids=ids)
         rules = CredentialRules(settings.password_min_length, settings.password_max_length)
@@ -317,17 +318,22 @@ class App:
         """Stop accepting, drain in-flight calls within the grace period, then close pools."""
         log.info("shutting down (grace %.1fs)", self.settings.shutdown_grace)
         await self.server.stop(self.settings.shutdown_grace)
+        self.coherence.stop()
+        await self._stop_tasks(("invalidations",), cancel=False)
         await self._stop_tasks()
         await self.outbox.stop(self.settings.shutdown_grace)
         await self.close_resources()
         log.info("stopped")
 
-    async def _stop_tasks(self, names: tuple[str, ...] | None = None) -> None:
-        """Cancel background tasks (those named, or all) and wait for them."""
+    async def _stop_tasks(self, names: tuple[str, ...] | None = None, cancel: bool = True) -> None:
+        """Cancel background tasks (those named, or all) and wait for them; ``cancel=False``: they were asked to
+        stop and get a few seconds to do so."""
         stopping = [t for t in self._tasks if names is None or t.get_name() in names]
         self._tasks = [t for t in self._tasks if t not in stopping]
+        if not cancel and stopping:
+            await asyncio.wait(stopping, timeout=5)  # asked to stop: a few seconds to finish what they are doing
         for task in stopping:
-            task.cancel()
+            task.cancel()  # no effect on those that finished
         for task in stopping:
             try:
                 await task

@@ -22,14 +22,14 @@ index = false
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from authsidecar.domain.fields import BUILTIN_MODELS, FieldDef, FieldType, ModelDef, Registry
 
-__all__ = ["AdditionalField", "ModelSchema", "SchemaSettings"]
+__all__ = ["AdditionalField", "ModelSchema", "SchemaSettings", "accepts", "as_date"]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _RESERVED = {"additional_fields", "token", "password"}  # request / response fields the API already uses
@@ -52,7 +52,7 @@ class AdditionalField(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> AdditionalField:
-        if self.default_value is not None and not accepts(self.type, self.default_value):
+        if self.default_value is not None and not accepts(self.type, self.default_value, self.bigint):
             raise ValueError(f"default_value does not match type {self.type}")
         if self.required and not self.input and self.default_value is None:
             raise ValueError("a required field with input = false needs a default_value (nobody could set it)")
@@ -61,29 +61,62 @@ class AdditionalField(BaseModel):
         return self
 
 
-def accepts(type_: FieldType, value: Any) -> bool:
-    """Whether ``value`` (as parsed from TOML or JSON) is of the field type."""
+INT32 = 2**31 - 1
+INT64 = 2**63 - 1
+
+
+def accepts(type_: FieldType, value: Any, bigint: bool = False) -> bool:
+    """Whether ``value`` (as parsed from TOML or JSON) is of the field type and fits its column: numbers are
+    integers within 32 bits (64 with ``bigint``; array items 64), dates carry a zone and stay within the years
+    1-9999 in UTC, and json holds only JSON values."""
     if type_ == "string":
         return isinstance(value, str)
     if type_ == "number":
-        return isinstance(value, int | float) and not isinstance(value, bool) and float(value).is_integer()
+        return _integer(value, INT64 if bigint else INT32)
     if type_ == "boolean":
         return isinstance(value, bool)
     if type_ == "date":
-        return isinstance(value, datetime) or (isinstance(value, str) and _parses_as_date(value))
+        return as_date(value) is not None
     if type_ == "string[]":
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
     if type_ == "number[]":
-        return isinstance(value, list) and all(accepts("number", v) for v in value)
-    return True  # json: anything JSON can hold
+        return isinstance(value, list) and all(_integer(v, INT64) for v in value)
+    return _is_json(value)
 
 
-def _parses_as_date(value: str) -> bool:
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+def _integer(value: Any, bound: int) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
         return False
-    return parsed.tzinfo is not None
+    if isinstance(value, float) and not value.is_integer():
+        return False
+    return -bound - 1 <= value <= bound
+
+
+def as_date(value: Any) -> datetime | None:
+    """The aware UTC datetime of a date value, or None when it has no zone or leaves the representable range."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        return None
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        return None
+
+
+def _is_json(value: Any, depth: int = 0) -> bool:
+    if depth > 32:
+        return False
+    if value is None or isinstance(value, str | bool | int | float):
+        return not isinstance(value, float) or (value == value and abs(value) != float("inf"))
+    if isinstance(value, list):
+        return all(_is_json(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_json(v, depth + 1) for k, v in value.items())
+    return False
 
 
 class ModelSchema(BaseModel):
@@ -143,6 +176,9 @@ class SchemaSettings(BaseModel):
         module, sep, function = value.partition(":")
         if not sep or not module or not function.isidentifier():
             raise ValueError('expected "random", "uuid", "uuid7", "serial", false or "package.module:function"')
+        from authsidecar.security.ids import id_generator  # imports it: every command refuses one that is missing
+
+        id_generator(value)
         return value
 
     @model_validator(mode="after")
@@ -155,8 +191,9 @@ class SchemaSettings(BaseModel):
                     raise ValueError(f"{name}.fields.{logical}: {name} has no field {logical!r}")
             if config.additional_fields and name not in ("user", "session"):
                 raise ValueError(f"{name}.additional_fields: only user and session take additional fields")
+            taken = {n.lower() for f in builtin for n in (f.name, f.key)}  # logical names and cached-document keys
             for extra, spec in config.additional_fields.items():
-                if extra in builtin:
+                if extra.lower() in taken:
                     raise ValueError(f"{name}.additional_fields.{extra}: {extra!r} is a built-in field")
                 if name == "session" and spec.required and spec.default_value is None:
                     raise ValueError(

@@ -93,6 +93,49 @@ async def test_update_user_sets_and_clears_additional_fields(custom: Backend) ->
         await custom.profile.update_user(up.token, {}, {"role": "admin"})
 
 
+async def test_a_taken_unique_value_is_already_exists_naming_the_field(custom: Backend) -> None:
+    handle = f"ada-{secrets.token_hex(4)}"
+    first = await custom.accounts.sign_up(new_email(), PASSWORD, "Ada", None, CLIENT, additional={"handle": handle})
+    with pytest.raises(errors.AlreadyExists) as info:  # not "a user with this email already exists"
+        await custom.accounts.sign_up(new_email(), PASSWORD, "Eve", None, CLIENT, additional={"handle": handle})
+    assert type(info.value) is errors.AlreadyExists and "additional_fields.handle" in info.value.message
+    second = await custom.accounts.sign_up(new_email(), PASSWORD, "Eve", None, CLIENT)
+    assert second.token is not None and first.user.additional["handle"] == handle
+    with pytest.raises(errors.AlreadyExists) as info:
+        await custom.profile.update_user(second.token, {}, {"handle": handle})
+    assert "additional_fields.handle" in info.value.message and "_key" not in info.value.message
+    with pytest.raises(errors.UserAlreadyExists):
+        await custom.accounts.sign_up(first.user.email, PASSWORD, "Ada", None, CLIENT)  # the email one still is
+
+
+@pytest.mark.parametrize(
+    ("given", "problem"),
+    [
+        ({"age": 2**31}, "must be of type number"),
+        ({"age": 1e30}, "must be of type number"),
+        ({"birthday": "0001-01-01T00:00:00+01:00"}, "must be of type date"),
+        ({"lang": "a\x00b"}, "NUL"),
+        ({"prefs": {"k": "a\x00b"}}, "NUL"),
+        ({"lang": "x" * 10_001}, "at most 10000 characters"),
+        ({"handle": "h" * 256}, "at most 255 characters"),  # unique: a key column
+        ({"tags": ["t" * 300]}, "at most 255 characters (as JSON)"),  # indexed
+    ],
+)
+async def test_values_that_would_not_fit_their_column_are_invalid_argument(
+    custom: Backend, given: dict[str, object], problem: str
+) -> None:
+    with pytest.raises(errors.InvalidArgument) as info:
+        await custom.accounts.sign_up(new_email(), PASSWORD, "Ada", None, CLIENT, additional=given)
+    assert problem in info.value.violations[0].description
+
+
+async def test_null_for_a_required_field_is_missing_at_update_and_the_default_at_sign_up(custom: Backend) -> None:
+    up = await custom.accounts.sign_up(new_email(), PASSWORD, "Ada", None, CLIENT, additional={"lang": None})
+    assert up.user.additional["lang"] == "en" and up.token is not None
+    with pytest.raises(errors.MissingField):
+        await custom.profile.update_user(up.token, {}, {"lang": None})
+
+
 async def test_physical_names_follow_the_configuration(custom: Backend) -> None:
     schema = custom.db.schema
     assert (schema.user.name, schema.session.name, schema.account.name, schema.verification.name) == (

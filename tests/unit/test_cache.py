@@ -557,6 +557,7 @@ class TestCodecWithAdditionalFields:
             "birthday": T0,
             "tags": ["a"],
             "prefs": {"theme": "dark", "nested": [1, {"x": None}]},
+            "handle": None,
             "secretNote": "kept",
         }
         entry = SessionWithUser(

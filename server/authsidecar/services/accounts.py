@@ -118,7 +118,7 @@ class AccountService:
                     session = replace(session, user_id=user.id)
                     session = replace(session, id=await tx.insert_session(session))
         except Conflict as exc:
-            raise UserAlreadyExists() from exc
+            raise (self._user_fields or ExtraFieldRules.none()).taken(exc.constraint) or UserAlreadyExists() from exc
         if session is not None:
             await self._sessions.remember(SessionWithUser(session, user, written_at))
         if self._verification.send_on_sign_up and self._verification.send is not None:

@@ -72,6 +72,8 @@ class CacheCoherence:
         self._cursor: int | None = None
         self._pruned_at = 0.0
         self._feed_failing = False
+        self._stopping = False
+        self._wake: asyncio.Event | None = None
         self.rejected = 0
 
     # -- the hot path ----------------------------------------------------------------------------------------
@@ -167,12 +169,13 @@ class CacheCoherence:
 
     async def follow(self, db: InvalidationLog) -> None:
         """Catch up every ``bound / 3`` seconds, and at once when the store announces a new entry, until
-        cancelled; failures are logged on transitions."""
+        ``stop()`` (which lets a read under way finish: cancelling one mid-query could strand its connection);
+        failures are logged on transitions."""
         interval = self._bound / 3
-        wake = asyncio.Event()
+        self._wake = wake = asyncio.Event()
         listener = asyncio.create_task(db.listen_for_invalidations(wake.set), name="invalidation-listener")
         try:
-            while True:
+            while not self._stopping:
                 wake.clear()  # before reading: an announcement during the read wakes the next one
                 await self._catch_up_logged(db)
                 with contextlib.suppress(TimeoutError):
@@ -181,6 +184,12 @@ class CacheCoherence:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
+
+    def stop(self) -> None:
+        """Ask ``follow`` to return after the read under way, if any."""
+        self._stopping = True
+        if self._wake is not None:
+            self._wake.set()
 
     async def _catch_up_logged(self, db: InvalidationLog) -> None:
         try:

@@ -8,7 +8,7 @@ from typing import Any
 
 from authsidecar.domain.models import Account, Session, SessionWithUser, User
 from authsidecar.domain.ports import Database
-from authsidecar.errors import CredentialAccountNotFound, InvalidPassword, MissingField, UserNotFound
+from authsidecar.errors import Conflict, CredentialAccountNotFound, InvalidPassword, MissingField, UserNotFound
 from authsidecar.security.passwords import PasswordHasher
 from authsidecar.services.clock import Clock, utc_now
 from authsidecar.services.extra_fields import ExtraFieldRules
@@ -86,8 +86,11 @@ class ProfileService:
         changes = {**changes, **self._user_fields.for_update(additional or {})}
         if not changes:
             return current.user
-        async with self._db.transaction() as tx:
-            user = await tx.update_user(current.user.id, changes, self._clock())
+        try:
+            async with self._db.transaction() as tx:
+                user = await tx.update_user(current.user.id, changes, self._clock())
+        except Conflict as exc:
+            raise self._user_fields.taken(exc.constraint) or exc from None
         if user is None:
             raise UserNotFound()
         return user

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 from sqlalchemy import exc as sa_exc
 
-from authsidecar.errors import AuthSidecarError, BackendUnavailable, Conflict
+from authsidecar.errors import AuthSidecarError, BackendUnavailable, Conflict, FieldViolation, InvalidArgument
 
 __all__ = ["translate_error"]
 
 _UNIQUE_VIOLATION = "23505"
 _MYSQL_DUPLICATE_ENTRY = 1062
+_MYSQL_BAD_VALUE = {1264, 1366, 1406}  # out of range, incorrect value, data too long
 
 
 def _mysql_code(error: sa_exc.DBAPIError) -> int | None:
@@ -45,8 +47,18 @@ def translate_error(error: BaseException) -> AuthSidecarError | None:
         if _sqlstate(error) == _UNIQUE_VIOLATION or "UNIQUE constraint failed" in str(error.orig):
             return Conflict(_constraint(error))
         if _mysql_code(error) == _MYSQL_DUPLICATE_ENTRY:
-            return Conflict(None)
+            key = re.search(r"for key '([^']+)'", str(error.orig))
+            return Conflict(key.group(1).rsplit(".", 1)[-1] if key else None)
         return None
+    if isinstance(error, sa_exc.DataError) or (
+        isinstance(error, sa_exc.DBAPIError)
+        and (
+            _mysql_code(error) in _MYSQL_BAD_VALUE
+            or type(getattr(error.orig, "__cause__", None)).__name__ == "DataError"
+        )
+    ):
+        # A value the column cannot hold (out of range, too long, malformed): the request's fault, not ours.
+        return InvalidArgument([FieldViolation("request", "a value does not fit its column")])
     if isinstance(error, sa_exc.DBAPIError) and (
         error.connection_invalidated or isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError)
     ):

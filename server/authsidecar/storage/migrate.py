@@ -73,7 +73,18 @@ def _status(connection: Connection, schema: Schema) -> Status:
     return Status(current, heads, plan(connection, schema.metadata))
 
 
+def _one_at_a_time(connection: Connection) -> None:
+    """Several `migrate` at once (an init container on every replica) queue up instead of colliding: the later
+    ones then find everything in place. SQLite's write lock does this by itself."""
+    name = connection.dialect.name
+    if name == "postgresql":
+        connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7415823)")  # held until this transaction ends
+    elif name == "mysql":
+        connection.exec_driver_sql("SELECT GET_LOCK('authsidecar_migrate', 300)")  # held by this connection
+
+
 def _upgrade(connection: Connection, schema: Schema, revision: str) -> Plan:
+    _one_at_a_time(connection)
     before = plan(connection, schema.metadata)
     if before.problems:
         raise SchemaProblem("; ".join(before.problems))

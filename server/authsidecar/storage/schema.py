@@ -8,6 +8,7 @@ configuration says) appear only here, so no query depends on them.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import uuid
 from typing import Any
 
@@ -181,6 +182,15 @@ def _server_default(f: FieldDef) -> Any:
     return None
 
 
+def _fit(name: str, limit: int = 63) -> str:
+    """A constraint or index name within the databases' identifier limit (63 on Postgres, 64 on MySQL): longer
+    ones keep their start and end with a short digest of the whole."""
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]  # noqa: S324 - a name, not a secret
+    return f"{name[: limit - 14]}_{digest}{name[-5:]}"
+
+
 class Schema:
     """SQLAlchemy ``MetaData`` and ``Table`` objects for the configured models and the invalidation log."""
 
@@ -217,13 +227,14 @@ class Schema:
     def _table(self, model: ModelDef) -> sa.Table:
         keyed = {name for index in model.indexes for name in index}
         columns = [self._column(model, f, f.name in keyed) for f in model]
-        table = sa.Table(model.table, self.metadata, *columns)
+        table = sa.Table(model.table, self.metadata, *columns, info={"default_name": model.name})
         for f in model:
             if f.unique:
-                table.append_constraint(sa.UniqueConstraint(table.c[f.name], name=f"{model.table}_{f.column}_key"))
+                name = _fit(f"{model.table}_{f.column}_key")
+                table.append_constraint(sa.UniqueConstraint(table.c[f.name], name=name))
         for fields in model.indexes:
             physical = "_".join(model[name].column for name in fields)
-            sa.Index(f"{model.table}_{physical}_idx", *(table.c[name] for name in fields))
+            sa.Index(_fit(f"{model.table}_{physical}_idx"), *(table.c[name] for name in fields))
         return table
 
     def _column(self, model: ModelDef, f: FieldDef, indexed: bool) -> sa.Column[Any]:
@@ -257,5 +268,5 @@ class Schema:
             nullable=not (f.required and f.default is None) and not f.primary_key,
             server_default=server_default,
             autoincrement=autoincrement,
-            info={"default_name": f.key},  # Better Auth's column name, to recognise a renamed column
+            info={"default_name": f.key, "builtin": f.builtin},  # Better Auth's name: to recognise a renamed column
         )

@@ -88,8 +88,9 @@ def _default_sql(column: sa.Column[Any], dialect: Dialect) -> str | None:
 
 
 _COUNTER = "authsidecar_invalidation_seq"
-# (wanted, reflected) families that are the same type: MySQL reports BOOLEAN as TINYINT, MariaDB JSON as LONGTEXT.
-_SAME = {("boolean", "integer"), ("json", "string")}
+# (wanted, reflected family, reflected type) that are the same type: MySQL reports BOOLEAN as TINYINT, MariaDB
+# reports JSON as LONGTEXT.
+_SAME = {("boolean", "integer", "TINYINT"), ("json", "string", "LONGTEXT")}
 
 
 def _seed(table: sa.Table, dialect: Dialect) -> list[Step]:
@@ -154,7 +155,7 @@ def _table_plan(conn: Connection, inspector: sa.Inspector, table: sa.Table, out:
                 )
             continue
         want, have = _family(column.type.dialect_impl(dialect)), _family(found["type"])
-        if want != have and (want, have) not in _SAME:
+        if want != have and (want, have, type(found["type"]).__name__) not in _SAME:
             out.problems.append(
                 f"{table.name}.{column.name} is {found['type']} in the database but the schema needs {want}; "
                 "authsidecar never changes a column's type: convert it by hand (ALTER TABLE ... ALTER COLUMN ...) "
@@ -165,7 +166,13 @@ def _table_plan(conn: Connection, inspector: sa.Inspector, table: sa.Table, out:
             out.notes.append(f"{table.name}.{column.name} accepts NULL in the database; the schema requires a value")
         default = _default_sql(column, dialect)
         if default is not None and found.get("default") is None:
-            if dialect.name == "sqlite":
+            if column.primary_key and dialect.name == "sqlite":  # the database must make ids, and cannot here
+                out.problems.append(
+                    f"{table.name}.{column.name} has no default but generate_id asks the database to make ids;"
+                    " SQLite cannot add one to an existing column: recreate the table, or choose generate_id"
+                    " before the first migrate"
+                )
+            elif dialect.name == "sqlite":
                 out.notes.append(f"{table.name}.{column.name} has no default (SQLite cannot add one to a column)")
             else:
                 quoted = dialect.identifier_preparer
@@ -174,6 +181,19 @@ def _table_plan(conn: Connection, inspector: sa.Inspector, table: sa.Table, out:
                     f"SET DEFAULT {default}"
                 )
                 out.steps.append(Step(f"default {default} for {table.name}.{column.name}", sql))
+    known = {c.name for c in table.columns}
+    for name, found in existing.items():
+        if (
+            name not in known
+            and not found["nullable"]
+            and found.get("default") is None
+            and not found.get("autoincrement")
+        ):
+            out.problems.append(
+                f"{table.name}.{name} is NOT NULL without a default and the configuration does not know it, so every"
+                f" insert would fail: give it a default or allow NULL (ALTER TABLE ... ALTER COLUMN {name} DROP NOT"
+                " NULL), or configure it as an additional field"
+            )
     indexes = inspector.get_indexes(table.name)
     covered = {tuple(i["column_names"]) for i in indexes}
     covered_unique = {tuple(i["column_names"]) for i in indexes if i.get("unique")}
@@ -196,6 +216,21 @@ def _table_plan(conn: Connection, inspector: sa.Inspector, table: sa.Table, out:
                 out.steps.append(_unique_index(table, constraint, dialect))
 
 
+def _renamed_from(inspector: sa.Inspector, table: sa.Table, present: set[str]) -> str | None:
+    """The table a configured (renamed) one most likely was: Better Auth's name, or its plural, when such a table
+    exists with every built-in column."""
+    default: str | None = table.info.get("default_name")
+    if not default:
+        return None
+    wanted = {c.info.get("default_name") for c in table.columns if c.info.get("builtin")}
+    for candidate in (default, default + "s"):
+        if candidate != table.name and candidate in present:
+            columns = {c["name"] for c in inspector.get_columns(candidate)}
+            if wanted <= columns:
+                return candidate
+    return None
+
+
 def plan(conn: Connection, metadata: sa.MetaData, tables: Iterable[str] | None = None) -> Plan:
     """What ``conn``'s database lacks of ``metadata`` (optionally only of the named tables)."""
     inspector = sa.inspect(conn)
@@ -206,6 +241,15 @@ def plan(conn: Connection, metadata: sa.MetaData, tables: Iterable[str] | None =
         if wanted is not None and table.name not in wanted:
             continue
         if table.name not in present:
+            renamed = _renamed_from(inspector, table, present)
+            if renamed is not None:
+                quoted = conn.dialect.identifier_preparer
+                out.problems.append(
+                    f"table {table.name} is configured but the database has {renamed} with the same columns:"
+                    " authsidecar never renames a table (a new empty one would hide your users); rename it by hand:"
+                    f" ALTER TABLE {quoted.quote(renamed)} RENAME TO {quoted.format_table(table)}"
+                )
+                continue
             out.steps += _create_table(table, conn.dialect)
             out.steps += _seed(table, conn.dialect)
             continue
