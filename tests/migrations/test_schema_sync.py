@@ -244,3 +244,73 @@ def test_generate_applied_with_the_mariadb_client_is_accepted_by_check(tmp_path:
         assert cli("migrate", env=env, cwd=tmp_path).returncode == 0
     finally:
         drop_mariadb_database(url)
+
+
+def test_a_required_field_dropped_from_the_configuration_is_reported(empty_pg: str, tmp_path: Path) -> None:
+    env = configured({"DATABASE_URL": empty_pg}, tmp_path, "default")
+    config = tmp_path / "with-nick.toml"
+    config.write_text('[schema.user.additional_fields.nick]\ntype = "string"\n')
+    assert cli("migrate", env={**env, "AUTHSIDECAR_CONFIG": str(config)}, cwd=tmp_path).returncode == 0
+    check = cli("migrate", "--check", env=env, cwd=tmp_path)  # the field is no longer configured
+    assert check.returncode == 1
+    assert "user.nick is NOT NULL without a default and the configuration does not know it" in check.stdout
+
+
+def test_a_renamed_table_is_refused_not_recreated_empty(empty_pg: str, tmp_path: Path) -> None:
+    env = {"DATABASE_URL": empty_pg}
+    assert cli("migrate", env=env, cwd=tmp_path).returncode == 0
+    sql(empty_pg, ROWS)
+    renamed = configured(env, tmp_path, "default")
+    (tmp_path / "renamed.toml").write_text('[schema.user]\nmodel_name = "members"\n')
+    result = cli("migrate", env={**renamed, "AUTHSIDECAR_CONFIG": str(tmp_path / "renamed.toml")}, cwd=tmp_path)
+    assert result.returncode == 1
+    assert 'ALTER TABLE "user" RENAME TO members' in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("database", ["postgres", "mariadb"])
+def test_long_names_and_concurrent_migrates(tmp_path: Path, database: str) -> None:
+    url = (
+        create_pg_database("authsidecar_long")
+        if database == "postgres"
+        else create_mariadb_database("authsidecar_long")
+    )
+    try:
+        config = tmp_path / "long.toml"
+        config.write_text(
+            '[schema.user]\nmodel_name = "members_of_a_rather_long_organisation_name"\n'
+            '[schema.user.additional_fields.a_pretty_long_field_name_here]\ntype = "string"\nrequired = false\nindex = true\n'
+        )
+        env = {**clean_env(), "DATABASE_URL": url, "AUTHSIDECAR_CONFIG": str(config)}
+        cmd = [sys.executable, "-m", "authsidecar", "migrate"]
+        runs = [subprocess.Popen(cmd, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+        outcomes = [(run.communicate(timeout=120)[1], run.returncode) for run in runs]
+        assert [code for _, code in outcomes] == [0, 0, 0], outcomes
+        assert (
+            cli(
+                "migrate", "--check", env={"DATABASE_URL": url, "AUTHSIDECAR_CONFIG": str(config)}, cwd=tmp_path
+            ).returncode
+            == 0
+        )
+    finally:
+        (drop_pg_database if database == "postgres" else drop_mariadb_database)(url)
+
+
+def test_mariadb_type_change_is_found(tmp_path: Path) -> None:
+    url = create_mariadb_database("authsidecar_types")
+    try:
+        config = tmp_path / "types.toml"
+        config.write_text('[schema.user.additional_fields.pref]\ntype = "string"\nrequired = false\n')
+        env = {"DATABASE_URL": url, "AUTHSIDECAR_CONFIG": str(config)}
+        assert cli("migrate", env=env, cwd=tmp_path).returncode == 0
+        config.write_text('[schema.user.additional_fields.pref]\ntype = "json"\nrequired = false\n')
+        check = cli("migrate", "--check", env=env, cwd=tmp_path)
+        assert check.returncode == 1 and "user.pref is TEXT in the database but the schema needs json" in check.stdout
+    finally:
+        drop_mariadb_database(url)
+
+
+def test_sqlite_cannot_switch_to_database_ids_after_the_first_migrate(tmp_path: Path) -> None:
+    env = {"AUTHSIDECAR_SQLITE_PATH": str(tmp_path / "ids.db")}
+    assert cli("migrate", env=env, cwd=tmp_path).returncode == 0
+    check = cli("migrate", "--check", env=configured(env, tmp_path, "database-ids"), cwd=tmp_path)
+    assert check.returncode == 1 and "user.id has no default but generate_id asks the database" in check.stdout

@@ -333,6 +333,27 @@ class TestSchemaSection:
             ),
             ("[schema.user]\nfields = { name = 'email' }\n", "schema: user: column 'email' is used by"),
             ("[schema]\ngenerate_id = 'nonsense'\n", "schema.generate_id: expected"),
+            (  # its key in cached documents would overwrite the built-in emailVerified
+                "[schema.user.additional_fields.emailVerified]\ntype = 'boolean'\n",
+                "schema: user.additional_fields.emailVerified: 'emailVerified' is a built-in field",
+            ),
+            (
+                "[schema.session.additional_fields.USERID]\ntype = 'string'\nrequired = false\n",
+                "schema: session.additional_fields.USERID: 'USERID' is a built-in field",
+            ),
+            (
+                "[schema.user.additional_fields.d]\ntype = 'date'\nrequired = false\ndefault_value = 2020-01-01T00:00:00\n",
+                "schema.user.additional_fields.d: default_value does not match type date",
+            ),
+            (
+                "[schema.user.additional_fields.j]\ntype = 'json'\nrequired = false\ndefault_value = { at = 2020-01-01T00:00:00Z }\n",
+                "schema.user.additional_fields.j: default_value does not match type json",
+            ),
+            (
+                "[schema.user.additional_fields.n]\ntype = 'number'\nrequired = false\ndefault_value = 1e30\n",
+                "schema.user.additional_fields.n: default_value does not match type number",
+            ),
+            ("[schema]\ngenerate_id = 'no.such.module:f'\n", "schema.generate_id: cannot import no.such.module:f"),
             (
                 "[schema.user.additional_fields.token]\ntype = 'string'\n",
                 "schema.user.additional_fields: 'token' cannot be a field name",
