@@ -205,7 +205,9 @@ class App:
         hasher = build_hasher(settings)
         outbox = DeliveryQueue(build_sender(settings), settings.delivery_queue_size, settings.delivery_attempts)
         tokens = HashedTokenPolicy()
-        coherence = CacheCoherence(cache, tokens, settings.cache_trust_seconds, settings.invalidation_bound)
+        coherence = CacheCoherence(
+            cache, tokens, settings.cache_trust_seconds, settings.invalidation_bound, settings.outage_grace
+        )
         database.add_commit_listener(coherence.committed)
         registry = database.schema.registry
         session_fields = ExtraFieldRules(registry.session).for_create({})

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     invalidation_bound: Annotated[float, Field(ge=0.05, le=30)] = Field(
         1.0, description="seconds within which every instance stops trusting a revoked or changed cached session"
     )
+    outage_grace: Annotated[float, Field(ge=0, le=3600)] = Field(
+        0.0,
+        description="seconds cached sessions stay trusted while the invalidation log cannot be read (0: strict)",
+    )
     db_schema: SchemaSettings = Field(
         default_factory=SchemaSettings,
         validation_alias=AliasChoices("AUTHSIDECAR_SCHEMA", "schema", "db_schema"),

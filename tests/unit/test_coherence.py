@@ -65,13 +65,13 @@ class FakeLog:
 class World:
     """A coherence instance over an in-process cache, with hand-moved clocks."""
 
-    def __init__(self, trust: float = 60.0, bound: float = 1.0) -> None:
+    def __init__(self, trust: float = 60.0, bound: float = 1.0, outage_grace: float = 0.0) -> None:
         self.wall = FakeClock(WALL0)
         self.mono = FakeClock(100.0)
         self.cache = MemorySessionCache(clock=self.mono)
         self.log = FakeLog()
         self.coherence = CacheCoherence(
-            self.cache, HashedTokenPolicy(), trust, bound, wall=self.wall, monotonic=self.mono
+            self.cache, HashedTokenPolicy(), trust, bound, outage_grace, wall=self.wall, monotonic=self.mono
         )
 
     def advance(self, seconds: float) -> None:
@@ -109,6 +109,26 @@ class TestTrust:
         with pytest.raises(OSError, match="unreachable"):
             await world.coherence.catch_up(world.log)
         world.mono.advance(0.5)
+        assert not world.coherence.trusted(world.fresh_entry())
+
+    async def test_an_outage_grace_keeps_trust_while_the_log_cannot_be_read(self) -> None:
+        world = World(outage_grace=30.0)
+        await world.coherence.catch_up(world.log)
+        world.log.fail = True
+        await world.coherence._catch_up_logged(world.log)  # the follower's read fails: logged, not raised
+        world.advance(29.0)
+        assert world.coherence.trusted(world.fresh_entry())  # the operator chose availability
+        world.advance(1.5)
+        assert not world.coherence.trusted(world.fresh_entry())
+        world.log.fail = False
+        await world.coherence._catch_up_logged(world.log)
+        assert world.coherence.trusted(world.fresh_entry())
+
+    async def test_without_outage_grace_a_failing_log_stops_trust_after_the_bound(self, world: World) -> None:
+        await world.coherence.catch_up(world.log)
+        world.log.fail = True
+        await world.coherence._catch_up_logged(world.log)
+        world.advance(1.0)
         assert not world.coherence.trusted(world.fresh_entry())
 
     async def test_snapshots_older_than_trust_seconds_are_rechecked(self, world: World) -> None:

@@ -55,6 +55,7 @@ class CacheCoherence:
         tokens: TokenPolicy,
         trust_seconds: float = 60.0,
         bound: float = 1.0,
+        outage_grace: float = 0.0,
         wall: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -62,6 +63,7 @@ class CacheCoherence:
         self._tokens = tokens
         self._trust = trust_seconds
         self._bound = bound
+        self._outage_grace = outage_grace
         self.retention = trust_seconds + RETENTION_MARGIN
         self._wall = wall
         self._mono = monotonic
@@ -80,7 +82,7 @@ class CacheCoherence:
 
     def trusted(self, entry: SessionWithUser) -> bool:
         """Whether a cached snapshot may be served without asking SQL."""
-        if self._mono() >= self._fresh_until:
+        if self._mono() >= self._fresh_until and not self._in_outage_grace():
             return False
         checked = entry.checked_at
         if checked < self._trust_floor or self._wall() - checked >= self._trust:
@@ -93,6 +95,15 @@ class CacheCoherence:
             self.rejected += 1
             return False
         return True
+
+    def _in_outage_grace(self) -> bool:
+        """The operator chose availability (AUTHSIDECAR_OUTAGE_GRACE): while the log cannot be read at all, what
+        was trusted stays trusted this long after the last successful read."""
+        return (
+            self._outage_grace > 0
+            and self._feed_failing
+            and self._mono() < self._fresh_until - self._bound + self._outage_grace
+        )
 
     def revoked(self, stored_token: str) -> bool:
         """Whether a session was revoked recently (refills of it are pointless)."""
