@@ -9,12 +9,15 @@ revoking instance at once, elsewhere within AUTHSIDECAR_INVALIDATION_BOUND).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import random
 import secrets
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -521,3 +524,82 @@ async def test_another_path_to_the_same_sqlite_file_is_refused_too(tmp_path: Pat
             assert "another authsidecar server already serves" in second.log()
     finally:
         assert first.stop() == 0
+
+
+class TcpProxy:
+    """A TCP proxy on 127.0.0.1 in front of Postgres (threads, so blocking test code does not stall it) that the
+    test can cut: every connection dropped and new ones refused, to make the database unreachable for one
+    server only."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.cut = False
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.cut:
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self.sockets += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_RDWR)
+
+    def sever(self) -> None:
+        self.cut = True
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self.sockets.clear()
+
+    def close(self) -> None:
+        self.sever()
+        self.listener.close()
+
+
+@pytest.mark.parametrize("outage_grace", [0, 30])
+async def test_database_unreachable_fails_closed_unless_an_outage_grace_is_chosen(
+    tmp_path: Path, pg_url: str, private_redis: RedisProcess, outage_grace: int
+) -> None:
+    proxy = TcpProxy(int(pg_url.rsplit(":", 1)[1].split("/")[0]))
+    proxied = pg_url.replace(pg_url.rsplit("@", 1)[1].split("/")[0], f"127.0.0.1:{proxy.port}")
+    cluster = Cluster(
+        tmp_path,
+        {
+            "DATABASE_URL": proxied,
+            "REDIS_URL": private_redis.url,
+            "AUTHSIDECAR_OUTAGE_GRACE": str(outage_grace),
+            "AUTHSIDECAR_DB_CONNECT_TIMEOUT": "1",
+        },
+    )
+    node = cluster.start()
+    try:
+        up = await sign_up(node)
+        assert await outcome(node, up.token) == "ok"  # cached in Redis
+        proxy.sever()
+        await asyncio.sleep(BOUND + 0.5)
+        result = await outcome(node, up.token)
+        assert result == ("ok" if outage_grace else "BACKEND_UNAVAILABLE"), node.server.log()
+    finally:
+        await cluster.close()
+        proxy.close()
