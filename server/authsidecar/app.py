@@ -31,6 +31,7 @@ from authsidecar.services.rules import CredentialRules
 from authsidecar.services.sessions import SessionManager, SessionPolicy
 from authsidecar.services.verification import AccountFlows, FlowSettings
 from authsidecar.storage.database import SqlDatabase, create_database
+from authsidecar.storage.errors import translate_error
 from authsidecar.storage.migrate import schema_status
 from authsidecar.storage.schema import Schema
 from authsidecar.storage.urls import DatabaseTarget, resolve_database_url
@@ -255,7 +256,10 @@ class App:
             problem = await schema_status(self.database.engine, self.database.schema)
             if problem is None:
                 await self.database.ensure_invalidation_counter()
-        except Exception:  # unreachable: serve anyway, NOT_SERVING until it comes up
+                problem = self._unsupported_ids()
+        except Exception as exc:  # unreachable: serve anyway, NOT_SERVING until it comes up
+            if not isinstance(exc, BackendUnavailable) and not isinstance(translate_error(exc), BackendUnavailable):
+                raise
             problem = None
             log.warning("database unreachable at start-up; schema not checked")
         if problem is not None:
@@ -272,6 +276,13 @@ class App:
             self._tasks.append(asyncio.create_task(self.coherence.follow(self.database), name="invalidations"))
         if self.settings.cleanup_interval:
             self._tasks.append(asyncio.create_task(self._cleanup_periodically(), name="cleanup"))
+
+    def _unsupported_ids(self) -> str | None:
+        """Database-made UUIDs are read back with INSERT ... RETURNING, which MySQL (unlike MariaDB) lacks."""
+        dialect = self.database.engine.dialect
+        if self.database.schema.registry.generate_id == "false" and not dialect.insert_returning:
+            return 'schema.generate_id = false needs INSERT ... RETURNING, which this database lacks: use "uuid"'
+        return None
 
     async def _cleanup_periodically(self) -> None:
         while True:

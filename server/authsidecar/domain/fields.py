@@ -201,11 +201,6 @@ class Registry:
         """Ids are UUIDs (native ``uuid`` columns on Postgres, as Better Auth creates them)."""
         return self.generate_id in ("uuid", "uuid7", "false")
 
-    @property
-    def database_ids(self) -> bool:
-        """The database assigns ids: "false" (a UUID column default) or "serial" (integer identity)."""
-        return self.generate_id in ("false", "serial")
-
     def models(self) -> tuple[ModelDef, ...]:
         """In creation order (referenced tables first)."""
         return (self.user, self.session, self.account, self.verification)

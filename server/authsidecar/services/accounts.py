@@ -67,7 +67,7 @@ class AccountService:
         self._auto_sign_in = auto_sign_in
         self._clock = clock
         self._verification = verification or VerificationPolicy()
-        self._user_fields = user_fields
+        self._user_fields = user_fields or ExtraFieldRules.none()
 
     async def sign_up(
         self,
@@ -83,7 +83,7 @@ class AccountService:
         email = normalize_email(email)
         if not name.strip():
             raise MissingField.field("name", "is required")
-        extra = (self._user_fields or ExtraFieldRules.none()).for_create(additional or {})
+        extra = self._user_fields.for_create(additional or {})
         self._rules.check_password(password)
         password_hash = await self._hasher.hash(password)  # takes (and frees) a hashing slot
         now = self._clock()
@@ -118,7 +118,7 @@ class AccountService:
                     session = replace(session, user_id=user.id)
                     session = replace(session, id=await tx.insert_session(session))
         except Conflict as exc:
-            raise (self._user_fields or ExtraFieldRules.none()).taken(exc.constraint) or UserAlreadyExists() from exc
+            raise self._user_fields.taken(exc.constraint) or UserAlreadyExists() from exc
         if session is not None:
             await self._sessions.remember(SessionWithUser(session, user, written_at))
         if self._verification.send_on_sign_up and self._verification.send is not None:

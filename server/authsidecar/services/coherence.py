@@ -76,7 +76,6 @@ class CacheCoherence:
         self._feed_failing = False
         self._stopping = False
         self._wake: asyncio.Event | None = None
-        self.rejected = 0
 
     # -- the hot path ----------------------------------------------------------------------------------------
 
@@ -88,13 +87,9 @@ class CacheCoherence:
         if checked < self._trust_floor or self._wall() - checked >= self._trust:
             return False
         if entry.session.stored_token in self._revoked:
-            self.rejected += 1
             return False
         current = self._users.get(entry.user.id)
-        if current is not None and current[0] != version_of(entry.user):
-            self.rejected += 1
-            return False
-        return True
+        return current is None or current[0] == version_of(entry.user)
 
     def _in_outage_grace(self) -> bool:
         """The operator chose availability (AUTHSIDECAR_OUTAGE_GRACE): while the log cannot be read at all, what

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -34,6 +34,8 @@ from authsidecar.storage.schema import Schema
 from authsidecar.storage.urls import DatabaseTarget
 
 __all__ = ["NOTIFY_CHANNEL", "CommitListener", "SqlDatabase", "SqlUnitOfWork", "create_database"]
+
+log = logging.getLogger(__name__)
 
 # Postgres: every invalidation log entry is also announced on this channel (delivered at commit), so instances
 # that LISTEN learn it within milliseconds instead of at their next poll.
@@ -66,7 +68,9 @@ class _Statements:
         self.credential_account = (
             sa.select(a).where(a.c.user_id == p("user_id"), a.c.provider_id == CREDENTIAL_PROVIDER).limit(1)
         )
-        self.lock_credential = sa.select(a.c.password).where(a.c.id == p("a_id")).with_for_update()
+        self.lock_credential = (
+            sa.update(a).where(a.c.id == p("a_id"), a.c.password == p("a_password")).values(password=a.c.password)
+        )
         self.update_password = (
             sa.update(a).where(a.c.id == p("a_id")).values(password=p("a_password"), updated_at=p("a_now"))
         )
@@ -116,7 +120,6 @@ class _Statements:
             sa.update(seq).where(seq.c.id == 1).values(last_seq=seq.c.last_seq + 1).returning(seq.c.last_seq)
         )
         self.insert_invalidation = sa.insert(log)
-        self.first_seq = sa.insert(seq).values(id=1, last_seq=1)
         self.last_seq = sa.select(seq.c.last_seq).where(seq.c.id == 1)
         self.notify = sa.select(sa.func.pg_notify(p("channel"), p("seq")))
         self.invalidations_after = (
@@ -179,11 +182,7 @@ class SqlUnitOfWork:
     async def log_invalidations(self, invalidations: Invalidations) -> int:
         """Append to the invalidation log (last statement before COMMIT: the counter row stays locked only
         until then); returns the entry's sequence number."""
-        seq = (await self._execute(self._q.next_seq, {})).scalar()
-        if seq is None:  # a schema created without authsidecar's seed row (drizzle-kit, by hand): the first entry
-            await self._conn.execute(self._q.first_seq)
-            seq = 1
-        seq = int(seq)
+        seq = int((await self._execute(self._q.next_seq, {})).scalar_one())  # the row: seeded, or made at start
         await self._execute(self._q.insert_invalidation, {"seq": seq, "payload": encode_payload(invalidations)})
         if self._conn.dialect.name == "postgresql":
             await self._execute(self._q.notify, {"channel": NOTIFY_CHANNEL, "seq": str(seq)})
@@ -325,9 +324,10 @@ class SqlUnitOfWork:
         return record(Account, self._q.registry.account, row._mapping) if row else None
 
     async def lock_credential(self, account_id: str, password_hash: str) -> bool:
-        """SELECT ... FOR UPDATE of the account's hash (SQLite: its write lock serialises writers anyway)."""
-        current = (await self._conn.execute(self._q.lock_credential, {"a_id": account_id})).scalar()
-        return current is not None and hmac.compare_digest(str(current), password_hash)
+        """A no-op UPDATE of the account, conditional on its hash: it takes the row lock (Postgres, MySQL) or the
+        write lock (SQLite, where a SELECT would not even begin the transaction) until commit."""
+        params = {"a_id": account_id, "a_password": password_hash}
+        return (await self._conn.execute(self._q.lock_credential, params)).rowcount > 0
 
     async def update_account_password(self, account_id: str, password_hash: str, now: datetime) -> None:
         """Replace an account's password hash."""
@@ -371,7 +371,8 @@ class SqlUnitOfWork:
 
 
 class SqlDatabase:
-    """The store of record over an AsyncEngine (asyncpg for Postgres, aiosqlite for the embedded default)."""
+    """The store of record over an AsyncEngine (asyncpg for Postgres, aiomysql for MySQL/MariaDB, aiosqlite for
+    the embedded default)."""
 
     def __init__(self, engine: AsyncEngine, schema: Schema) -> None:
         self.engine = engine
@@ -408,10 +409,7 @@ class SqlDatabase:
         except AuthSidecarError:
             raise
         except Exception as exc:
-            translated = translate_error(exc)
-            if translated is None:
-                raise
-            raise translated from exc
+            _raise_translated(exc)
         if invalidations:
             # Committed: the listeners (cache coherence) run even if the caller is cancelled meanwhile.
             await asyncio.shield(self._notify(invalidations))
@@ -425,14 +423,12 @@ class SqlDatabase:
             await listener(invalidations)
 
     async def _read(self, stmt: sa.Executable, params: dict[str, Any]) -> list[Any]:
+        """One statement outside any transaction; every row."""
         try:
             async with self._autocommit.connect() as conn:
                 return list(await conn.execute(stmt, params))
         except Exception as exc:
-            translated = translate_error(exc)
-            if translated is None:
-                raise
-            raise translated from exc
+            _raise_translated(exc)
 
     async def listen_for_invalidations(self, wake: Callable[[], None], retry_after: float = 1.0) -> None:
         """Call ``wake`` whenever another instance logs an invalidation, until cancelled (Postgres LISTEN on one
@@ -444,9 +440,8 @@ class SqlDatabase:
                 await self._listen_once(wake)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
-                if translate_error(exc) is None and not isinstance(exc, OSError):
-                    raise
+            except Exception as exc:  # a dead pooled connection after a restart, the server gone, ...: again later
+                log.info("LISTEN connection lost (%s); polling meanwhile", type(exc).__name__)
             await asyncio.sleep(retry_after)
 
     async def _listen_once(self, wake: Callable[[], None]) -> None:
@@ -490,16 +485,10 @@ class SqlDatabase:
     async def find_session(self, stored_token: str) -> SessionWithUser | None:
         """Session joined with its user, by stored token; ``checked_at`` is taken before the query."""
         checked_at = time.time()
-        try:
-            async with self._autocommit.connect() as conn:
-                row = (await conn.execute(self._find_session, {"token": stored_token})).first()
-        except Exception as exc:
-            translated = translate_error(exc)
-            if translated is None:
-                raise
-            raise translated from exc
-        if row is None:
+        rows = await self._read(self._find_session, {"token": stored_token})
+        if not rows:
             return None
+        row = rows[0]
         n = len(self._session_keys)
         registry = self.schema.registry
         session = record(Session, registry.session, dict(zip(self._session_keys, row[:n], strict=True)))
@@ -517,6 +506,14 @@ class SqlDatabase:
     async def close(self) -> None:
         """Dispose of the pool."""
         await self.engine.dispose()
+
+
+def _raise_translated(exc: Exception) -> NoReturn:
+    """Re-raise a driver error as its domain error (the one translation point), or as it is when unknown."""
+    translated = translate_error(exc)
+    if translated is None:
+        raise exc
+    raise translated from exc
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -542,6 +539,8 @@ def create_database(
     else:
         if target.is_mysql:
             connect_args.setdefault("connect_timeout", max(1, round(connect_timeout)))
+            # Dates are stored as naive UTC: CURRENT_TIMESTAMP defaults must be UTC too, whatever the server's zone.
+            connect_args.setdefault("init_command", "SET time_zone = '+00:00'")
         else:
             connect_args.setdefault("timeout", connect_timeout)
             connect_args.setdefault("command_timeout", 30)

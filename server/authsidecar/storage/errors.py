@@ -12,6 +12,7 @@ from authsidecar.errors import AuthSidecarError, BackendUnavailable, Conflict, F
 __all__ = ["translate_error"]
 
 _UNIQUE_VIOLATION = "23505"
+_TRY_AGAIN = {"55P03", "40P01", "40001"}  # lock not available (lock_timeout), deadlock, serialization failure
 _MYSQL_DUPLICATE_ENTRY = 1062
 _MYSQL_BAD_VALUE = {1264, 1366, 1406}  # out of range, incorrect value, data too long
 
@@ -59,6 +60,8 @@ def translate_error(error: BaseException) -> AuthSidecarError | None:
     ):
         # A value the column cannot hold (out of range, too long, malformed): the request's fault, not ours.
         return InvalidArgument([FieldViolation("request", "a value does not fit its column")])
+    if isinstance(error, sa_exc.DBAPIError) and _sqlstate(error) in _TRY_AGAIN:
+        return BackendUnavailable("the database was busy (lock timeout, deadlock), retry", retry_after=0.2)
     if isinstance(error, sa_exc.DBAPIError) and (
         error.connection_invalidated or isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError)
     ):

@@ -80,7 +80,9 @@ def _one_at_a_time(connection: Connection) -> None:
     if name == "postgresql":
         connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7415823)")  # held until this transaction ends
     elif name == "mysql":
-        connection.exec_driver_sql("SELECT GET_LOCK('authsidecar_migrate', 300)")  # held by this connection
+        got = connection.exec_driver_sql("SELECT GET_LOCK('authsidecar_migrate', 300)").scalar()  # per connection
+        if got != 1:
+            raise SchemaProblem("another migrate held the migration lock for 5 minutes; try again")
 
 
 def _upgrade(connection: Connection, schema: Schema, revision: str) -> Plan:

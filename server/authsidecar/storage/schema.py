@@ -34,7 +34,7 @@ INVALIDATION_TABLE = "authsidecar_invalidation"
 INVALIDATION_SEQ_TABLE = "authsidecar_invalidation_seq"
 
 
-_NAIVE = ("sqlite", "mysql", "mariadb")  # databases without time zones: naive UTC is stored
+_NAIVE = ("sqlite", "mysql")  # databases without time zones: naive UTC is stored (MariaDB's dialect is "mysql")
 
 
 class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
@@ -46,7 +46,7 @@ class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
 
     def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
         """Microsecond precision on MySQL (its DATETIME drops fractions by default)."""
-        if dialect.name in ("mysql", "mariadb"):
+        if dialect.name == "mysql":
             return dialect.type_descriptor(mysql.DATETIME(fsp=6))
         return dialect.type_descriptor(self.impl)
 
@@ -141,7 +141,7 @@ class UuidId(sa.types.TypeDecorator[str]):
         """uuid / VARCHAR(255) / TEXT."""
         if dialect.name == "postgresql":
             return dialect.type_descriptor(postgresql.UUID(as_uuid=False))
-        if dialect.name in ("mysql", "mariadb"):
+        if dialect.name == "mysql":
             return dialect.type_descriptor(sa.String(255))
         return dialect.type_descriptor(sa.Text())
 
@@ -158,7 +158,7 @@ class UuidId(sa.types.TypeDecorator[str]):
 _NIL_UUID = "00000000-0000-0000-0000-000000000000"
 _JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 # MySQL cannot index or key TEXT without a length: string columns that are keys or indexed are VARCHAR there.
-_KEY_STRING = sa.Text().with_variant(sa.String(255), "mysql", "mariadb")
+_KEY_STRING = sa.Text().with_variant(sa.String(255), "mysql")
 
 
 def column_type(f: FieldDef) -> sa.types.TypeEngine[Any]:
@@ -218,11 +218,6 @@ class Schema:
             sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
             sa.Column("lastSeq", sa.BigInteger(), nullable=False, key="last_seq"),
         )
-
-    def model(self, name: str) -> sa.Table:
-        """A model's table by logical name."""
-        table: sa.Table = getattr(self, name)
-        return table
 
     def _table(self, model: ModelDef) -> sa.Table:
         keyed = {name for index in model.indexes for name in index}

@@ -176,9 +176,10 @@ def _table_plan(conn: Connection, inspector: sa.Inspector, table: sa.Table, out:
                 out.notes.append(f"{table.name}.{column.name} has no default (SQLite cannot add one to a column)")
             else:
                 quoted = dialect.identifier_preparer
+                expression = f"({default})" if dialect.name == "mysql" else default  # MySQL: expressions in ()
                 sql = (
                     f"ALTER TABLE {quoted.format_table(table)} ALTER COLUMN {quoted.format_column(column)} "
-                    f"SET DEFAULT {default}"
+                    f"SET DEFAULT {expression}"
                 )
                 out.steps.append(Step(f"default {default} for {table.name}.{column.name}", sql))
     known = {c.name for c in table.columns}

@@ -32,7 +32,7 @@ class DatabaseTarget:
     @property
     def is_mysql(self) -> bool:
         """True for MySQL and MariaDB."""
-        return self.url.get_backend_name() in ("mysql", "mariadb")
+        return self.url.get_backend_name() == "mysql"  # MariaDB URLs are rewritten to mysql+aiomysql
 
 
 def resolve_database_url(raw: str | None, sqlite_path: str) -> DatabaseTarget:
