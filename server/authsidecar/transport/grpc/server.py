@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -13,6 +11,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from authsidecar.transport.grpc.servicers import AuthServicer, SessionServicer
+from authsidecar.transport.grpc.status import STARTED
 from authsidecar_client.v1 import (
     auth_service_pb2,
     auth_service_pb2_grpc,
@@ -36,34 +35,11 @@ QUIET_ROUNDS = 4
 QUIET_ROUND = 0.005
 
 
-if TYPE_CHECKING:
-    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:  # not subscriptable at run time
-    _Interceptor = grpc.aio.ServerInterceptor
-
-
-class _PickUpCounter(_Interceptor):
-    """Counts the calls this process has taken from grpc core's queue of received calls."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        self.count += 1
-        return await continuation(handler_call_details)
-
-
 class GrpcServer:
     """Owns the grpc.aio server and the health status of every service."""
 
     def __init__(self, auth: AuthServicer, sessions: SessionServicer, listen: str, reuse_port: bool = False) -> None:
-        self._picked_up = _PickUpCounter()
         self._server = grpc.aio.server(
-            interceptors=[self._picked_up],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 1 if reuse_port else 0),
@@ -118,9 +94,9 @@ class GrpcServer:
         end = loop.time() + within
         quiet = 0
         while quiet < QUIET_ROUNDS and loop.time() < end:
-            seen = self._picked_up.count
+            seen = STARTED.count
             await asyncio.sleep(QUIET_ROUND)
-            quiet = quiet + 1 if self._picked_up.count == seen else 0
+            quiet = quiet + 1 if STARTED.count == seen else 0
 
     async def wait(self) -> None:
         """Until the server has stopped."""
