@@ -118,7 +118,10 @@ def _cleanup(settings: Settings) -> int:
     except AuthSidecarError as exc:
         log.error("cleanup failed: %s", exc.message)
         return 1
-    print(f"removed {removed['session']} expired sessions and {removed['verification']} expired verifications")
+    print(
+        f"removed {removed['session']} expired sessions, {removed['verification']} expired verifications and"
+        f" {removed['invalidation']} old invalidation log entries"
+    )
     return 0
 
 

@@ -106,16 +106,8 @@ class _Statements:
         )
         self.verification_exists = sa.select(v.c.id).where(v.c.identifier == p("v_identifier")).limit(1)
         self.verification_table = v
-        self.expired = {
-            name: sa.delete(t).where(
-                t.c.id.in_(sa.select(t.c.id).where(t.c.expires_at < p("x_now")).limit(p("x_limit")).scalar_subquery())
-            )
-            for name, t in (("session", s), ("verification", v))
-        }
         self.user_table = u
-        self.session_table = s
         log, seq = schema.invalidation, schema.invalidation_seq
-        self.invalidation_table = log
         self.next_seq = (
             sa.update(seq).where(seq.c.id == 1).values(last_seq=seq.c.last_seq + 1).returning(seq.c.last_seq)
         )
@@ -130,11 +122,8 @@ class _Statements:
             .where(log.c.created_at > p("l_since"), log.c.seq <= p("l_upto"))
             .order_by(log.c.seq)
         )
-        self.old_invalidations = sa.delete(log).where(
-            log.c.seq.in_(
-                sa.select(log.c.seq).where(log.c.created_at < p("x_now")).limit(p("x_limit")).scalar_subquery()
-            )
-        )
+        # Batched removals of old rows, by the column that says how old they are.
+        self.aged = {"session": s.c.expires_at, "verification": v.c.expires_at, "invalidation": log.c.created_at}
         self.list_sessions = (
             sa.select(s)
             .where(s.c.user_id == p("s_user"), s.c.expires_at > p("s_now"))
@@ -295,24 +284,25 @@ class SqlUnitOfWork:
         mine = sa.or_(v.c.value == head + "}", v.c.value.startswith(head + ",", autoescape=True))
         return (await self._conn.execute(sa.delete(v).where(mine))).rowcount
 
-    async def _delete_batch(self, stmt: sa.Delete, column: sa.ColumnElement[Any], before: datetime, limit: int) -> int:
-        if self._emulate_returning:  # MySQL: no LIMIT in an IN subquery, but DELETE ... LIMIT
-            table = stmt.table
-            assert isinstance(table, sa.Table)
+    async def _delete_batch(self, name: str, before: datetime, limit: int) -> int:
+        """Delete up to ``limit`` rows of ``name`` older than ``before``."""
+        column = self._q.aged[name]
+        table = column.table
+        if self._emulate_returning:  # MySQL: no LIMIT inside an IN subquery, but DELETE ... LIMIT
             stmt = sa.delete(table).where(column < before).with_dialect_options(mysql_limit=limit)
-        result = await self._conn.execute(stmt, {"x_now": before, "x_limit": limit})
-        return result.rowcount
+        else:
+            pk = next(iter(table.primary_key))
+            oldest = sa.select(pk).where(column < before).limit(limit).scalar_subquery()
+            stmt = sa.delete(table).where(pk.in_(oldest))
+        return (await self._conn.execute(stmt)).rowcount
 
     async def delete_expired(self, table: str, now: datetime, limit: int) -> int:
         """One batch of expired rows."""
-        t = self._q.verification_table if table == "verification" else self._q.session_table
-        return await self._delete_batch(self._q.expired[table], t.c.expires_at, now, limit)
+        return await self._delete_batch(table, now, limit)
 
     async def delete_old_invalidations(self, before: datetime, limit: int) -> int:
         """One batch of invalidation log entries written before ``before``."""
-        return await self._delete_batch(
-            self._q.old_invalidations, self._q.invalidation_table.c.created_at, before, limit
-        )
+        return await self._delete_batch("invalidation", before, limit)
 
     async def insert_account(self, account: Account) -> str:
         """Insert an account row; returns its id."""
