@@ -12,24 +12,29 @@ from datetime import timedelta
 from typing import IO
 
 from authsidecar.cache import MemorySessionCache, NullSessionCache, RedisSessionCache, ResilientSessionCache
+from authsidecar.cache.better_auth import BetterAuthRedis
 from authsidecar.cache.integrity import DocumentSigner, derive_key
 from authsidecar.cache.redis import connect_redis
 from authsidecar.cache.resp import PipelinedGetClient
 from authsidecar.config import ConfigError, Settings
 from authsidecar.delivery import DeliveryQueue, LogSender, Sender, SmtpSender, WebhookSender
-from authsidecar.domain.ports import SessionCache
+from authsidecar.domain.ports import Database, SessionCache
 from authsidecar.errors import AuthSidecarError, BackendUnavailable
+from authsidecar.security.cookies import SessionCookies
 from authsidecar.security.ids import id_generator
 from authsidecar.security.passwords import Argon2Parameters, PasswordHasher
-from authsidecar.security.tokens import HashedTokenPolicy
+from authsidecar.security.tokens import HashedTokenPolicy, PlainTokenPolicy, TokenPolicy
 from authsidecar.services.accounts import AccountService, VerificationPolicy
+from authsidecar.services.better_auth import BetterAuthSessionManager
 from authsidecar.services.cleanup import remove_expired
+from authsidecar.services.clock import utc_now
 from authsidecar.services.coherence import CacheCoherence
 from authsidecar.services.extra_fields import ExtraFieldRules
 from authsidecar.services.profile import ProfileService
 from authsidecar.services.rules import CredentialRules
 from authsidecar.services.sessions import SessionManager, SessionPolicy
 from authsidecar.services.verification import AccountFlows, FlowSettings
+from authsidecar.storage.better_auth import BetterAuthDatabase
 from authsidecar.storage.database import SqlDatabase, create_database
 from authsidecar.storage.errors import translate_error
 from authsidecar.storage.migrate import schema_status
@@ -97,9 +102,25 @@ def build_cache(settings: Settings) -> SessionCache:
 
 
 def build_hasher(settings: Settings) -> PasswordHasher:
-    """argon2id with the configured cost and concurrency bounds."""
+    """argon2id (or Better Auth's scrypt) with the configured cost and concurrency bounds."""
     params = Argon2Parameters(settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism)
-    return PasswordHasher(params, settings.hash_workers, settings.effective_hash_max_pending)
+    return PasswordHasher(
+        params, settings.hash_workers, settings.effective_hash_max_pending, settings.effective_password_hash
+    )
+
+
+def build_better_auth_redis(settings: Settings) -> BetterAuthRedis | None:
+    """Better Auth's Redis layout (compat profile), when REDIS_URL is set."""
+    if settings.redis_url is None:
+        return None
+    url = settings.redis_url.get_secret_value()
+    try:
+        client = connect_redis(url, settings.redis_timeout)
+        getter = PipelinedGetClient(url, settings.redis_timeout)
+    except ValueError as exc:
+        raise ConfigError(f"invalid configuration: REDIS_URL: {exc}") from None
+    revoked_ttl = max(settings.session_expires_in, 86_400)  # Better Auth's revokedBeforeTTL
+    return BetterAuthRedis(client, settings.effective_redis_key_prefix, settings.registry(), revoked_ttl, getter)
 
 
 def build_session_policy(settings: Settings) -> SessionPolicy:
@@ -195,6 +216,7 @@ class App:
     server: GrpcServer
     outbox: DeliveryQueue
     coherence: CacheCoherence
+    shared_redis: BetterAuthRedis | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -202,14 +224,8 @@ class App:
         """Wire everything; opens no connection yet."""
         policy = build_session_policy(settings)
         database = build_database(settings)
-        cache = build_cache(settings)
         hasher = build_hasher(settings)
         outbox = DeliveryQueue(build_sender(settings), settings.delivery_queue_size, settings.delivery_attempts)
-        tokens = HashedTokenPolicy()
-        coherence = CacheCoherence(
-            cache, tokens, settings.cache_trust_seconds, settings.invalidation_bound, settings.outage_grace
-        )
-        database.add_commit_listener(coherence.committed)
         registry = database.schema.registry
         session_fields = ExtraFieldRules(registry.session).for_create({})
         try:
@@ -217,9 +233,47 @@ class App:
             ids("user")  # a custom function that returns no usable id stops start-up, not every sign-up
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"invalid configuration: schema.generate_id: {exc}") from None
-        sessions = SessionManager(database, cache, tokens, policy, coherence, session_fields=session_fields, ids=ids)
+        shared: BetterAuthRedis | None = None
+        jwt_secret: str | None = None
+        store: Database = database
+        sessions: SessionManager
+        if settings.better_auth:
+            jwt_secret = settings.better_auth_current_secret()
+            shared = build_better_auth_redis(settings)
+            in_sql = settings.store_session_in_database or shared is None
+            store = BetterAuthDatabase(
+                database, shared, in_sql, settings.store_verification_in_database or shared is None, utc_now
+            )
+            cache: SessionCache = NullSessionCache()
+            tokens: TokenPolicy = PlainTokenPolicy()
+            coherence = CacheCoherence(
+                cache, tokens, settings.cache_trust_seconds, settings.invalidation_bound, settings.outage_grace
+            )
+            sessions = BetterAuthSessionManager(
+                store,
+                shared,
+                SessionCookies(jwt_secret, settings.cookie_prefix),
+                in_sql,
+                policy,
+                coherence,
+                session_fields=session_fields,
+                ids=ids,
+                retry_after=settings.redis_retry_after,
+            )
+        else:
+            cache = build_cache(settings)
+            tokens = HashedTokenPolicy()
+            coherence = CacheCoherence(
+                cache, tokens, settings.cache_trust_seconds, settings.invalidation_bound, settings.outage_grace
+            )
+            sessions = SessionManager(
+                database, cache, tokens, policy, coherence, session_fields=session_fields, ids=ids
+            )
+        database.add_commit_listener(coherence.committed)
         rules = CredentialRules(settings.password_min_length, settings.password_max_length)
-        flows = AccountFlows(database, hasher, sessions, rules, outbox, build_flow_settings(settings))
+        flows = AccountFlows(
+            store, hasher, sessions, rules, outbox, build_flow_settings(settings), jwt_secret=jwt_secret
+        )
         verification = VerificationPolicy(
             required=settings.require_email_verification,
             send_on_sign_up=settings.send_verification_on_sign_up,
@@ -228,7 +282,7 @@ class App:
         )
         user_fields = ExtraFieldRules(registry.user)
         accounts = AccountService(
-            database,
+            store,
             hasher,
             sessions,
             rules,
@@ -237,7 +291,7 @@ class App:
             user_fields=user_fields,
             ids=ids,
         )
-        profile = ProfileService(database, hasher, sessions, rules, user_fields=user_fields)
+        profile = ProfileService(store, hasher, sessions, rules, user_fields=user_fields)
         convert = Converter(registry)
         server = GrpcServer(
             AuthServicer(accounts, sessions, flows, profile, convert),
@@ -245,7 +299,7 @@ class App:
             settings.listen,
             reuse_port=settings.reuse_port,
         )
-        return cls(settings, database, cache, hasher, server, outbox, coherence)
+        return cls(settings, database, cache, hasher, server, outbox, coherence, shared)
 
     async def start(self) -> None:
         """Start serving; health follows the database's reachability.
@@ -358,6 +412,8 @@ class App:
     async def close_resources(self) -> None:
         """Close pools and threads (after the server stopped, or when it never started)."""
         await self.cache.close()
+        if self.shared_redis is not None:
+            await self.shared_redis.close()
         await self.database.close()
         self.hasher.close()
 

@@ -53,9 +53,38 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("REDIS_URL", "AUTHSIDECAR_REDIS_URL", "redis_url"),
         description="redis://... ; unset means the in-process secondary storage",
     )
-    redis_key_prefix: str = Field("authsidecar:", max_length=64, description="prefix of every Redis key")
+    redis_key_prefix: str = Field(
+        "authsidecar:", max_length=64, description='prefix of every Redis key ("better-auth:" in the compat profile)'
+    )
     secret: SecretStr | None = Field(
         None, description="server secret (32+ characters); required with REDIS_URL: authenticates cached documents"
+    )
+    compat: Literal["none", "better-auth"] = Field(
+        "none",
+        description='"better-auth": share the database, Redis, sessions, cookies and passwords with a Better Auth app',
+    )
+    better_auth_secret: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("BETTER_AUTH_SECRET", "AUTH_SECRET", "better_auth_secret"),
+        description="the Better Auth app's secret (compat profile), when BETTER_AUTH_SECRETS is not set",
+    )
+    better_auth_secrets: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("BETTER_AUTH_SECRETS", "better_auth_secrets"),
+        description='the app\'s rotating secrets, "<version>:<secret>,...", current first (compat profile)',
+    )
+    cookie_prefix: str = Field(
+        "better-auth", min_length=1, max_length=64, description="Better Auth's advanced.cookiePrefix (compat profile)"
+    )
+    store_session_in_database: bool = Field(
+        False,
+        description="Better Auth's session.storeSessionInDatabase (compat profile with Redis; must match the app)",
+    )
+    store_verification_in_database: bool = Field(
+        False, description="Better Auth's verification.storeInDatabase (compat profile with Redis; must match the app)"
+    )
+    password_hash: Literal["argon2id", "scrypt"] | None = Field(
+        None, description="scheme of new password hashes (default: scrypt in the compat profile, else argon2id)"
     )
     cache_trust_seconds: Annotated[float, Field(ge=1, le=3600)] = Field(
         60.0, description="a cached session is re-checked against SQL once its snapshot is older than this"
@@ -175,6 +204,38 @@ class Settings(BaseSettings):
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError("expected host:port or unix:///path")
         return value
+
+    @property
+    def better_auth(self) -> bool:
+        """The Better Auth compatibility profile is on."""
+        return self.compat == "better-auth"
+
+    @property
+    def effective_password_hash(self) -> Literal["argon2id", "scrypt"]:
+        """Scheme of new password hashes."""
+        return self.password_hash or ("scrypt" if self.better_auth else "argon2id")
+
+    @property
+    def effective_redis_key_prefix(self) -> str:
+        """The Redis prefix: Better Auth's usual one in the compat profile unless set."""
+        if self.better_auth and "redis_key_prefix" not in self.model_fields_set:
+            return "better-auth:"
+        return self.redis_key_prefix
+
+    def better_auth_current_secret(self) -> str:
+        """The secret Better Auth signs cookies and JWTs with: the first of BETTER_AUTH_SECRETS, else
+        BETTER_AUTH_SECRET (or AUTH_SECRET). Raises ConfigError when there is none."""
+        if self.better_auth_secrets is not None:
+            entries = [e.strip() for e in self.better_auth_secrets.get_secret_value().split(",")]
+            version, colon, value = entries[0].partition(":")
+            if not colon or not version.strip().isdigit() or not value.strip():
+                raise ConfigError('invalid configuration: BETTER_AUTH_SECRETS: expected "<version>:<secret>,..."')
+            return value.strip()
+        if self.better_auth_secret is not None and self.better_auth_secret.get_secret_value():
+            return self.better_auth_secret.get_secret_value()
+        raise ConfigError(
+            "invalid configuration: BETTER_AUTH_SECRET: required with AUTHSIDECAR_COMPAT=better-auth (the app's secret)"
+        )
 
     def registry(self) -> Registry:
         """The field registry of the configured schema."""

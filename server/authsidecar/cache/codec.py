@@ -17,7 +17,7 @@ from typing import Any
 from authsidecar.domain.fields import FieldDef, ModelDef, Registry
 from authsidecar.domain.models import Extra, Session, SessionWithUser, User
 
-__all__ = ["StaleDocument", "decode_session", "encode_session", "iso"]
+__all__ = ["StaleDocument", "decode_session", "encode_session", "iso", "user_document"]
 
 _DEFAULT = Registry()
 
@@ -65,32 +65,39 @@ def _required(f: FieldDef, doc: dict[str, Any]) -> Any:
     return value
 
 
-def _fields(model: ModelDef, doc: dict[str, Any]) -> dict[str, Any]:
+def _fields(model: ModelDef, doc: dict[str, Any], lenient: bool) -> dict[str, Any]:
     out = {f.attr: _in(f, _required(f, doc) if f.required else doc.get(f.key)) for f in model.builtin}
     if model.additional:
         missing = [f.key for f in model.additional if f.key not in doc]
-        if missing:
+        if missing and not lenient:
             raise StaleDocument(missing[0])
-        out["additional"] = Extra({f.name: _in(f, doc[f.key]) for f in model.additional})
+        out["additional"] = Extra({f.name: _in(f, doc.get(f.key)) for f in model.additional})
     return out
 
 
-def encode_session(entry: SessionWithUser, registry: Registry = _DEFAULT) -> bytes:
-    """Serialise for Redis."""
+def user_document(user: User, registry: Registry = _DEFAULT) -> dict[str, Any]:
+    """A user snapshot as cached documents hold it."""
+    return _part(registry.user, user)
+
+
+def encode_session(entry: SessionWithUser, registry: Registry = _DEFAULT, checked: bool = True) -> bytes:
+    """Serialise for Redis; ``checked=False`` leaves out ``checkedAt`` (Better Auth's own shape)."""
     doc: dict[str, Any] = {
         "session": _part(registry.session, entry.session),
-        "user": _part(registry.user, entry.user),
-        "checkedAt": int(entry.checked_at * 1000),
+        "user": user_document(entry.user, registry),
     }
+    if checked:
+        doc["checkedAt"] = int(entry.checked_at * 1000)
     return json.dumps(doc, separators=(",", ":"), default=str).encode()
 
 
-def decode_session(raw: bytes | str, registry: Registry = _DEFAULT) -> SessionWithUser:
+def decode_session(raw: bytes | str, registry: Registry = _DEFAULT, lenient: bool = False) -> SessionWithUser:
     """Parse a cached document; raises ValueError/KeyError/TypeError on a malformed one (StaleDocument, a
-    KeyError, when it was written under another configuration)."""
+    KeyError, when it was written under another configuration). ``lenient``: an additional field the document
+    lacks reads as null (documents a Better Auth app wrote, which are the truth in that profile)."""
     doc = json.loads(raw)
     return SessionWithUser(
-        Session(**_fields(registry.session, doc["session"])),
-        User(**_fields(registry.user, doc["user"])),
+        Session(**_fields(registry.session, doc["session"], lenient)),
+        User(**_fields(registry.user, doc["user"], lenient)),
         int(doc.get("checkedAt", 0)) / 1000,
     )

@@ -1,8 +1,16 @@
-"""argon2id password hashing, off the event loop, with bounded concurrency and admission control.
+"""Password hashing (argon2id, or Better Auth's scrypt), off the event loop, with bounded concurrency and
+admission control.
 
-Hashing runs in a dedicated thread pool sized to the cores (argon2-cffi releases the GIL). At most
-``max_pending`` hashes are admitted at once; beyond that, callers get TooManyRequests at once instead of
+Hashing runs in a dedicated thread pool sized to the cores (argon2-cffi and hashlib.scrypt release the GIL). At
+most ``max_pending`` hashes are admitted at once; beyond that, callers get TooManyRequests at once instead of
 queueing without limit, so a sign-in burst cannot starve session validation or grow latency unboundedly.
+
+New hashes use one scheme (``write_scheme``); both are verified, whatever the write scheme, and a hash of the other
+scheme ``needs_rehash``. Better Auth's scrypt: N=16384, r=16, p=1, 64-byte key, the NFKC-normalised password,
+stored as ``<salt hex>:<key hex>`` where the 32-character hex salt STRING is the salt. When both schemes are in use
+their costs differ (scrypt is about 4x argon2id at the defaults): every verify, including the dummy one for an
+unknown email, then lasts as long as the slowest scheme's typical verify, so timing tells neither whether an
+account exists nor which scheme it uses.
 """
 
 from __future__ import annotations
@@ -10,21 +18,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import hashlib
+import hmac
+import re
 import secrets
+import time
 import unicodedata
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import argon2
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from authsidecar.errors import TooManyRequests
 
-__all__ = ["Argon2Parameters", "PasswordHasher", "normalize_password"]
+__all__ = ["Argon2Parameters", "PasswordHasher", "Scheme", "normalize_password", "scheme_of"]
 
 _T = TypeVar("_T")
+Scheme = Literal["argon2id", "scrypt"]
+
+_SCRYPT = {"n": 16384, "r": 16, "p": 1, "dklen": 64, "maxmem": 64 * 1024 * 1024}
+_SCRYPT_HASH = re.compile(r"[0-9a-f]{32}:[0-9a-f]{128}")
+_EWMA = 0.2  # weight of the newest sample in each scheme's typical verify time
+
+
+def scheme_of(encoded: str) -> Scheme | None:
+    """Which scheme made a stored hash; None when it is neither."""
+    if encoded.startswith("$argon2"):
+        return "argon2id"
+    if _SCRYPT_HASH.fullmatch(encoded):
+        return "scrypt"
+    return None
+
+
+def _scrypt_key(password: str, salt: str) -> bytes:
+    return hashlib.scrypt(password.encode(), salt=salt.encode(), **_SCRYPT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +74,10 @@ def normalize_password(password: str) -> str:
 class PasswordHasher:
     """Hash and verify passwords; all public methods are coroutines that never block the event loop."""
 
-    def __init__(self, params: Argon2Parameters, workers: int, max_pending: int) -> None:
+    def __init__(
+        self, params: Argon2Parameters, workers: int, max_pending: int, write_scheme: Scheme = "argon2id"
+    ) -> None:
+        self.write_scheme: Scheme = write_scheme
         self._hasher = argon2.PasswordHasher(
             time_cost=params.time_cost,
             memory_cost=params.memory_kib,
@@ -60,7 +93,8 @@ class PasswordHasher:
         # The task holding one of this hasher's slots (tasks it spawns inherit the variable but are other tasks).
         self._holder: contextvars.ContextVar[object] = contextvars.ContextVar(f"hash_slot_{id(self)}", default=None)
         # Verified against when the email is unknown, so both failures cost the same time.
-        self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
+        self._dummy_hash = self._hash_sync(secrets.token_urlsafe(16))
+        self._typical: dict[Scheme, float] = {}  # scheme -> typical verify time (seconds)
 
     @property
     def pending(self) -> int:
@@ -94,37 +128,64 @@ class PasswordHasher:
             return await loop.run_in_executor(self._executor, fn, *args)
 
     async def hash(self, password: str) -> str:
-        """An encoded argon2id hash of the (normalised) password."""
-        return await self._run(self._hasher.hash, normalize_password(password))
+        """A new hash of the (normalised) password, in the write scheme."""
+        return await self._run(self._hash_sync, normalize_password(password))
+
+    def _hash_sync(self, password: str) -> str:
+        if self.write_scheme == "scrypt":
+            salt = secrets.token_hex(16)
+            return f"{salt}:{_scrypt_key(password, salt).hex()}"
+        return self._hasher.hash(password)
 
     async def verify(self, encoded: str | None, password: str) -> bool:
         """Whether the password matches; a missing or corrupt hash verifies against a dummy and fails."""
         if encoded is None:
             await self.verify_dummy(password)
             return False
-        return await self._run(self._verify_sync, encoded, normalize_password(password))
+        with self.admitted():
+            started = time.perf_counter()
+            scheme, ok = await self._run(self._verify_sync, encoded, normalize_password(password))
+            await self._even_out(scheme, time.perf_counter() - started)
+        return ok
 
     async def verify_dummy(self, password: str) -> None:
         """Spend a verify's time for an unknown user (timing-safe sign-in)."""
-        await self._run(self._verify_sync, self._dummy_hash, normalize_password(password))
+        await self.verify(self._dummy_hash, password)
+
+    async def _even_out(self, scheme: Scheme, elapsed: float) -> None:
+        """Learn the scheme's typical time, then wait until the slowest scheme's typical time has passed."""
+        previous = self._typical.get(scheme)
+        self._typical[scheme] = elapsed if previous is None else previous + _EWMA * (elapsed - previous)
+        if len(self._typical) > 1:
+            remaining = max(self._typical.values()) - elapsed
+            if remaining > 0:
+                await asyncio.sleep(remaining)
 
     def needs_rehash(self, encoded: str) -> bool:
-        """True when the hash was made with other parameters (or another algorithm) than the current ones."""
+        """True when the hash was made with another scheme than the write scheme, or other argon2 parameters."""
+        if scheme_of(encoded) != self.write_scheme:
+            return True
+        if self.write_scheme == "scrypt":
+            return False
         try:
             return self._hasher.check_needs_rehash(encoded)
         except (InvalidHashError, ValueError):
             return True
 
-    def _verify_sync(self, encoded: str, password: str) -> bool:
+    def _verify_sync(self, encoded: str, password: str) -> tuple[Scheme, bool]:
+        scheme = scheme_of(encoded)
+        if scheme == "scrypt":
+            salt, _, key = encoded.partition(":")
+            return scheme, hmac.compare_digest(_scrypt_key(password, salt).hex(), key)
         try:
-            return self._hasher.verify(encoded, password)
+            return "argon2id", self._hasher.verify(encoded, password)
         except VerifyMismatchError:
-            return False
+            return "argon2id", False
         except (VerificationError, InvalidHashError):
-            # Not a usable argon2 hash: spend a verify's time all the same, then fail.
+            # Not a usable hash: spend a verify's time all the same, then fail.
             with contextlib.suppress(VerificationError):
-                self._hasher.verify(self._dummy_hash, password)
-            return False
+                self._verify_sync(self._dummy_hash, password)
+            return self.write_scheme, False
 
     def close(self) -> None:
         """Stop the worker threads without blocking (running hashes finish in the background)."""

@@ -1,7 +1,7 @@
 """Session tokens: how they are made, how they are stored at rest, and how their cache key is built.
 
-Transport (where a token travels) is not decided here; only how a token is checked and kept. A later
-interoperability profile can store tokens as Better Auth does (plain) by providing another TokenPolicy.
+Transport (where a token travels) is not decided here; only how a token is checked and kept. The standalone
+default stores digests; the Better Auth compatibility profile stores tokens as Better Auth does (plain).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import hashlib
 import secrets
 from typing import Protocol
 
-__all__ = ["MAX_TOKEN_LENGTH", "HashedTokenPolicy", "TokenPolicy"]
+__all__ = ["MAX_TOKEN_LENGTH", "HashedTokenPolicy", "PlainTokenPolicy", "TokenPolicy", "alphanumeric"]
 
 MAX_TOKEN_LENGTH = 256
 
@@ -48,3 +48,28 @@ class HashedTokenPolicy:
     def cache_key(self, stored: str) -> str:
         """The digest itself: the cache never holds a usable token either."""
         return "session:" + stored
+
+
+_ALPHANUMERIC = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def alphanumeric(length: int) -> str:
+    """Better Auth's generateId(length): uniformly random characters of [A-Za-z0-9]."""
+    return "".join(secrets.choice(_ALPHANUMERIC) for _ in range(length))
+
+
+class PlainTokenPolicy:
+    """Better Auth's tokens (compatibility profile): 32 random characters of [A-Za-z0-9] (190 bits), stored as
+    they are in ``session.token`` and used as the Redis key, so a Better Auth app reads the same rows and keys."""
+
+    def generate(self) -> str:
+        """32 alphanumeric characters, as Better Auth's generateId(32)."""
+        return alphanumeric(32)
+
+    def stored(self, token: str) -> str:
+        """The token itself."""
+        return token
+
+    def cache_key(self, stored: str) -> str:
+        """The token itself (Better Auth's key, before the store's prefix)."""
+        return stored

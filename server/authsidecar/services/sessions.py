@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from authsidecar.domain.models import NO_EXTRA, Extra, Session, SessionWithUser, User
 from authsidecar.domain.ports import Database, SessionCache
-from authsidecar.errors import InvalidToken, SessionExpired, SessionNotFound, SessionNotFresh
+from authsidecar.errors import InvalidArgument, InvalidToken, SessionExpired, SessionNotFound, SessionNotFresh
 from authsidecar.security.ids import IdGenerator, id_generator
 from authsidecar.security.tokens import TokenPolicy
 from authsidecar.services.clock import Clock, utc_now
@@ -109,6 +109,14 @@ class SessionManager:
             session = replace(session, id=await tx.insert_session(session))
         await self.remember(SessionWithUser(session, user, checked_at))
         return session, token
+
+    def cookie_value(self, token: str) -> str:
+        """The value of Better Auth's session cookie for a token; empty outside the compatibility profile."""
+        return ""
+
+    def from_cookie_header(self, header: str) -> str:
+        """The session credential in a Cookie header (compatibility profile only)."""
+        raise InvalidArgument.field("cookie", "is only read with AUTHSIDECAR_COMPAT=better-auth; pass token")
 
     def require_fresh(self, entry: SessionWithUser) -> None:
         """Raise SessionNotFresh unless the session is recent enough for a sensitive operation."""

@@ -1,7 +1,13 @@
 """Verification tokens and the flows built on them: email verification, email change, password reset.
 
 Tokens are 256-bit random strings. Only their SHA-256 is stored, in ``verification.identifier`` as
-``<purpose>:<digest>``; ``value`` is a JSON payload that starts with the user id. Consuming a token is one
+``<purpose>:<digest>``; ``value`` is a JSON payload that starts with the user id.
+
+In the Better Auth compatibility profile the formats are Better Auth's, so either side consumes the other's
+tokens: reset tokens are 24 random alphanumeric characters stored as they are
+(``reset-password:<token>``, value: the user id), and email verification and email change links carry Better
+Auth's stateless HS256 JWT (``{"email", "userId", "updateTo"?, "requestType"?}``, signed with the app's current
+secret), which, as in Better Auth, is not single-use: verifying twice is harmless. Consuming a token is one
 atomic DELETE ... RETURNING, so a token works once even under concurrent use; an expired token answers
 TOKEN_EXPIRED, any other INVALID_TOKEN, and neither changes anything.
 
@@ -26,7 +32,9 @@ from authsidecar.domain.models import CREDENTIAL_PROVIDER, Account, User, Verifi
 from authsidecar.domain.ports import Database, UnitOfWork
 from authsidecar.errors import Conflict, InvalidEmail, InvalidToken, TokenExpired, UserAlreadyExists
 from authsidecar.security.ids import IdGenerator, id_generator
+from authsidecar.security.jwt import JwtError, JwtExpired, sign_hs256, verify_hs256
 from authsidecar.security.passwords import PasswordHasher
+from authsidecar.security.tokens import alphanumeric
 from authsidecar.services.accounts import AuthResult
 from authsidecar.services.clock import Clock, utc_now
 from authsidecar.services.rules import CredentialRules, normalize_email
@@ -40,15 +48,18 @@ RESET_PASSWORD = "reset-password"  # noqa: S105 - a purpose name
 
 
 class VerificationTokens:
-    """Issue and consume single-use tokens in the ``verification`` table."""
+    """Issue and consume single-use tokens in the ``verification`` table (or wherever the unit of work keeps
+    verification values). ``better_auth``: Better Auth's formats (plain token, bare user id as the value)."""
 
-    def __init__(self, clock: Clock = utc_now, ids: IdGenerator | None = None) -> None:
+    def __init__(self, clock: Clock = utc_now, ids: IdGenerator | None = None, better_auth: bool = False) -> None:
         self._clock = clock
         self._ids = ids or id_generator("random")
+        self._plain = better_auth
 
-    @staticmethod
-    def identifier(purpose: str, token: str) -> str:
-        """What is stored for a token: its purpose and digest, never the token."""
+    def identifier(self, purpose: str, token: str) -> str:
+        """What is stored for a token: its purpose and digest (Better Auth: the token itself)."""
+        if self._plain:
+            return f"{purpose}:{token}"
         return f"{purpose}:{hashlib.sha256(token.encode()).hexdigest()}"
 
     async def issue(
@@ -56,10 +67,11 @@ class VerificationTokens:
     ) -> tuple[str, datetime]:
         """A new token for ``payload`` (which must start with "userId"); returns it with its expiry."""
         assert next(iter(payload)) == "userId"
-        token = secrets.token_urlsafe(32)
+        plain = self._plain and len(payload) == 1
+        token = alphanumeric(24) if plain else secrets.token_urlsafe(32)
         now = self._clock()
         expires_at = now + ttl
-        value = json.dumps(payload, separators=(",", ":"))
+        value = str(payload["userId"]) if plain else json.dumps(payload, separators=(",", ":"))
         await tx.insert_verification(
             Verification(self._ids("verification"), self.identifier(purpose, token), value, expires_at, now, now)
         )
@@ -71,7 +83,7 @@ class VerificationTokens:
         for purpose in purposes:
             value = await tx.consume_verification(self.identifier(purpose, token), now)
             if value is not None:
-                payload: dict[str, Any] = json.loads(value)
+                payload: dict[str, Any] = json.loads(value) if value.startswith("{") else {"userId": value}
                 return purpose, payload
         for purpose in purposes:
             if await tx.verification_exists(self.identifier(purpose, token)):
@@ -103,7 +115,9 @@ class AccountFlows:
         outbox: DeliveryQueue,
         settings: FlowSettings,
         clock: Clock = utc_now,
+        jwt_secret: str | None = None,
     ) -> None:
+        self._jwt_secret = jwt_secret  # Better Auth's email-verification links (compatibility profile)
         self._db = db
         self._hasher = hasher
         self._sessions = sessions
@@ -111,7 +125,7 @@ class AccountFlows:
         self._outbox = outbox
         self._settings = settings
         self._clock = clock
-        self._tokens = VerificationTokens(clock, sessions.ids)
+        self._tokens = VerificationTokens(clock, sessions.ids, better_auth=jwt_secret is not None)
 
     def _message(self, purpose: str, to: str, user: User, token: str, expires_at: datetime) -> Message:
         url = render_link(self._settings.link_template, purpose, token)
@@ -119,13 +133,25 @@ class AccountFlows:
 
     # -- email verification ----------------------------------------------------------------------------------
 
+    def _jwt(self, claims: dict[str, Any], ttl: timedelta) -> tuple[str, datetime]:
+        """Better Auth's email-verification JWT."""
+        assert self._jwt_secret is not None
+        now = self._clock()
+        issued = int(now.timestamp())
+        expires = issued + int(ttl.total_seconds())
+        token = sign_hs256({**claims, "iat": issued, "exp": expires}, self._jwt_secret)
+        return token, now + ttl
+
     async def _verification_job(self, email: str) -> Message | None:
         async with self._db.transaction() as tx:
             user = await tx.get_user_by_email(email)
             if user is None or user.email_verified:
                 return None
             payload = {"userId": user.id, "email": user.email}
-            token, expires = await self._tokens.issue(tx, VERIFY_EMAIL, payload, self._settings.verify_email_ttl)
+            if self._jwt_secret is not None:
+                token, expires = self._jwt({"email": user.email, "userId": user.id}, self._settings.verify_email_ttl)
+            else:
+                token, expires = await self._tokens.issue(tx, VERIFY_EMAIL, payload, self._settings.verify_email_ttl)
         return self._message(VERIFY_EMAIL, user.email, user, token, expires)
 
     def send_verification(self, email: str) -> None:
@@ -140,20 +166,58 @@ class AccountFlows:
         """Consume a verify-email or change-email token and apply it."""
         now, read_at = self._clock(), time.time()
         try:
-            async with self._db.transaction() as tx:
-                purpose, payload = await self._tokens.consume(tx, (VERIFY_EMAIL, CHANGE_EMAIL), token)
-                if purpose == VERIFY_EMAIL:
-                    user = await tx.mark_email_verified(payload["userId"], payload["email"], now)
-                else:
-                    user = await tx.change_email(payload["userId"], payload["email"], payload["newEmail"], now)
-                if user is None:  # the account changed or went away since the token was issued
-                    raise InvalidToken("the token no longer matches the account")
+            if self._jwt_secret is not None and token.count(".") == 2:
+                user, applied = await self._apply_jwt(token, now)
+                if not applied:  # the address was already verified: nothing to do, no session (as Better Auth)
+                    return AuthResult(user)
+            else:
+                user = await self._apply_token(token, now)
         except Conflict as exc:  # the new address was taken meanwhile; the token stays usable
             raise UserAlreadyExists() from exc
         if not self._settings.auto_sign_in_after_verification:
             return AuthResult(user)
         session, session_token = await self._sessions.open_session(user, client, read_at)
         return AuthResult(user, session, session_token)
+
+    async def _apply_token(self, token: str, now: datetime) -> User:
+        async with self._db.transaction() as tx:
+            purpose, payload = await self._tokens.consume(tx, (VERIFY_EMAIL, CHANGE_EMAIL), token)
+            if purpose == VERIFY_EMAIL:
+                user = await tx.mark_email_verified(payload["userId"], payload["email"], now)
+            else:
+                user = await tx.change_email(payload["userId"], payload["email"], payload["newEmail"], now)
+            if user is None:  # the account changed or went away since the token was issued
+                raise InvalidToken("the token no longer matches the account")
+        return user
+
+    async def _apply_jwt(self, token: str, now: datetime) -> tuple[User, bool]:
+        """Better Auth's verification JWT: mark the address verified, or apply the email change it carries
+        (the bound user must still have the address it was issued for). False: already verified."""
+        assert self._jwt_secret is not None
+        try:
+            claims = verify_hs256(token, self._jwt_secret, now.timestamp())
+        except JwtExpired:
+            raise TokenExpired() from None
+        except JwtError:
+            raise InvalidToken() from None
+        email, user_id, update_to = claims.get("email"), claims.get("userId"), claims.get("updateTo")
+        if not isinstance(email, str) or not isinstance(user_id, str | None) or not isinstance(update_to, str | None):
+            raise InvalidToken()
+        if update_to is not None and (user_id is None or claims.get("requestType") == "change-email-confirmation"):
+            raise InvalidToken("unsupported email change token")
+        async with self._db.transaction() as tx:
+            user = await (tx.get_user_by_id(user_id) if user_id is not None else tx.get_user_by_email(email))
+            if user is None or user.email != email.lower():
+                raise InvalidToken("the token no longer matches the account")
+            if update_to is not None:
+                changed = await tx.change_email(user.id, user.email, normalize_email(update_to), now)
+            elif user.email_verified:
+                return user, False
+            else:
+                changed = await tx.mark_email_verified(user.id, user.email, now)
+            if changed is None:
+                raise InvalidToken("the token no longer matches the account")
+        return changed, True
 
     # -- email change ----------------------------------------------------------------------------------------
 
@@ -168,8 +232,14 @@ class AccountFlows:
         async with self._db.transaction() as tx:
             if await tx.get_user_by_email(new_email) is not None:
                 raise UserAlreadyExists()
-            payload = {"userId": user.id, "email": user.email, "newEmail": new_email}
-            token, expires = await self._tokens.issue(tx, CHANGE_EMAIL, payload, self._settings.change_email_ttl)
+            if self._jwt_secret is not None:
+                claims = {"email": user.email, "updateTo": new_email, "userId": user.id}
+                token, expires = self._jwt(
+                    {**claims, "requestType": "change-email-verification"}, self._settings.change_email_ttl
+                )
+            else:
+                payload = {"userId": user.id, "email": user.email, "newEmail": new_email}
+                token, expires = await self._tokens.issue(tx, CHANGE_EMAIL, payload, self._settings.change_email_ttl)
         self._outbox.submit_message(self._message(CHANGE_EMAIL, new_email, user, token, expires))
 
     # -- password reset --------------------------------------------------------------------------------------
@@ -191,7 +261,7 @@ class AccountFlows:
     async def reset_password(self, token: str, new_password: str) -> None:
         """Consume a reset token, set the password, and (by default) revoke every session of the user."""
         self._rules.check_password(new_password, field="new_password")
-        identifier = VerificationTokens.identifier(RESET_PASSWORD, token)
+        identifier = self._tokens.identifier(RESET_PASSWORD, token)
         async with self._db.transaction(autocommit=True) as tx:  # cheap check before spending a hash
             if not await tx.verification_exists(identifier):
                 raise InvalidToken("invalid or already used token")

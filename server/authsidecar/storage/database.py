@@ -278,10 +278,11 @@ class SqlUnitOfWork:
         return (await self._execute(self._q.verification_exists, {"v_identifier": identifier})).first() is not None
 
     async def delete_user_verifications(self, user_id: str) -> int:
-        """Payloads start with {"userId":"<id>", (the services write them so)."""
+        """Payloads start with {"userId":"<id>", (the services write them so), or are the bare user id (Better
+        Auth's reset-password rows)."""
         head = '{"userId":' + json.dumps(user_id)
         v = self._q.verification_table
-        mine = sa.or_(v.c.value == head + "}", v.c.value.startswith(head + ",", autoescape=True))
+        mine = sa.or_(v.c.value == head + "}", v.c.value.startswith(head + ",", autoescape=True), v.c.value == user_id)
         return (await self._conn.execute(sa.delete(v).where(mine))).rowcount
 
     async def _delete_batch(self, name: str, before: datetime, limit: int) -> int:

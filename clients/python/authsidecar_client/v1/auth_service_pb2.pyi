@@ -26,14 +26,16 @@ class SignUpRequest(_message.Message):
     def __init__(self, email: _Optional[str] = ..., password: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., client: _Optional[_Union[_resources_pb2.ClientContext, _Mapping]] = ..., remember_me: _Optional[bool] = ..., additional_fields: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class SignUpResponse(_message.Message):
-    __slots__ = ("user", "session", "token")
+    __slots__ = ("user", "session", "token", "session_cookie")
     USER_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SESSION_COOKIE_FIELD_NUMBER: _ClassVar[int]
     user: _resources_pb2.User
     session: _resources_pb2.Session
     token: str
-    def __init__(self, user: _Optional[_Union[_resources_pb2.User, _Mapping]] = ..., session: _Optional[_Union[_resources_pb2.Session, _Mapping]] = ..., token: _Optional[str] = ...) -> None: ...
+    session_cookie: str
+    def __init__(self, user: _Optional[_Union[_resources_pb2.User, _Mapping]] = ..., session: _Optional[_Union[_resources_pb2.Session, _Mapping]] = ..., token: _Optional[str] = ..., session_cookie: _Optional[str] = ...) -> None: ...
 
 class SignInRequest(_message.Message):
     __slots__ = ("email", "password", "client", "remember_me")
@@ -48,14 +50,16 @@ class SignInRequest(_message.Message):
     def __init__(self, email: _Optional[str] = ..., password: _Optional[str] = ..., client: _Optional[_Union[_resources_pb2.ClientContext, _Mapping]] = ..., remember_me: _Optional[bool] = ...) -> None: ...
 
 class SignInResponse(_message.Message):
-    __slots__ = ("user", "session", "token")
+    __slots__ = ("user", "session", "token", "session_cookie")
     USER_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SESSION_COOKIE_FIELD_NUMBER: _ClassVar[int]
     user: _resources_pb2.User
     session: _resources_pb2.Session
     token: str
-    def __init__(self, user: _Optional[_Union[_resources_pb2.User, _Mapping]] = ..., session: _Optional[_Union[_resources_pb2.Session, _Mapping]] = ..., token: _Optional[str] = ...) -> None: ...
+    session_cookie: str
+    def __init__(self, user: _Optional[_Union[_resources_pb2.User, _Mapping]] = ..., session: _Optional[_Union[_resources_pb2.Session, _Mapping]] = ..., token: _Optional[str] = ..., session_cookie: _Optional[str] = ...) -> None: ...
 
 class SignOutRequest(_message.Message):
     __slots__ = ("token",)
@@ -86,14 +90,16 @@ class VerifyEmailRequest(_message.Message):
     def __init__(self, token: _Optional[str] = ..., client: _Optional[_Union[_resources_pb2.ClientContext, _Mapping]] = ...) -> None: ...
 
 class VerifyEmailResponse(_message.Message):
-    __slots__ = ("user", "session", "token")
+    __slots__ = ("user", "session", "token", "session_cookie")
     USER_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SESSION_COOKIE_FIELD_NUMBER: _ClassVar[int]
     user: _resources_pb2.User
     session: _resources_pb2.Session
     token: str
-    def __init__(self, user: _Optional[_Union[_resources_pb2.User, _Mapping]] = ..., session: _Optional[_Union[_resources_pb2.Session, _Mapping]] = ..., token: _Optional[str] = ...) -> None: ...
+    session_cookie: str
+    def __init__(self, user: _Optional[_Union[_resources_pb2.User, _Mapping]] = ..., session: _Optional[_Union[_resources_pb2.Session, _Mapping]] = ..., token: _Optional[str] = ..., session_cookie: _Optional[str] = ...) -> None: ...
 
 class RequestPasswordResetRequest(_message.Message):
     __slots__ = ("email",)
@@ -132,12 +138,14 @@ class ChangePasswordRequest(_message.Message):
     def __init__(self, token: _Optional[str] = ..., current_password: _Optional[str] = ..., new_password: _Optional[str] = ..., revoke_other_sessions: _Optional[bool] = ..., client: _Optional[_Union[_resources_pb2.ClientContext, _Mapping]] = ...) -> None: ...
 
 class ChangePasswordResponse(_message.Message):
-    __slots__ = ("session", "token")
+    __slots__ = ("session", "token", "session_cookie")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SESSION_COOKIE_FIELD_NUMBER: _ClassVar[int]
     session: _resources_pb2.Session
     token: str
-    def __init__(self, session: _Optional[_Union[_resources_pb2.Session, _Mapping]] = ..., token: _Optional[str] = ...) -> None: ...
+    session_cookie: str
+    def __init__(self, session: _Optional[_Union[_resources_pb2.Session, _Mapping]] = ..., token: _Optional[str] = ..., session_cookie: _Optional[str] = ...) -> None: ...
 
 class ChangeEmailRequest(_message.Message):
     __slots__ = ("token", "new_email")

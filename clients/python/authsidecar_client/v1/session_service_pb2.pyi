@@ -8,10 +8,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ValidateSessionRequest(_message.Message):
-    __slots__ = ("token",)
+    __slots__ = ("token", "cookie")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
+    COOKIE_FIELD_NUMBER: _ClassVar[int]
     token: str
-    def __init__(self, token: _Optional[str] = ...) -> None: ...
+    cookie: str
+    def __init__(self, token: _Optional[str] = ..., cookie: _Optional[str] = ...) -> None: ...
 
 class ValidateSessionResponse(_message.Message):
     __slots__ = ("session", "user")

@@ -16,6 +16,7 @@ MAX_PASSWORD = 4096  # the configured policy (128 by default) reports PASSWORD_T
 MAX_IMAGE = 2048
 MAX_ID = 128
 MAX_USER_AGENT = 1024
+MAX_COOKIE_HEADER = 16_384
 
 
 class FieldChecker:

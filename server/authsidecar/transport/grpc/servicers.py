@@ -8,12 +8,14 @@ import grpc
 
 from authsidecar.cache.memo import BoundedMemo
 from authsidecar.domain.models import SessionWithUser
+from authsidecar.errors import InvalidArgument
 from authsidecar.services.accounts import AccountService, AuthResult
 from authsidecar.services.profile import ProfileService
 from authsidecar.services.sessions import SessionManager
 from authsidecar.services.verification import AccountFlows
 from authsidecar.transport.grpc.convert import Converter, struct_to_dict
 from authsidecar.transport.grpc.fields import (
+    MAX_COOKIE_HEADER,
     MAX_EMAIL,
     MAX_ID,
     MAX_IMAGE,
@@ -32,11 +34,12 @@ __all__ = ["AuthServicer", "SessionServicer"]
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def _auth_parts(convert: Converter, result: AuthResult) -> dict[str, Any]:
+def _auth_parts(convert: Converter, sessions: SessionManager, result: AuthResult) -> dict[str, Any]:
     parts: dict[str, Any] = {"user": convert.user(result.user)}
     if result.session is not None:
         parts["session"] = convert.session(result.session)
         parts["token"] = result.token or ""
+        parts["session_cookie"] = sessions.cookie_value(result.token) if result.token else ""
     return parts
 
 
@@ -77,7 +80,7 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         remember = request.remember_me if request.HasField("remember_me") else True
         extra = struct_to_dict(request.additional_fields)
         result = await self._accounts.sign_up(email, password, name, image or None, client, remember, extra)
-        return auth_pb.SignUpResponse(**_auth_parts(self._convert, result))
+        return auth_pb.SignUpResponse(**_auth_parts(self._convert, self._sessions, result))
 
     @rpc
     async def SignIn(self, request: auth_pb.SignInRequest, context: Context) -> auth_pb.SignInResponse:
@@ -89,7 +92,7 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         check.done()
         remember = request.remember_me if request.HasField("remember_me") else True
         result = await self._accounts.sign_in(email, password, client, remember)
-        return auth_pb.SignInResponse(**_auth_parts(self._convert, result))
+        return auth_pb.SignInResponse(**_auth_parts(self._convert, self._sessions, result))
 
     @rpc
     async def SignOut(self, request: auth_pb.SignOutRequest, context: Context) -> auth_pb.SignOutResponse:
@@ -116,7 +119,7 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         client = check.client("client", request.client.ip_address, request.client.user_agent)
         check.done()
         result = await self._flows.verify_email(token, client)
-        return auth_pb.VerifyEmailResponse(**_auth_parts(self._convert, result))
+        return auth_pb.VerifyEmailResponse(**_auth_parts(self._convert, self._sessions, result))
 
     @rpc
     async def RequestPasswordReset(
@@ -157,6 +160,7 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         if result.session is not None:
             reply.session.CopyFrom(self._convert.session(result.session))
             reply.token = result.token or ""
+            reply.session_cookie = self._sessions.cookie_value(result.token) if result.token else ""
         return reply
 
     @rpc
@@ -209,7 +213,9 @@ class SessionServicer(session_grpc.SessionServiceServicer):
     ) -> session_pb.ValidateSessionResponse:
         """The hot path: token -> session + user."""
         token = request.token
-        if not token or len(token) > 256 or "\x00" in token:
+        if request.cookie:
+            token = self._from_cookie(token, request.cookie)
+        elif not token or len(token) > 256 or "\x00" in token:
             token = _token(request)  # raises the precise INVALID_ARGUMENT
         entry = await self._sessions.validate(token)
         reply = self._replies.get(entry)
@@ -219,6 +225,14 @@ class SessionServicer(session_grpc.SessionServiceServicer):
             )
             self._replies.put(entry, reply)
         return reply
+
+    def _from_cookie(self, token: str, cookie: str) -> str:
+        check = FieldChecker()
+        check.text("cookie", cookie, MAX_COOKIE_HEADER)
+        check.done()
+        if token:
+            raise InvalidArgument.field("cookie", "set token or cookie, not both")
+        return self._sessions.from_cookie_header(cookie)
 
     @rpc
     async def ListSessions(

@@ -1,0 +1,151 @@
+"""Sessions shared with a Better Auth app (compatibility profile).
+
+Better Auth's rules, not the standalone coherence rules: with Redis, a session document present under
+``<prefix><token>`` is the session (unless ``revoked-sessions-before`` says otherwise), as the app itself reads
+it; both sides revoke by deleting it. When the document is missing and sessions are also kept in SQL
+(``store_session_in_database``), the row answers, and the document is NOT put back: a Better Auth revocation
+deletes the document before the row, and a refill in between would bring the session back. When Redis fails,
+the row answers (sessions in SQL) or the call fails with UNAVAILABLE (Redis-only).
+
+Tokens arrive raw, or as Better Auth's signed cookie value (URL-encoded or not), whose signature must verify.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
+
+from authsidecar.cache.better_auth import BetterAuthRedis
+from authsidecar.cache.memory import NullSessionCache
+from authsidecar.domain.models import NO_EXTRA, Extra, SessionWithUser
+from authsidecar.domain.ports import Database
+from authsidecar.errors import BackendUnavailable, InvalidToken, SessionExpired
+from authsidecar.security.cookies import SessionCookies
+from authsidecar.security.ids import IdGenerator
+from authsidecar.security.tokens import PlainTokenPolicy
+from authsidecar.services.clock import Clock, utc_now
+from authsidecar.services.coherence import CacheCoherence
+from authsidecar.services.sessions import SessionManager, SessionPolicy
+
+__all__ = ["BetterAuthSessionManager"]
+
+log = logging.getLogger(__name__)
+
+
+class BetterAuthSessionManager(SessionManager):
+    """SessionManager over Better Auth's storage: plain tokens, signed cookies, Redis as the session store."""
+
+    def __init__(
+        self,
+        db: Database,
+        redis: BetterAuthRedis | None,
+        cookies: SessionCookies,
+        sessions_in_database: bool,
+        policy: SessionPolicy,
+        coherence: CacheCoherence,
+        clock: Clock = utc_now,
+        session_fields: Extra = NO_EXTRA,
+        ids: IdGenerator | None = None,
+        retry_after: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(db, NullSessionCache(), PlainTokenPolicy(), policy, coherence, clock, session_fields, ids)
+        self._redis = redis
+        self.cookies = cookies
+        self._in_sql = sessions_in_database
+        self._retry_after = retry_after
+        self._mono = monotonic
+        self._redis_back_at = 0.0  # Redis is skipped for reads until then, after a failure (sessions in SQL)
+
+    def bearer(self, credential: str) -> str:
+        """The session token in a raw token or a signed cookie value (Better Auth's tokens have neither '.' nor
+        '%'); raises InvalidToken when a signature does not verify."""
+        if "." not in credential and "%" not in credential:
+            return credential
+        token = self.cookies.unsign(credential)
+        if token is None:
+            raise InvalidToken("the session cookie's signature does not verify")
+        return token
+
+    def from_cookie_header(self, header: str) -> str:
+        """The signed session cookie value in a Cookie header; raises InvalidToken when there is none."""
+        value = self.cookies.from_header(header)
+        if value is None:
+            raise InvalidToken(f"no {self.cookies.name} cookie in the Cookie header")
+        return value
+
+    def cookie_value(self, token: str) -> str:
+        """The value of Better Auth's session cookie for a token."""
+        return self.cookies.sign(token)
+
+    async def _from_redis(self, token: str) -> SessionWithUser | None:
+        """The session's document; None when absent, or when Redis is skipped or failed and SQL may answer."""
+        if self._redis is None or (self._in_sql and self._mono() < self._redis_back_at):
+            return None
+        try:
+            return await self._redis.get(token)
+        except BackendUnavailable:
+            if not self._in_sql:
+                raise
+            if self._mono() >= self._redis_back_at:
+                log.warning("Redis unavailable: sessions are read from the database for %.1fs", self._retry_after)
+            self._redis_back_at = self._mono() + self._retry_after
+            return None
+
+    async def validate(self, token: str) -> SessionWithUser:
+        """The session and user of a token (raw or signed); raises InvalidToken / SessionExpired."""
+        token = self.bearer(token)
+        now = self._clock()
+        entry = await self._from_redis(token)
+        if entry is None and self._in_sql:
+            entry = await self._db.find_session(token)
+        if (
+            entry is None
+            or not hmac.compare_digest(entry.session.stored_token, token)
+            or self._coherence.revoked(token)
+        ):
+            raise InvalidToken()
+        session = entry.session
+        if session.expires_at <= now:
+            raise SessionExpired()
+        if self._policy.needs_refresh(session, now):
+            entry = await self._refresh(entry, now)
+        return entry
+
+    async def _refresh(self, entry: SessionWithUser, now: datetime) -> SessionWithUser:
+        session = replace(entry.session, expires_at=now + self._policy.expires_in, updated_at=now)
+        async with self._db.transaction(autocommit=True) as tx:
+            alive = await tx.refresh_session(session.stored_token, session.expires_at, now)
+        if not alive:
+            raise InvalidToken()
+        refreshed = SessionWithUser(session, entry.user, entry.checked_at)
+        if self._redis is not None:
+            try:
+                written = await self._redis.store(refreshed, now, only_if_present=True)
+            except BackendUnavailable:
+                if not self._in_sql:
+                    raise
+                written = True
+            if not written and not self._in_sql:  # the document went away meanwhile: revoked
+                raise InvalidToken()
+        return refreshed
+
+    async def remember(self, entry: SessionWithUser) -> None:
+        """Write a new session's document and reference, as Better Auth does on creation. Without it a
+        Redis-only session does not exist (UNAVAILABLE); with the row in SQL, it is logged and SQL answers."""
+        if self._redis is None:
+            return
+        try:
+            await self._redis.store(entry, self._clock())
+        except BackendUnavailable:
+            if not self._in_sql:
+                raise
+            log.warning("Redis unavailable: a new session is in the database only")
+
+    async def sign_out(self, token: str) -> None:
+        """End the session of a raw or signed token; unknown or expired tokens are not an error."""
+        await super().sign_out(self.bearer(token))
