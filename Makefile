@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 TOOLS := .tools
 BUF := $(TOOLS)/node_modules/.bin/buf
 DRIZZLE_KIT := $(TOOLS)/node_modules/.bin/drizzle-kit
+BETTER_AUTH := $(TOOLS)/node_modules/better-auth/package.json
 
 .PHONY: run test lint format proto bench migrate buf-lint clean
 
@@ -24,8 +25,9 @@ run: $(STAMP)
 migrate: $(STAMP)
 	$(BIN)/authsidecar migrate
 
-## All tests: unit, storage/service contract (Postgres+Redis, SQLite+in-process, MariaDB), end-to-end, grpcurl.
-test: $(STAMP) $(DRIZZLE_KIT)
+## All tests: unit, storage/service contract (Postgres+Redis, SQLite+in-process, MariaDB), end-to-end, grpcurl,
+## and side by side with a real Better Auth app.
+test: $(STAMP) $(DRIZZLE_KIT) $(BETTER_AUTH)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 $(BUF):
@@ -34,6 +36,10 @@ $(BUF):
 ## drizzle-orm, drizzle-kit and TypeScript: the tests compile `generate --format drizzle` output and run drizzle-kit on it.
 $(DRIZZLE_KIT): $(BUF)
 	npm install --silent --no-audit --no-fund --save-exact --prefix $(TOOLS) drizzle-orm@0.45.4 drizzle-kit@0.31.11 typescript@5.9.3
+
+## better-auth with pg and ioredis: the compatibility tests and the benchmark run a real Better Auth app (tests/better_auth/app.mjs).
+$(BETTER_AUTH): $(DRIZZLE_KIT)
+	npm install --silent --no-audit --no-fund --save-exact --prefix $(TOOLS) better-auth@1.7.25 pg@8.23.1 ioredis@5.8.2
 
 buf-lint: $(BUF)
 	cd proto && ../$(BUF) lint
@@ -52,7 +58,7 @@ proto: $(STAMP)
 	$(BIN)/python clients/python/generate.py
 
 ## Benchmark against Postgres + Redis; writes tests/benchmarks/RESULTS.md.
-bench: $(STAMP)
+bench: $(STAMP) $(BETTER_AUTH)
 	$(BIN)/python -m tests.benchmarks.run
 
 clean:

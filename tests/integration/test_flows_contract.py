@@ -210,7 +210,7 @@ async def test_delete_user_removes_everything(backend: Backend) -> None:
     with pytest.raises(errors.InvalidToken):
         await backend.sessions.validate(up.token)
     async with backend.db.transaction() as tx:
-        assert not await tx.verification_exists(VerificationTokens.identifier("reset-password", message.token))
+        assert not await tx.verification_exists(VerificationTokens().identifier("reset-password", message.token))
     with pytest.raises(errors.InvalidToken):
         await backend.flows.reset_password(message.token, NEW_PASSWORD)  # its verification went too
     with pytest.raises(errors.InvalidCredentials):

@@ -1,0 +1,298 @@
+"""Side by side with a real Better Auth app (better-auth 1.7.25 under Node, tests/better_auth/app.mjs) on the same
+Postgres database and Redis: users, sessions, cookies, revocations, resets and email verification cross over
+both ways. Three storage modes, as a Better Auth app can be configured: sessions in SQL and Redis
+(storeSessionInDatabase), in Redis only (Better Auth's default with secondary storage), in SQL only (no Redis).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from urllib.parse import quote, unquote
+
+import grpc
+import pytest
+import redis
+from grpc_health.v1 import health_pb2
+
+from authsidecar_client.v1 import auth_service_pb2 as auth_pb
+from authsidecar_client.v1 import session_service_pb2 as session_pb
+from tests.better_auth.harness import SECRET, BetterAuthApp, installed, token_in_log
+from tests.conftest import REDIS_URL, create_pg_database, drop_pg_database, migrate
+from tests.e2e.conftest import Server, Stubs, error_details, free_port, start_server, stubs_for
+
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.redis,
+    pytest.mark.skipif(not installed(), reason="better-auth is installed by `make test` into .tools/"),
+]
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+PASSWORD = "correct horse battery"
+NEW_PASSWORD = "another horse battery"
+MODES = {"sql+redis": (True, True), "redis-only": (True, False), "sql-only": (False, True)}
+
+
+@dataclass
+class Pair:
+    """A Better Auth app and an authsidecar server sharing one database and Redis."""
+
+    mode: str
+    app: BetterAuthApp
+    server: Server
+    prefix: str
+
+    @property
+    def redis(self) -> bool:
+        return MODES[self.mode][0]
+
+
+@pytest.fixture(scope="module", params=list(MODES))
+def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    use_redis, in_sql = MODES[request.param]
+    folder = tmp_path_factory.mktemp("better-auth")
+    url = create_pg_database("authsidecar_ba")
+    prefix = f"authsidecar-test-ba-{secrets.token_hex(4)}:"
+    app: BetterAuthApp | None = None
+    server: Server | None = None
+    try:
+        migrate(url)
+        app_env = {
+            "BA_DATABASE_URL": url,
+            "BA_REDIS_URL": REDIS_URL if use_redis else "",
+            "BA_REDIS_PREFIX": prefix,
+            "BA_STORE_SESSION_IN_DATABASE": "1" if in_sql else "0",
+        }
+        app = BetterAuthApp(free_port(), app_env, folder / "better-auth.log")
+        env = {
+            "DATABASE_URL": url,
+            "AUTHSIDECAR_COMPAT": "better-auth",
+            "BETTER_AUTH_SECRET": SECRET,
+            "AUTHSIDECAR_STORE_SESSION_IN_DATABASE": "true" if in_sql else "false",
+        }
+        if use_redis:
+            env |= {"REDIS_URL": REDIS_URL, "AUTHSIDECAR_REDIS_KEY_PREFIX": prefix}
+        server = start_server(folder, env)
+        server.wait_for(SERVING)
+        yield Pair(request.param, app, server, prefix)
+    finally:
+        if server is not None:
+            assert server.stop() == 0, server.log()
+        if app is not None:
+            app.stop()
+        drop_pg_database(url)
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+@pytest.fixture
+async def stubs(pair: Pair) -> AsyncIterator[Stubs]:
+    s = stubs_for(pair.server.address)
+    yield s
+    await s.channel.close()
+
+
+def _email() -> str:
+    return f"ba-{secrets.token_hex(5)}@example.com"
+
+
+async def _reason(call: object) -> tuple[grpc.StatusCode, str]:
+    try:
+        await call  # type: ignore[misc]
+    except grpc.aio.AioRpcError as exc:
+        details = error_details(exc)
+        return details.code, details.reason
+    raise AssertionError("the call succeeded")
+
+
+def _app_sign_up(pair: Pair, email: str) -> tuple[str, str]:
+    """Sign up through Better Auth; returns (token, cookie value)."""
+    reply = pair.app.call("POST", "/sign-up/email", {"email": email, "password": PASSWORD, "name": "From App"})
+    assert reply.status == 200, reply
+    cookie = reply.cookie()
+    assert cookie is not None
+    return reply.body["token"], cookie
+
+
+async def test_app_user_signs_in_here_and_app_accepts_the_cookie(pair: Pair, stubs: Stubs) -> None:
+    email = _email()
+    _app_sign_up(pair, email)
+    signed_in = await stubs.auth.SignIn(auth_pb.SignInRequest(email=email.upper(), password=PASSWORD))
+    assert signed_in.user.email == email
+    assert len(signed_in.token) == 32 and signed_in.token.isalnum()
+    assert unquote(signed_in.session_cookie).startswith(signed_in.token + ".")
+    seen = pair.app.session(signed_in.session_cookie)
+    assert seen is not None and seen["session"]["id"] == signed_in.session.id
+    assert seen["user"]["email"] == email
+    wrong = stubs.auth.SignIn(auth_pb.SignInRequest(email=email, password=NEW_PASSWORD))
+    assert await _reason(wrong) == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_EMAIL_OR_PASSWORD")
+
+
+async def test_app_session_validates_from_token_cookie_value_and_header(pair: Pair, stubs: Stubs) -> None:
+    email = _email()
+    token, cookie = _app_sign_up(pair, email)
+    forms = [
+        session_pb.ValidateSessionRequest(token=token),
+        session_pb.ValidateSessionRequest(token=cookie),
+        session_pb.ValidateSessionRequest(token=unquote(cookie)),
+        session_pb.ValidateSessionRequest(cookie=f"theme=dark; better-auth.session_token={cookie}; other=1"),
+        session_pb.ValidateSessionRequest(cookie=f"__Secure-better-auth.session_token={cookie}"),
+    ]
+    for request in forms:
+        reply = await stubs.sessions.ValidateSession(request)
+        assert reply.user.email == email, request
+    signature = unquote(cookie).rpartition(".")[2]
+    forged = quote(f"{token}.{signature[:10]}{'A' if signature[10] != 'A' else 'B'}{signature[11:]}", safe="")
+    for request in [
+        session_pb.ValidateSessionRequest(token=forged),
+        session_pb.ValidateSessionRequest(cookie=f"better-auth.session_token={forged}"),
+        session_pb.ValidateSessionRequest(cookie="better-auth.other=1"),
+        session_pb.ValidateSessionRequest(token=secrets.token_hex(16)),
+    ]:
+        call = stubs.sessions.ValidateSession(request)
+        assert await _reason(call) == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_TOKEN"), request
+    both = stubs.sessions.ValidateSession(session_pb.ValidateSessionRequest(token=token, cookie="a=b"))
+    assert (await _reason(both))[0] == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_user_made_here_signs_in_through_the_app(pair: Pair, stubs: Stubs) -> None:
+    email = _email()
+    made = await stubs.auth.SignUp(auth_pb.SignUpRequest(email=email, password=PASSWORD, name="From Sidecar"))
+    seen = pair.app.session(made.session_cookie)
+    assert seen is not None and seen["user"]["id"] == made.user.id and seen["user"]["name"] == "From Sidecar"
+    reply = pair.app.call("POST", "/sign-in/email", {"email": email, "password": PASSWORD})
+    assert reply.status == 200, reply
+    assert (await stubs.sessions.ValidateSession(session_pb.ValidateSessionRequest(token=reply.body["token"]))).user.id
+    listed = await stubs.sessions.ListSessions(session_pb.ListSessionsRequest(token=made.token))
+    assert len(listed.sessions) == 2
+
+
+async def test_revocations_cross_over_at_once(pair: Pair, stubs: Stubs) -> None:
+    email = _email()
+    token, cookie = _app_sign_up(pair, email)
+    ours = await stubs.auth.SignIn(auth_pb.SignInRequest(email=email, password=PASSWORD))
+    # The app signs its session out: gone here at once.
+    assert pair.app.call("POST", "/sign-out", {}, cookie=f"better-auth.session_token={cookie}").status == 200
+    call = stubs.sessions.ValidateSession(session_pb.ValidateSessionRequest(token=token))
+    assert await _reason(call) == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_TOKEN")
+    # We sign ours out: gone for the app at once.
+    assert pair.app.session(ours.session_cookie) is not None
+    await stubs.auth.SignOut(auth_pb.SignOutRequest(token=ours.session_cookie))
+    assert pair.app.session(ours.session_cookie) is None
+    # The app revokes every session of the user (revoked-sessions-before with Redis): ours too.
+    ours = await stubs.auth.SignIn(auth_pb.SignInRequest(email=email, password=PASSWORD))
+    app_cookie = pair.app.call("POST", "/sign-in/email", {"email": email, "password": PASSWORD}).cookie()
+    assert app_cookie is not None
+    revoked = pair.app.call("POST", "/revoke-sessions", {}, cookie=f"better-auth.session_token={app_cookie}")
+    assert revoked.status == 200, revoked
+    call = stubs.sessions.ValidateSession(session_pb.ValidateSessionRequest(token=ours.token))
+    assert await _reason(call) == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_TOKEN")
+    # We revoke every session: the app's too.
+    app_cookie = pair.app.call("POST", "/sign-in/email", {"email": email, "password": PASSWORD}).cookie()
+    assert app_cookie is not None
+    ours = await stubs.auth.SignIn(auth_pb.SignInRequest(email=email, password=PASSWORD))
+    count = await stubs.sessions.RevokeSessions(session_pb.RevokeSessionsRequest(token=ours.token))
+    assert count.revoked_count == 2
+    assert pair.app.session(app_cookie) is None
+    # One session by id.
+    app_cookie = pair.app.call("POST", "/sign-in/email", {"email": email, "password": PASSWORD}).cookie()
+    assert app_cookie is not None
+    app_session = pair.app.session(app_cookie)
+    ours = await stubs.auth.SignIn(auth_pb.SignInRequest(email=email, password=PASSWORD))
+    await stubs.sessions.RevokeSession(
+        session_pb.RevokeSessionRequest(token=ours.token, session_id=app_session["session"]["id"])
+    )
+    assert pair.app.session(app_cookie) is None
+    assert (await stubs.sessions.ValidateSession(session_pb.ValidateSessionRequest(token=ours.token))).user.id
+
+
+async def test_profile_changes_cross_over(pair: Pair, stubs: Stubs) -> None:
+    email = _email()
+    _, cookie = _app_sign_up(pair, email)
+    ours = await stubs.auth.SignIn(auth_pb.SignInRequest(email=email, password=PASSWORD))
+    updated = pair.app.call(
+        "POST", "/update-user", {"name": "Renamed By App"}, cookie=f"better-auth.session_token={cookie}"
+    )
+    assert updated.status == 200, updated
+    seen = await stubs.sessions.ValidateSession(session_pb.ValidateSessionRequest(token=ours.token))
+    assert seen.user.name == "Renamed By App"
+    await stubs.auth.UpdateUser(auth_pb.UpdateUserRequest(token=ours.token, name="Renamed Here"))
+    assert pair.app.session(cookie)["user"]["name"] == "Renamed Here"
+
+
+async def test_reset_requested_on_one_side_completes_on_the_other(pair: Pair, stubs: Stubs) -> None:
+    email = _email()
+    _app_sign_up(pair, email)
+    # The app issues the token; we consume it.
+    assert pair.app.call("POST", "/request-password-reset", {"email": email, "redirectTo": "/reset"}).status == 200
+    app_token = pair.app.last_token("reset-password", email)
+    await stubs.auth.ResetPassword(auth_pb.ResetPasswordRequest(token=app_token, new_password=NEW_PASSWORD))
+    again = stubs.auth.ResetPassword(auth_pb.ResetPasswordRequest(token=app_token, new_password=PASSWORD))
+    assert (await _reason(again))[1] == "INVALID_TOKEN"
+    assert pair.app.call("POST", "/sign-in/email", {"email": email, "password": NEW_PASSWORD}).status == 200
+    # We issue the token; the app consumes it.
+    await stubs.auth.RequestPasswordReset(auth_pb.RequestPasswordResetRequest(email=email))
+    ours = _wait_for_token(pair.server, "reset-password", email)
+    reset = pair.app.call("POST", "/reset-password", {"token": ours, "newPassword": PASSWORD})
+    assert reset.status == 200, reset
+    assert (await stubs.auth.SignIn(auth_pb.SignInRequest(email=email, password=PASSWORD))).token
+    used = pair.app.call("POST", "/reset-password", {"token": ours, "newPassword": NEW_PASSWORD})
+    assert used.status == 400, used
+
+
+async def test_email_verification_both_ways(pair: Pair, stubs: Stubs) -> None:
+    first, second = _email(), _email()
+    _app_sign_up(pair, first)
+    assert pair.app.call("POST", "/send-verification-email", {"email": first}).status == 200
+    app_token = pair.app.last_token("verify-email", first)
+    verified = await stubs.auth.VerifyEmail(auth_pb.VerifyEmailRequest(token=app_token))
+    assert verified.user.email_verified
+    await stubs.auth.SignUp(auth_pb.SignUpRequest(email=second, password=PASSWORD, name="Second"))
+    await stubs.auth.SendVerificationEmail(auth_pb.SendVerificationEmailRequest(email=second))
+    ours = _wait_for_token(pair.server, "verify-email", second)
+    reply = pair.app.call("GET", f"/verify-email?token={ours}")
+    assert reply.status == 200 and reply.body["status"] is True, reply
+    signed_in = pair.app.call("POST", "/sign-in/email", {"email": second, "password": PASSWORD})
+    assert signed_in.body["user"]["emailVerified"] is True
+    forged = ours[:-2] + ("AA" if not ours.endswith("AA") else "BB")
+    call = stubs.auth.VerifyEmail(auth_pb.VerifyEmailRequest(token=forged))
+    assert (await _reason(call))[1] == "INVALID_TOKEN"
+
+
+async def test_password_written_here_is_scrypt_and_app_hash_verifies(pair: Pair, stubs: Stubs) -> None:
+    """Better Auth's own hash verifies here; ours verifies there (both directions of ChangePassword)."""
+    email = _email()
+    _, cookie = _app_sign_up(pair, email)
+    ours = await stubs.auth.SignIn(auth_pb.SignInRequest(email=email, password=PASSWORD))
+    changed = await stubs.auth.ChangePassword(
+        auth_pb.ChangePasswordRequest(token=ours.token, current_password=PASSWORD, new_password=NEW_PASSWORD)
+    )
+    assert not changed.token
+    assert pair.app.call("POST", "/sign-in/email", {"email": email, "password": NEW_PASSWORD}).status == 200
+    body = {"currentPassword": NEW_PASSWORD, "newPassword": PASSWORD, "revokeOtherSessions": True}
+    reply = pair.app.call("POST", "/change-password", body, cookie=f"better-auth.session_token={cookie}")
+    assert reply.status == 200, reply
+    assert (await stubs.auth.SignIn(auth_pb.SignInRequest(email=email, password=PASSWORD))).token
+    call = stubs.sessions.ValidateSession(session_pb.ValidateSessionRequest(token=ours.token))
+    assert await _reason(call) == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_TOKEN")
+
+
+def _wait_for_token(server: Server, purpose: str, email: str) -> str:
+    end = time.monotonic() + 10
+    while True:
+        try:
+            return token_in_log(server.log(), purpose, email)
+        except AssertionError:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.05)
+
+
+def test_logs_hold_no_session_tokens(pair: Pair) -> None:
+    """Sanity: the Better Auth profile does not write session tokens to authsidecar's log."""
+    assert "session_token=" not in pair.server.log()
