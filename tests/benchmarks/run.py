@@ -32,8 +32,10 @@ import argon2
 import grpc
 
 from authsidecar_client.v1 import auth_service_pb2, auth_service_pb2_grpc, session_service_pb2, session_service_pb2_grpc
-from tests.benchmarks import infra, load
+from tests.benchmarks import better_auth, infra, load
 from tests.benchmarks.micro import coherence_costs
+from tests.better_auth.harness import SECRET as BETTER_AUTH_SECRET
+from tests.better_auth.harness import BetterAuthApp, installed
 
 USERS = 8
 SEQ_WARMUP, SEQ_CALLS, SEQ_ROUNDS = 300, 2000, 4
@@ -111,6 +113,7 @@ class Figures:
     burst: list[tuple[float, str]]
     cached_documents: str
     micro: dict[str, float]
+    side: better_auth.SideBySide | None = None
 
 
 def sign_up_users(address: str, tag: str) -> tuple[list[str], list[tuple[str, str]], bytes]:
@@ -224,6 +227,82 @@ def measure(
     )
 
 
+def side_by_side(db_name: str, prefix: str, log_dir: Path, cleanup: contextlib.ExitStack) -> better_auth.SideBySide:
+    """Better Auth's get-session vs ValidateSession in the Better Auth profile, on one database, Redis and set of
+    sessions (created by the Better Auth app)."""
+    print("side by side with Better Auth ...", flush=True)
+    cleanup.callback(infra.drop_database, db_name)
+    db_url = infra.create_database(db_name)
+    app_env = {"BA_DATABASE_URL": db_url, "BA_REDIS_URL": infra.REDIS_URL, "BA_REDIS_PREFIX": prefix}
+    app = BetterAuthApp(infra.free_port(), app_env, log_dir / "better-auth.log")
+    cleanup.callback(app.stop)
+    env = {"DATABASE_URL": db_url, "REDIS_URL": infra.REDIS_URL, "AUTHSIDECAR_REDIS_KEY_PREFIX": prefix}
+    env |= {
+        "AUTHSIDECAR_COMPAT": "better-auth",
+        "BETTER_AUTH_SECRET": BETTER_AUTH_SECRET,
+        "AUTHSIDECAR_DRAIN_DELAY": "0",
+    }
+    server = infra.ServerProcess.start(
+        "better-auth-profile", [sys.executable, "-m", "authsidecar", "serve"], env, log_dir
+    )
+    cleanup.callback(server.stop)
+    server.wait_serving()
+    cookies = []
+    for i in range(USERS):
+        body = {"email": f"ba-bench-{i}@example.com", "password": secrets.token_hex(12), "name": f"User {i}"}
+        reply = app.call("POST", "/sign-up/email", body)
+        cookie = reply.cookie()
+        assert reply.status == 200 and cookie, reply
+        cookies.append(cookie)
+    args = (app.port, server.address, cookies)
+    (seq,) = run_jobs(better_auth.sequential, [(*args, SEQ_WARMUP, SEQ_CALLS, SEQ_ROUNDS)], timeout=180)
+    schedule = [better_auth.HTTP, better_auth.GRPC] * LOAD_ROUNDS
+    jobs = [(*args, LOAD_IN_FLIGHT, LOAD_SECONDS, schedule)] * LOAD_PROCESSES
+    phases = run_jobs(better_auth.throughput, jobs, timeout=len(schedule) * LOAD_SECONDS + 90)
+    rate: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    for worker in phases:
+        for phase in worker:
+            rate[phase["target"]] += phase["ok"] / phase["s"] / LOAD_ROUNDS
+            errors[phase["target"]] += phase["errors"]
+    return better_auth.SideBySide(seq, dict(rate), dict(errors))
+
+
+def side_by_side_report(side: better_auth.SideBySide | None) -> list[str]:
+    """The side-by-side section."""
+    lines = ["", "## Side by side with Better Auth's get-session", ""]
+    if side is None:
+        return [*lines, "not measured: better-auth is not installed (make installs it into .tools/)"]
+    p50 = {label: percentile(v, 0.5) for label, v in side.seq.items()}
+    lines += [
+        f"better-auth 1.7.25 under Node {_node_version()} (Redis secondary storage, Redis-only sessions) and an "
+        "authsidecar server with AUTHSIDECAR_COMPAT=better-auth on the same database, Redis and sessions, both "
+        "asked with the signed session cookie by equal blocking Python clients (sequential: 1 client; throughput: "
+        f"{LOAD_PROCESSES} processes x {LOAD_IN_FLIGHT} threads).",
+        "",
+        "| target | p50 | p99 | max throughput | errors |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {label} | {p50[label] * 1e3:.3f} ms | {percentile(v, 0.99) * 1e3:.3f} ms | "
+        f"{side.rate.get(label, 0):,.0f} calls/s | {side.errors.get(label, 0)} |"
+        for label, v in side.seq.items()
+    ]
+    speed = p50[better_auth.HTTP] / p50[better_auth.GRPC]
+    rates = side.rate.get(better_auth.GRPC, 0) / max(side.rate.get(better_auth.HTTP, 0), 1e-9)
+    lines += ["", f"ValidateSession is {speed:.1f}x faster at p50 and serves {rates:.1f}x the calls/s."]
+    return lines
+
+
+def _node_version() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["node", "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except OSError:
+        return "?"
+
+
 def verdict(value: float, target: str) -> str:
     """PASS/FAIL for '<= x' / '>= x' targets; '-' for informational ratios."""
     if target == "-":
@@ -307,6 +386,7 @@ def report(f: Figures, problems: list[str]) -> str:
         ("cache hit p50 / cache disabled p50", p50[HIT] / p50[NOCACHE], "-"),
     ]
     lines += [f"| {name} | {value:.2f} | {target} | {verdict(value, target)} |" for name, value, target in ratios]
+    lines += side_by_side_report(f.side)
     lines += ["", "## Server logs (WARNING and above)", ""]
     lines += [f"    {p}" for p in problems[:20]] or ["none"]
     return "\n".join(lines) + "\n"
@@ -349,6 +429,8 @@ def main() -> int:
         servers = {ECHO: echo, **servers}
         print(f"servers up; ValidateSessionResponse is {len(sample)} bytes", flush=True)
         figures = measure(servers, tokens, credentials, prefix)
+        if installed():
+            figures.side = side_by_side(f"{db_name}_ba", f"{prefix}ba:", log_dir, cleanup)
         problems = [f"[{srv.name}] exit code {code} after SIGTERM" for srv in servers.values() if (code := srv.stop())]
         problems += [f"[{srv.name}] {line}" for srv in servers.values() for line in srv.log_problems()]
         text = report(figures, problems)

@@ -6,6 +6,7 @@ both ways. Three storage modes, as a Better Auth app can be configured: sessions
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -17,11 +18,13 @@ import pytest
 import redis
 from grpc_health.v1 import health_pb2
 
+from authsidecar_client import AuthClient, AuthSidecarError
 from authsidecar_client.v1 import auth_service_pb2 as auth_pb
 from authsidecar_client.v1 import session_service_pb2 as session_pb
 from tests.better_auth.harness import SECRET, BetterAuthApp, installed, token_in_log
 from tests.conftest import REDIS_URL, create_pg_database, drop_pg_database, migrate
 from tests.e2e.conftest import Server, Stubs, error_details, free_port, start_server, stubs_for
+from tests.e2e.test_grpcurl import grpcurl
 
 pytestmark = [
     pytest.mark.postgres,
@@ -296,3 +299,22 @@ def _wait_for_token(server: Server, purpose: str, email: str) -> str:
 def test_logs_hold_no_session_tokens(pair: Pair) -> None:
     """Sanity: the Better Auth profile does not write session tokens to authsidecar's log."""
     assert "session_token=" not in pair.server.log()
+
+
+async def test_readme_examples_grpcurl_and_python_client(pair: Pair) -> None:
+    """The README's worked example: a Cookie header through grpcurl and the Python client; SignIn's cookie."""
+    email = _email()
+    _, cookie = _app_sign_up(pair, email)
+    header = f"theme=dark; better-auth.session_token={cookie}"
+    validated = grpcurl(pair.server, "authsidecar.v1.SessionService/ValidateSession", data={"cookie": header})
+    assert validated.returncode == 0, validated.stderr
+    assert json.loads(validated.stdout)["user"]["email"] == email
+    signed_in = grpcurl(pair.server, "authsidecar.v1.AuthService/SignIn", data={"email": email, "password": PASSWORD})
+    assert signed_in.returncode == 0, signed_in.stderr
+    assert pair.app.session(json.loads(signed_in.stdout)["session_cookie"]) is not None
+    async with AuthClient(pair.server.address) as auth:
+        current = await auth.validate_session(cookie=header)
+        assert current.user.email == email
+        with pytest.raises(AuthSidecarError) as info:
+            await auth.validate_session(cookie="better-auth.session_token=forged.value")
+        assert info.value.reason == "INVALID_TOKEN"

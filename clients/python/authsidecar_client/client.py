@@ -117,9 +117,10 @@ class AuthClient:
         """End a session."""
         await self._call(self._auth.SignOut, auth_pb.SignOutRequest(token=token), auth_pb.SignOutResponse)
 
-    async def validate_session(self, token: str) -> session_pb.ValidateSessionResponse:
-        """Token -> session + user; raises AuthSidecarError (reason INVALID_TOKEN / SESSION_EXPIRED)."""
-        request = session_pb.ValidateSessionRequest(token=token)
+    async def validate_session(self, token: str = "", *, cookie: str = "") -> session_pb.ValidateSessionResponse:
+        """Token -> session + user; raises AuthSidecarError (reason INVALID_TOKEN / SESSION_EXPIRED). In the Better
+        Auth profile ``token`` may also be the session cookie's signed value, or pass a Cookie header as ``cookie``."""
+        request = session_pb.ValidateSessionRequest(token=token, cookie=cookie)
         return await self._call(self._sessions.ValidateSession, request, session_pb.ValidateSessionResponse)
 
     async def list_sessions(self, token: str) -> list[resources_pb2.Session]:
