@@ -55,6 +55,7 @@ export const auth = betterAuth({
       outbox.push({ kind: "reset-password", email: user.email, url, token });
     },
   },
+  user: { changeEmail: { enabled: true } },
   emailVerification: {
     sendVerificationEmail: async ({ user, url, token }) => {
       outbox.push({ kind: "verify-email", email: user.email, url, token });

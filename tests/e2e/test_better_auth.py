@@ -6,11 +6,15 @@ both ways. Three storage modes, as a Better Auth app can be configured: sessions
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 from urllib.parse import quote, unquote
 
 import grpc
@@ -52,10 +56,12 @@ class Pair:
         return MODES[self.mode][0]
 
 
-@pytest.fixture(scope="module", params=list(MODES))
-def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
-    use_redis, in_sql = MODES[request.param]
-    folder = tmp_path_factory.mktemp("better-auth")
+@contextlib.contextmanager
+def running_pair(
+    mode: str, folder: Path, app_options: dict[str, object] | None = None, server_env: dict[str, str] | None = None
+) -> Iterator[Pair]:
+    """A fresh database and Redis prefix, a Better Auth app and an authsidecar server on them; all removed after."""
+    use_redis, in_sql = MODES[mode]
     url = create_pg_database("authsidecar_ba")
     prefix = f"authsidecar-test-ba-{secrets.token_hex(4)}:"
     app: BetterAuthApp | None = None
@@ -67,19 +73,21 @@ def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
             "BA_REDIS_URL": REDIS_URL if use_redis else "",
             "BA_REDIS_PREFIX": prefix,
             "BA_STORE_SESSION_IN_DATABASE": "1" if in_sql else "0",
+            "BA_OPTIONS": json.dumps(app_options or {}),
         }
-        app = BetterAuthApp(free_port(), app_env, folder / "better-auth.log")
+        app = BetterAuthApp(free_port(), app_env, folder / f"better-auth-{prefix[:-1]}.log")
         env = {
             "DATABASE_URL": url,
             "AUTHSIDECAR_COMPAT": "better-auth",
             "BETTER_AUTH_SECRET": SECRET,
             "AUTHSIDECAR_STORE_SESSION_IN_DATABASE": "true" if in_sql else "false",
+            **(server_env or {}),
         }
         if use_redis:
             env |= {"REDIS_URL": REDIS_URL, "AUTHSIDECAR_REDIS_KEY_PREFIX": prefix}
         server = start_server(folder, env)
         server.wait_for(SERVING)
-        yield Pair(request.param, app, server, prefix)
+        yield Pair(mode, app, server, prefix)
     finally:
         if server is not None:
             assert server.stop() == 0, server.log()
@@ -91,6 +99,12 @@ def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         if keys:
             client.delete(*keys)
         client.close()
+
+
+@pytest.fixture(scope="module", params=list(MODES))
+def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    with running_pair(request.param, tmp_path_factory.mktemp("better-auth")) as running:
+        yield running
 
 
 @pytest.fixture
@@ -318,3 +332,76 @@ async def test_readme_examples_grpcurl_and_python_client(pair: Pair) -> None:
         with pytest.raises(AuthSidecarError) as info:
             await auth.validate_session(cookie="better-auth.session_token=forged.value")
         assert info.value.reason == "INVALID_TOKEN"
+
+
+async def test_remember_me_false_stays_short_on_both_sides(pair: Pair, stubs: Stubs) -> None:
+    email = _email()
+    _app_sign_up(pair, email)
+    short = await stubs.auth.SignIn(auth_pb.SignInRequest(email=email, password=PASSWORD, remember_me=False))
+    assert short.dont_remember_cookie and unquote(short.dont_remember_cookie).startswith("true.")
+    lifetime = short.session.expires_at.ToDatetime() - short.session.created_at.ToDatetime()
+    assert lifetime.total_seconds() == 86_400
+    cookies = (
+        f"better-auth.session_token={short.session_cookie}; better-auth.dont_remember={short.dont_remember_cookie}"
+    )
+    seen = pair.app.call("GET", "/get-session", cookie=cookies).body
+    assert _parse(seen["session"]["expiresAt"]) == short.session.expires_at.ToDatetime()  # not extended
+    app_short = pair.app.call("POST", "/sign-in/email", {"email": email, "password": PASSWORD, "rememberMe": False})
+    assert app_short.status == 200 and app_short.cookie("better-auth.dont_remember")
+    ours = await stubs.sessions.ValidateSession(session_pb.ValidateSessionRequest(token=app_short.body["token"]))
+    lifetime = ours.session.expires_at.ToDatetime() - ours.session.created_at.ToDatetime()
+    assert 86_390 < lifetime.total_seconds() <= 86_400  # Better Auth takes expiresAt a moment before createdAt
+    remembered = await stubs.auth.SignIn(auth_pb.SignInRequest(email=email, password=PASSWORD))
+    assert not remembered.dont_remember_cookie
+
+
+async def test_email_change_both_ways(pair: Pair, stubs: Stubs) -> None:
+    email, first_new, second_new = _email(), _email(), _email()
+    _, cookie = _app_sign_up(pair, email)
+    ours = await stubs.auth.SignIn(auth_pb.SignInRequest(email=email, password=PASSWORD))
+    # Started here, confirmed through the app's verify-email link.
+    await stubs.auth.ChangeEmail(auth_pb.ChangeEmailRequest(token=ours.token, new_email=first_new))
+    token = _wait_for_token(pair.server, "change-email", first_new)
+    reply = pair.app.call("GET", f"/verify-email?token={token}")
+    assert reply.status == 200 and reply.body["user"]["email"] == first_new, reply
+    seen = await stubs.sessions.ValidateSession(session_pb.ValidateSessionRequest(token=ours.token))
+    assert seen.user.email == first_new
+    # Started in the app, confirmed here.
+    started = pair.app.call(
+        "POST", "/change-email", {"newEmail": second_new}, cookie=f"better-auth.session_token={cookie}"
+    )
+    assert started.status == 200, started
+    app_token = pair.app.last_token("verify-email", second_new)
+    changed = await stubs.auth.VerifyEmail(auth_pb.VerifyEmailRequest(token=app_token))
+    assert changed.user.email == second_new and changed.user.email_verified
+    assert pair.app.session(cookie)["user"]["email"] == second_new
+    stale = stubs.auth.VerifyEmail(auth_pb.VerifyEmailRequest(token=token))  # issued for the old address
+    assert (await _reason(stale))[1] == "INVALID_TOKEN"
+
+
+def _parse(value: str) -> datetime:
+    return datetime.fromisoformat(value).replace(tzinfo=None)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+async def test_sliding_refresh_is_shared(mode: str, tmp_path: Path) -> None:
+    """updateAge 1 s on both sides: a refresh made by either side is what the other sees (row, document, list)."""
+    with running_pair(mode, tmp_path, {"session": {"updateAge": 1}}, {"AUTHSIDECAR_SESSION_UPDATE_AGE": "1"}) as p:
+        stubs = stubs_for(p.server.address)
+        try:
+            email = _email()
+            _, cookie = _app_sign_up(p, email)
+            first = p.app.session(cookie)["session"]
+            await asyncio.sleep(1.2)
+            ours = await stubs.sessions.ValidateSession(session_pb.ValidateSessionRequest(token=cookie))
+            refreshed_here = ours.session.expires_at.ToDatetime()
+            assert refreshed_here > _parse(first["expiresAt"])
+            seen = p.app.call("GET", "/get-session?disableRefresh=true", cookie=f"better-auth.session_token={cookie}")
+            assert _parse(seen.body["session"]["expiresAt"]) == refreshed_here
+            await asyncio.sleep(1.2)
+            refreshed_there = _parse(p.app.session(cookie)["session"]["expiresAt"])
+            assert refreshed_there > refreshed_here
+            again = await stubs.sessions.ValidateSession(session_pb.ValidateSessionRequest(token=cookie))
+            assert again.session.expires_at.ToDatetime() >= refreshed_there
+        finally:
+            await stubs.channel.close()

@@ -28,6 +28,7 @@ class SessionCookies:
         self._key = secret.encode()
         self.name = f"{prefix}.session_token"
         self.secure_name = f"__Secure-{prefix}.session_token"
+        self.dont_remember_name = f"{prefix}.dont_remember"
 
     def _signature(self, token: str) -> str:
         return base64.b64encode(hmac.digest(self._key, token.encode(), hashlib.sha256)).decode()
@@ -35,6 +36,11 @@ class SessionCookies:
     def sign(self, token: str) -> str:
         """The cookie value Better Auth would set for this session token (URL-encoded)."""
         return quote(f"{token}.{self._signature(token)}", safe=_URI_COMPONENT_SAFE)
+
+    def dont_remember(self) -> str:
+        """The value of Better Auth's ``dont_remember`` cookie, which keeps a remember-me=false session from
+        being refreshed by the app."""
+        return self.sign("true")
 
     def unsign(self, value: str) -> str | None:
         """The token inside a signed value (URL-encoded or not); None when the signature does not verify."""

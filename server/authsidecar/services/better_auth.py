@@ -21,7 +21,7 @@ from datetime import datetime
 
 from authsidecar.cache.better_auth import BetterAuthRedis
 from authsidecar.cache.memory import NullSessionCache
-from authsidecar.domain.models import NO_EXTRA, Extra, SessionWithUser
+from authsidecar.domain.models import NO_EXTRA, Extra, Session, SessionWithUser
 from authsidecar.domain.ports import Database
 from authsidecar.errors import BackendUnavailable, InvalidToken, SessionExpired
 from authsidecar.security.cookies import SessionCookies
@@ -78,9 +78,10 @@ class BetterAuthSessionManager(SessionManager):
             raise InvalidToken(f"no {self.cookies.name} cookie in the Cookie header")
         return value
 
-    def cookie_value(self, token: str) -> str:
-        """The value of Better Auth's session cookie for a token."""
-        return self.cookies.sign(token)
+    def cookie_values(self, session: Session, token: str) -> tuple[str, str]:
+        """The values of Better Auth's session cookie and, for a remember_me=false session, of its
+        ``dont_remember`` cookie (without it the app would extend the session to the full lifetime)."""
+        return self.cookies.sign(token), self.cookies.dont_remember() if self._policy.is_short(session) else ""
 
     async def _from_redis(self, token: str) -> SessionWithUser | None:
         """The session's document; None when absent, or when Redis is skipped or failed and SQL may answer."""

@@ -48,9 +48,13 @@ class SessionPolicy:
         """Better Auth's freshAge: sensitive operations need a session created recently."""
         return now - session.created_at <= self.fresh_age
 
+    def is_short(self, session: Session) -> bool:
+        """A remember_me=false session."""
+        return session.expires_at - session.created_at <= self.short_expires_in
+
     def needs_refresh(self, session: Session, now: datetime) -> bool:
         """Better Auth's rule: refresh once ``update_age`` has passed since the expiry was last set."""
-        if session.expires_at - session.created_at <= self.short_expires_in:
+        if self.is_short(session):
             return False
         return session.expires_at - self.expires_in + self.update_age <= now
 
@@ -110,9 +114,10 @@ class SessionManager:
         await self.remember(SessionWithUser(session, user, checked_at))
         return session, token
 
-    def cookie_value(self, token: str) -> str:
-        """The value of Better Auth's session cookie for a token; empty outside the compatibility profile."""
-        return ""
+    def cookie_values(self, session: Session, token: str) -> tuple[str, str]:
+        """The values of Better Auth's session cookie and, for a remember_me=false session, of its
+        ``dont_remember`` cookie; empty outside the compatibility profile."""
+        return "", ""
 
     def from_cookie_header(self, header: str) -> str:
         """The session credential in a Cookie header (compatibility profile only)."""

@@ -26,16 +26,18 @@ class SignUpRequest(_message.Message):
     def __init__(self, email: _Optional[str] = ..., password: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., client: _Optional[_Union[_resources_pb2.ClientContext, _Mapping]] = ..., remember_me: _Optional[bool] = ..., additional_fields: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class SignUpResponse(_message.Message):
-    __slots__ = ("user", "session", "token", "session_cookie")
+    __slots__ = ("user", "session", "token", "session_cookie", "dont_remember_cookie")
     USER_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     SESSION_COOKIE_FIELD_NUMBER: _ClassVar[int]
+    DONT_REMEMBER_COOKIE_FIELD_NUMBER: _ClassVar[int]
     user: _resources_pb2.User
     session: _resources_pb2.Session
     token: str
     session_cookie: str
-    def __init__(self, user: _Optional[_Union[_resources_pb2.User, _Mapping]] = ..., session: _Optional[_Union[_resources_pb2.Session, _Mapping]] = ..., token: _Optional[str] = ..., session_cookie: _Optional[str] = ...) -> None: ...
+    dont_remember_cookie: str
+    def __init__(self, user: _Optional[_Union[_resources_pb2.User, _Mapping]] = ..., session: _Optional[_Union[_resources_pb2.Session, _Mapping]] = ..., token: _Optional[str] = ..., session_cookie: _Optional[str] = ..., dont_remember_cookie: _Optional[str] = ...) -> None: ...
 
 class SignInRequest(_message.Message):
     __slots__ = ("email", "password", "client", "remember_me")
@@ -50,16 +52,18 @@ class SignInRequest(_message.Message):
     def __init__(self, email: _Optional[str] = ..., password: _Optional[str] = ..., client: _Optional[_Union[_resources_pb2.ClientContext, _Mapping]] = ..., remember_me: _Optional[bool] = ...) -> None: ...
 
 class SignInResponse(_message.Message):
-    __slots__ = ("user", "session", "token", "session_cookie")
+    __slots__ = ("user", "session", "token", "session_cookie", "dont_remember_cookie")
     USER_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     SESSION_COOKIE_FIELD_NUMBER: _ClassVar[int]
+    DONT_REMEMBER_COOKIE_FIELD_NUMBER: _ClassVar[int]
     user: _resources_pb2.User
     session: _resources_pb2.Session
     token: str
     session_cookie: str
-    def __init__(self, user: _Optional[_Union[_resources_pb2.User, _Mapping]] = ..., session: _Optional[_Union[_resources_pb2.Session, _Mapping]] = ..., token: _Optional[str] = ..., session_cookie: _Optional[str] = ...) -> None: ...
+    dont_remember_cookie: str
+    def __init__(self, user: _Optional[_Union[_resources_pb2.User, _Mapping]] = ..., session: _Optional[_Union[_resources_pb2.Session, _Mapping]] = ..., token: _Optional[str] = ..., session_cookie: _Optional[str] = ..., dont_remember_cookie: _Optional[str] = ...) -> None: ...
 
 class SignOutRequest(_message.Message):
     __slots__ = ("token",)

@@ -17,6 +17,7 @@ MAX_IMAGE = 2048
 MAX_ID = 128
 MAX_USER_AGENT = 1024
 MAX_COOKIE_HEADER = 16_384
+MAX_VERIFICATION_TOKEN = 2048  # Better Auth's email-verification tokens are JWTs of a few hundred characters
 
 
 class FieldChecker:

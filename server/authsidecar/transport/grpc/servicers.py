@@ -21,6 +21,7 @@ from authsidecar.transport.grpc.fields import (
     MAX_IMAGE,
     MAX_NAME,
     MAX_PASSWORD,
+    MAX_VERIFICATION_TOKEN,
     FieldChecker,
 )
 from authsidecar.transport.grpc.status import rpc
@@ -36,10 +37,12 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 def _auth_parts(convert: Converter, sessions: SessionManager, result: AuthResult) -> dict[str, Any]:
     parts: dict[str, Any] = {"user": convert.user(result.user)}
-    if result.session is not None:
+    if result.session is not None and result.token:
         parts["session"] = convert.session(result.session)
-        parts["token"] = result.token or ""
-        parts["session_cookie"] = sessions.cookie_value(result.token) if result.token else ""
+        parts["token"] = result.token
+        parts["session_cookie"], dont_remember_cookie = sessions.cookie_values(result.session, result.token)
+        if dont_remember_cookie:  # remember_me false (SignUp, SignIn)
+            parts["dont_remember_cookie"] = dont_remember_cookie
     return parts
 
 
@@ -115,7 +118,7 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
     async def VerifyEmail(self, request: auth_pb.VerifyEmailRequest, context: Context) -> auth_pb.VerifyEmailResponse:
         """Consume a verification token."""
         check = FieldChecker()
-        token = check.token("token", request.token)
+        token = check.text("token", request.token, MAX_VERIFICATION_TOKEN)  # Better Auth's are JWTs
         client = check.client("client", request.client.ip_address, request.client.user_agent)
         check.done()
         result = await self._flows.verify_email(token, client)
@@ -160,7 +163,7 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         if result.session is not None:
             reply.session.CopyFrom(self._convert.session(result.session))
             reply.token = result.token or ""
-            reply.session_cookie = self._sessions.cookie_value(result.token) if result.token else ""
+            reply.session_cookie = self._sessions.cookie_values(result.session, result.token or "")[0]
         return reply
 
     @rpc
