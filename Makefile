@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TOOLS := .tools
 BUF := $(TOOLS)/node_modules/.bin/buf
 DRIZZLE_KIT := $(TOOLS)/node_modules/.bin/drizzle-kit
-BETTER_AUTH := $(TOOLS)/node_modules/better-auth/package.json
+BETTER_AUTH := $(TOOLS)/node_modules/@node-rs/argon2/package.json
 
 .PHONY: run test lint format proto bench migrate buf-lint clean
 
@@ -37,9 +37,9 @@ $(BUF):
 $(DRIZZLE_KIT): $(BUF)
 	npm install --silent --no-audit --no-fund --save-exact --prefix $(TOOLS) drizzle-orm@0.45.4 drizzle-kit@0.31.11 typescript@5.9.3
 
-## better-auth with pg and ioredis: the compatibility tests and the benchmark run a real Better Auth app (tests/better_auth/app.mjs).
+## better-auth with pg, ioredis and @node-rs/argon2: the compatibility tests and the benchmark run a real Better Auth app (tests/better_auth/app.mjs).
 $(BETTER_AUTH): $(DRIZZLE_KIT)
-	npm install --silent --no-audit --no-fund --save-exact --prefix $(TOOLS) better-auth@1.7.25 pg@8.23.1 ioredis@5.8.2
+	npm install --silent --no-audit --no-fund --save-exact --prefix $(TOOLS) better-auth@1.7.25 pg@8.23.1 ioredis@5.8.2 @node-rs/argon2@2.2.1
 
 buf-lint: $(BUF)
 	cd proto && ../$(BUF) lint

@@ -20,6 +20,7 @@ from authsidecar.config import ConfigError, Settings
 from authsidecar.delivery import DeliveryQueue, LogSender, Sender, SmtpSender, WebhookSender
 from authsidecar.domain.ports import Database, SessionCache
 from authsidecar.errors import AuthSidecarError, BackendUnavailable
+from authsidecar.security.cookie_cache import CookieCache
 from authsidecar.security.cookies import SessionCookies
 from authsidecar.security.ids import id_generator
 from authsidecar.security.passwords import Argon2Parameters, PasswordHasher
@@ -107,6 +108,15 @@ def build_hasher(settings: Settings) -> PasswordHasher:
     return PasswordHasher(
         params, settings.hash_workers, settings.effective_hash_max_pending, settings.effective_password_hash
     )
+
+
+def build_cookie_cache(settings: Settings, secret: str) -> CookieCache | None:
+    """The app's session_data cookie reader, when turned on (compat profile)."""
+    if settings.cookie_cache == "off":
+        return None
+    name = f"{settings.cookie_prefix}.session_data"
+    names = {True: (f"__Secure-{name}",), False: (name,), None: (f"__Secure-{name}", name)}[settings.secure_cookies]
+    return CookieCache(secret, settings.cookie_cache, settings.cookie_cache_version, names)
 
 
 def build_better_auth_redis(settings: Settings) -> BetterAuthRedis | None:
@@ -217,6 +227,7 @@ class App:
     outbox: DeliveryQueue
     coherence: CacheCoherence
     shared_redis: BetterAuthRedis | None = None
+    better_auth_store: BetterAuthDatabase | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -236,12 +247,14 @@ class App:
         shared: BetterAuthRedis | None = None
         jwt_secret: str | None = None
         store: Database = database
+        better_auth_store: BetterAuthDatabase | None = None
         sessions: SessionManager
         if settings.better_auth:
             jwt_secret = settings.better_auth_current_secret()
             shared = build_better_auth_redis(settings)
+            cookies = SessionCookies(jwt_secret, settings.cookie_prefix, settings.secure_cookies)
             in_sql = settings.store_session_in_database or shared is None
-            store = BetterAuthDatabase(
+            store = better_auth_store = BetterAuthDatabase(
                 database, shared, in_sql, settings.store_verification_in_database or shared is None, utc_now
             )
             cache: SessionCache = NullSessionCache()
@@ -252,13 +265,15 @@ class App:
             sessions = BetterAuthSessionManager(
                 store,
                 shared,
-                SessionCookies(jwt_secret, settings.cookie_prefix),
+                cookies,
                 in_sql,
                 policy,
                 coherence,
                 session_fields=session_fields,
                 ids=ids,
                 retry_after=settings.redis_retry_after,
+                cookie_cache=build_cookie_cache(settings, jwt_secret),
+                registry=registry,
             )
         else:
             cache = build_cache(settings)
@@ -299,7 +314,7 @@ class App:
             settings.listen,
             reuse_port=settings.reuse_port,
         )
-        return cls(settings, database, cache, hasher, server, outbox, coherence, shared)
+        return cls(settings, database, cache, hasher, server, outbox, coherence, shared, better_auth_store)
 
     async def start(self) -> None:
         """Start serving; health follows the database's reachability.
@@ -412,6 +427,8 @@ class App:
     async def close_resources(self) -> None:
         """Close pools and threads (after the server stopped, or when it never started)."""
         await self.cache.close()
+        if self.better_auth_store is not None:
+            await self.better_auth_store.flush()
         if self.shared_redis is not None:
             await self.shared_redis.close()
         await self.database.close()

@@ -76,6 +76,17 @@ class Settings(BaseSettings):
     cookie_prefix: str = Field(
         "better-auth", min_length=1, max_length=64, description="Better Auth's advanced.cookiePrefix (compat profile)"
     )
+    secure_cookies: bool | None = Field(
+        None,
+        description="compat profile: read only __Secure-<prefix>.session_token (true) or only <prefix>.session_token"
+        " (false), as the app does (https baseURL: true); unset accepts either, the __Secure- one first",
+    )
+    cookie_cache: Literal["off", "compact", "jwt"] = Field(
+        "off",
+        description="compat profile: trust the app's session_data cookie (session.cookieCache, its strategy) until it"
+        " expires, without asking Redis or SQL; a revoked session then stays valid up to the cookie's maxAge",
+    )
+    cookie_cache_version: str = Field("1", max_length=128, description="the app's session.cookieCache.version")
     store_session_in_database: bool = Field(
         False,
         description="Better Auth's session.storeSessionInDatabase (compat profile with Redis; must match the app)",

@@ -2,6 +2,7 @@
 // .tools/) on Postgres, with Redis as secondary storage unless BA_REDIS_URL is empty. Configured by environment:
 //   BA_PORT, BA_DATABASE_URL, BA_REDIS_URL, BA_REDIS_PREFIX (default "better-auth:"), BETTER_AUTH_SECRET(S),
 //   BA_STORE_SESSION_IN_DATABASE ("1": sessions also in SQL), BA_OPTIONS (JSON merged into the options),
+//   BA_PASSWORD_HASH ("argon2id": the app hashes and verifies with @node-rs/argon2, as the README shows),
 //   BA_TOOLS (the folder holding node_modules).
 // Mail is not sent: every message is kept in memory and listed by GET /test/outbox. Prints "ready <port>".
 import { createServer } from "node:http";
@@ -39,6 +40,15 @@ if (process.env.BA_REDIS_URL) {
   };
 }
 
+let password;
+if (process.env.BA_PASSWORD_HASH === "argon2id") {
+  const argon2 = await load("@node-rs/argon2");
+  password = {
+    hash: (plain) => argon2.hash(plain.normalize("NFKC")),
+    verify: ({ hash, password: plain }) => argon2.verify(hash, plain.normalize("NFKC")),
+  };
+}
+
 const extra = process.env.BA_OPTIONS ? JSON.parse(process.env.BA_OPTIONS) : {};
 const pool = new pg.Pool({ connectionString: process.env.BA_DATABASE_URL, max: 10 });
 export const auth = betterAuth({
@@ -51,6 +61,7 @@ export const auth = betterAuth({
   emailAndPassword: {
     enabled: true,
     revokeSessionsOnPasswordReset: true,
+    password,
     sendResetPassword: async ({ user, url, token }) => {
       outbox.push({ kind: "reset-password", email: user.email, url, token });
     },

@@ -373,7 +373,7 @@ async def test_email_change_both_ways(pair: Pair, stubs: Stubs) -> None:
     assert started.status == 200, started
     app_token = pair.app.last_token("verify-email", second_new)
     changed = await stubs.auth.VerifyEmail(auth_pb.VerifyEmailRequest(token=app_token))
-    assert changed.user.email == second_new and changed.user.email_verified
+    assert changed.user.email == second_new and not changed.user.email_verified  # kept, as Better Auth does
     assert pair.app.session(cookie)["user"]["email"] == second_new
     stale = stubs.auth.VerifyEmail(auth_pb.VerifyEmailRequest(token=token))  # issued for the old address
     assert (await _reason(stale))[1] == "INVALID_TOKEN"
@@ -403,5 +403,70 @@ async def test_sliding_refresh_is_shared(mode: str, tmp_path: Path) -> None:
             assert refreshed_there > refreshed_here
             again = await stubs.sessions.ValidateSession(session_pb.ValidateSessionRequest(token=cookie))
             assert again.session.expires_at.ToDatetime() >= refreshed_there
+        finally:
+            await stubs.channel.close()
+
+
+async def test_a_document_written_back_after_a_revocation_is_deleted_again(pair: Pair, stubs: Stubs) -> None:
+    """Better Auth refreshes a session by reading its document and writing it back; a sign-out here that lands in
+    between would be undone. The document is deleted again shortly after, so the revocation holds."""
+    if not pair.redis:
+        pytest.skip("no Redis documents in this mode")
+    email = _email()
+    _app_sign_up(pair, email)
+    ours = await stubs.auth.SignIn(auth_pb.SignInRequest(email=email, password=PASSWORD))
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        document = client.get(pair.prefix + ours.token)
+        assert document is not None
+        await stubs.auth.SignOut(auth_pb.SignOutRequest(token=ours.token))
+        client.set(pair.prefix + ours.token, document, ex=3600)  # the app's late write-back
+        assert pair.app.session(ours.session_cookie) is not None
+        await asyncio.sleep(1.5)
+        assert client.get(pair.prefix + ours.token) is None
+        assert pair.app.session(ours.session_cookie) is None
+    finally:
+        client.close()
+    call = stubs.sessions.ValidateSession(session_pb.ValidateSessionRequest(token=ours.token))
+    assert await _reason(call) == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_TOKEN")
+
+
+@pytest.mark.parametrize("strategy", ["compact", "jwt"])
+async def test_cookie_cache_is_read_only_when_asked(strategy: str, tmp_path: Path) -> None:
+    """With AUTHSIDECAR_COOKIE_CACHE, the app's session_data cookie answers on its own until it expires: a session
+    revoked meanwhile is still accepted with it (Better Auth's trade), and refused without it."""
+    app_options = {"session": {"cookieCache": {"enabled": True, "maxAge": 300, "strategy": strategy}}}
+    with running_pair("sql+redis", tmp_path, app_options, {"AUTHSIDECAR_COOKIE_CACHE": strategy}) as p:
+        stubs = stubs_for(p.server.address)
+        try:
+            email = _email()
+            reply = p.app.call("POST", "/sign-up/email", {"email": email, "password": PASSWORD, "name": "Cached"})
+            token, data = reply.cookie(), reply.cookie("better-auth.session_data")
+            assert token and data, reply.headers
+            both = f"better-auth.session_token={token}; better-auth.session_data={data}"
+            ok = await stubs.sessions.ValidateSession(session_pb.ValidateSessionRequest(cookie=both))
+            assert ok.user.email == email
+            p.app.call("POST", "/revoke-sessions", {}, cookie=f"better-auth.session_token={token}")
+            still = await stubs.sessions.ValidateSession(session_pb.ValidateSessionRequest(cookie=both))
+            assert still.session.id == ok.session.id  # from the cookie, as the app would answer
+            chunked = f"better-auth.session_token={token}; better-auth.session_data.0={data[:40]}; "
+            chunked += f"better-auth.session_data.1={data[40:]}"
+            assert (await stubs.sessions.ValidateSession(session_pb.ValidateSessionRequest(cookie=chunked))).user.id
+            tampered = both[:-3] + ("A" if both[-3] != "A" else "B") + both[-2:]
+            for header in (f"better-auth.session_token={token}", tampered):
+                call = stubs.sessions.ValidateSession(session_pb.ValidateSessionRequest(cookie=header))
+                assert await _reason(call) == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_TOKEN")
+        finally:
+            await stubs.channel.close()
+    with running_pair("sql+redis", tmp_path, app_options) as p:  # the default: the cookie is not trusted
+        email = _email()
+        reply = p.app.call("POST", "/sign-up/email", {"email": email, "password": PASSWORD, "name": "Cached"})
+        token, data = reply.cookie(), reply.cookie("better-auth.session_data")
+        p.app.call("POST", "/revoke-sessions", {}, cookie=f"better-auth.session_token={token}")
+        stubs = stubs_for(p.server.address)
+        try:
+            both = f"better-auth.session_token={token}; better-auth.session_data={data}"
+            call = stubs.sessions.ValidateSession(session_pb.ValidateSessionRequest(cookie=both))
+            assert await _reason(call) == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_TOKEN")
         finally:
             await stubs.channel.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -57,14 +58,32 @@ async def test_documents_and_list_in_better_auths_shape(
     assert [item["token"] for item in listed] == ["tokenB"]
 
 
-async def test_refresh_only_while_present(store: tuple[BetterAuthRedis, Redis]) -> None:
-    ba, _ = store
-    entry = _entry("tokenR", USER, timedelta(days=7))
-    assert not await ba.store(entry, NOW, only_if_present=True)
+async def test_refresh_only_while_present_keeping_foreign_keys(
+    store: tuple[BetterAuthRedis, Redis], redis_prefix: str
+) -> None:
+    ba, raw = store
+    entry = _entry("tokenR", USER, timedelta(days=1))
+    later = NOW + timedelta(hours=1)
+    extended = replace(entry.session, expires_at=later + timedelta(days=7), updated_at=later)
+    assert not await ba.refresh(extended, later)
     await ba.store(entry, NOW)
-    assert await ba.store(entry, NOW, only_if_present=True)
+    # What a Better Auth plugin may have put there: unknown keys, an empty list, a number beyond 2^53.
+    doc = json.loads(await raw.get(redis_prefix + "tokenR"))
+    doc["session"]["activeOrganizationId"] = "org/1"
+    doc["user"] |= {"roles": [], "big": 1796556022311123999, "name": "Ada, née Byron"}
+    await raw.set(redis_prefix + "tokenR", json.dumps(doc, separators=(",", ":"), ensure_ascii=False), keepttl=True)
+    assert await ba.refresh(extended, later)
+    await ba.rewrite_user(replace(USER, name="Ada Lovelace"))
+    after = json.loads(await raw.get(redis_prefix + "tokenR"))
+    assert after["session"]["activeOrganizationId"] == "org/1"
+    assert after["session"]["expiresAt"].startswith((NOW + timedelta(days=7, hours=1)).strftime("%Y-%m-%dT%H:%M"))
+    assert after["user"]["roles"] == [] and after["user"]["big"] == 1796556022311123999
+    assert after["user"]["name"] == "Ada Lovelace"
+    assert await raw.ttl(redis_prefix + "tokenR") > 7 * 86_400 - 10
+    listed = json.loads(await raw.get(f"{redis_prefix}active-sessions-u1"))
+    assert {"token": "tokenR", "expiresAt": int(extended.expires_at.timestamp() * 1000)} in listed
     await ba.delete("u1", ["tokenR"], NOW)
-    assert not await ba.store(entry, NOW, only_if_present=True)  # revoked meanwhile: not brought back
+    assert not await ba.refresh(extended, later)  # revoked meanwhile: not brought back
     assert await ba.get("tokenR") is None
 
 

@@ -64,6 +64,9 @@ def test_cookie_header_parsing() -> None:
     assert cookies.from_header("better-auth.session_token=x") is None
     assert cookies.from_header("") is None
     assert cookies.from_header(f'my-app.session_token="{COOKIE}"') == COOKIE
+    plain_only = SessionCookies(SECRET, prefix="my-app", secure=False)
+    assert plain_only.from_header(header) == "plain"  # the one name the app reads over http
+    assert SessionCookies(SECRET, prefix="my-app", secure=True).from_header("my-app.session_token=x") is None
 
 
 def test_jwt_round_trip_and_refusals() -> None:
@@ -78,7 +81,9 @@ def test_jwt_round_trip_and_refusals() -> None:
         verify_hs256(token, SECRET + "x", now)
     body = token.split(".")[1]
     none_alg = base64.urlsafe_b64encode(b'{"alg":"none"}').rstrip(b"=").decode()
-    for forged in [f"{none_alg}.{body}.", f"{none_alg}.{body}.{token.split('.')[2]}", "a.b", "x.y.z", ""]:
+    forgeries = [f"{none_alg}.{body}.", f"{none_alg}.{body}.{token.split('.')[2]}", "a.b", "x.y.z", ""]
+    forgeries += [token + "$$", token + "=", token + "A"]  # altered copies must not verify either
+    for forged in forgeries:
         with pytest.raises(JwtError):
             verify_hs256(forged, SECRET, now)
 

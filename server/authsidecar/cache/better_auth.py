@@ -15,7 +15,10 @@ must read them) and a document present is a live session unless ``revoked-sessio
 whoever can write to Redis can mint sessions, as in Better Auth itself.
 
 Every write that touches the list is one Lua script (Better Auth's own read-modify-write of the list can lose a
-concurrent update; ours cannot). Errors leave as BackendUnavailable: the caller decides whether SQL may answer.
+concurrent update; ours cannot). Documents are changed by compare-and-set on their whole content, touching only
+the keys that change, so fields this configuration does not know (a plugin's) survive, and a document deleted
+meanwhile (revoked) is never written back. Errors leave as BackendUnavailable: the caller decides whether SQL may
+answer.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from authsidecar.cache.codec import StaleDocument, decode_session, encode_sessio
 from authsidecar.cache.memo import BoundedMemo
 from authsidecar.cache.resp import PipelinedGetClient
 from authsidecar.domain.fields import Registry
-from authsidecar.domain.models import SessionWithUser, User, Verification
+from authsidecar.domain.models import Session, SessionWithUser, User, Verification
 from authsidecar.errors import BackendUnavailable
 
 __all__ = ["BetterAuthRedis"]
@@ -69,11 +72,16 @@ local function write_list(list_key, now, add, drop)
 end
 """
 
-# KEYS: document, list. ARGV: document, ttl, token, expiresAt (ms), now (ms), "1" = only if the document exists.
+# KEYS: document, list. ARGV: document, ttl, token, expiresAt (ms), now (ms), the document it replaces ("": none,
+# write unconditionally). Returns 1 when written, 0 when the document to replace is gone, 2 when it changed.
 _STORE = (
     _WRITE_LIST
     + """
-if ARGV[6] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[6] ~= '' then
+  local current = redis.call('GET', KEYS[1])
+  if not current then return 0 end
+  if current ~= ARGV[6] then return 2 end
+end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 write_list(KEYS[2], tonumber(ARGV[5]), {token = ARGV[3], expiresAt = tonumber(ARGV[4])}, {[ARGV[3]] = true})
 return 1
@@ -100,16 +108,13 @@ return #KEYS - 2
 """
 )
 
-# KEYS: document. ARGV: the user snapshot (JSON). Replaces the user part, keeping the TTL.
-_REWRITE_USER = """
-local raw = redis.call('GET', KEYS[1])
-if not raw then return 0 end
-local ok, doc = pcall(cjson.decode, raw)
-if not ok or type(doc) ~= 'table' then return 0 end
-doc.user = cjson.decode(ARGV[1])
-redis.call('SET', KEYS[1], cjson.encode(doc), 'KEEPTTL')
+# KEYS: document. ARGV: the document it replaces, the new one. Keeps the TTL; 1 when written.
+_SWAP = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
 return 1
 """
+_ATTEMPTS = 3  # compare-and-set rounds before giving up on a document that keeps changing
 
 _ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
@@ -138,7 +143,7 @@ class BetterAuthRedis:
         self._users: BoundedMemo[str, str] = BoundedMemo(4096)  # token -> its session's user id
         self._store = client.register_script(_STORE)
         self._delete = client.register_script(_DELETE)
-        self._rewrite = client.register_script(_REWRITE_USER)
+        self._swap = client.register_script(_SWAP)
 
     def _list_key(self, user_id: str) -> str:
         return f"{self._prefix}active-sessions-{user_id}"
@@ -194,27 +199,35 @@ class BetterAuthRedis:
             return None
         return entry
 
-    async def store(self, entry: SessionWithUser, now: datetime, only_if_present: bool = False) -> bool:
-        """Write a session's document and its reference in the user's list (one script); ``only_if_present``
-        (a refresh): not if the document is gone meanwhile (revoked). False when nothing was written."""
-        session = entry.session
+    async def store(self, entry: SessionWithUser, now: datetime) -> None:
+        """Write a new session's document and its reference in the user's list (one script)."""
+        await self._write(entry.session, encode_session(entry, self._registry, checked=False), now, "")
+
+    async def refresh(self, session: Session, now: datetime) -> bool:
+        """Set a session's new expiry in its document (every other key of it kept as it is, fields of plugins
+        included) and in its reference; False when the document is gone (revoked meanwhile): not brought back."""
+        for _ in range(_ATTEMPTS):
+            raw = await self._get(self._prefix + session.stored_token)
+            if raw is None:
+                return False
+            try:
+                doc = json.loads(raw)
+                doc["session"]["expiresAt"] = iso(session.expires_at)
+                doc["session"]["updatedAt"] = iso(session.updated_at)
+            except (ValueError, KeyError, TypeError):
+                return False
+            written = await self._write(session, _dumps(doc), now, raw)
+            if written != 2:
+                return written == 1
+        return False
+
+    async def _write(self, session: Session, document: str | bytes, now: datetime, replaces: str | bytes) -> int:
         ttl = int((session.expires_at - now).total_seconds())
         if ttl <= 0:
-            return False
-        written = await self._call(
-            self._store(
-                keys=[self._prefix + session.stored_token, self._list_key(session.user_id)],
-                args=[
-                    encode_session(entry, self._registry, checked=False),
-                    ttl,
-                    session.stored_token,
-                    _ms(session.expires_at),
-                    _ms(now),
-                    "1" if only_if_present else "0",
-                ],
-            )
-        )
-        return bool(written)
+            return 0
+        keys = [self._prefix + session.stored_token, self._list_key(session.user_id)]
+        args = [document, ttl, session.stored_token, _ms(session.expires_at), _ms(now), replaces]
+        return int(await self._call(self._store(keys=keys, args=args)))
 
     async def delete(
         self, user_id: str, tokens: Sequence[str], now: datetime, revoke_all_before: datetime | None = None
@@ -262,10 +275,22 @@ class BetterAuthRedis:
         return list(found.values())
 
     async def rewrite_user(self, user: User) -> None:
-        """Put the user's new snapshot into each of their session documents, as Better Auth's updateUser does."""
-        snapshot = json.dumps(user_document(user, self._registry), separators=(",", ":"), default=str)
+        """Put the user's new snapshot into each of their session documents, as Better Auth's updateUser does;
+        keys of the stored snapshot that this configuration does not know (plugins' fields) are kept."""
+        snapshot = user_document(user, self._registry)
         for token in await self.tokens_of(user.id):
-            await self._call(self._rewrite(keys=[self._prefix + token], args=[snapshot]))
+            key = self._prefix + token
+            for _ in range(_ATTEMPTS):
+                raw = await self._get(key)
+                if raw is None:
+                    break
+                try:
+                    doc = json.loads(raw)
+                    doc["user"] = {**doc["user"], **snapshot}
+                except (ValueError, KeyError, TypeError):
+                    break
+                if await self._call(self._swap(keys=[key], args=[raw, _dumps(doc)])):
+                    break
 
     # -- verification values ---------------------------------------------------------------------------------
 
@@ -310,6 +335,11 @@ class BetterAuthRedis:
         if self._getter is not None:
             await self._getter.close()
         await self._redis.aclose()
+
+
+def _dumps(doc: Any) -> str:
+    """JSON as JavaScript's JSON.stringify writes it (compact, non-ASCII as is)."""
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 def _number(raw: bytes) -> float:

@@ -17,7 +17,7 @@ from typing import Any
 from authsidecar.domain.fields import FieldDef, ModelDef, Registry
 from authsidecar.domain.models import Extra, Session, SessionWithUser, User
 
-__all__ = ["StaleDocument", "decode_session", "encode_session", "iso", "user_document"]
+__all__ = ["StaleDocument", "decode_session", "encode_session", "from_document", "iso", "user_document"]
 
 _DEFAULT = Registry()
 
@@ -95,7 +95,11 @@ def decode_session(raw: bytes | str, registry: Registry = _DEFAULT, lenient: boo
     """Parse a cached document; raises ValueError/KeyError/TypeError on a malformed one (StaleDocument, a
     KeyError, when it was written under another configuration). ``lenient``: an additional field the document
     lacks reads as null (documents a Better Auth app wrote, which are the truth in that profile)."""
-    doc = json.loads(raw)
+    return from_document(json.loads(raw), registry, lenient)
+
+
+def from_document(doc: dict[str, Any], registry: Registry = _DEFAULT, lenient: bool = False) -> SessionWithUser:
+    """A parsed ``{"session", "user"}`` document (see decode_session)."""
     return SessionWithUser(
         Session(**_fields(registry.session, doc["session"], lenient)),
         User(**_fields(registry.user, doc["user"], lenient)),

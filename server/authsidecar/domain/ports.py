@@ -36,8 +36,11 @@ class UnitOfWork(Protocol):
     async def mark_email_verified(self, user_id: str, email: str, now: datetime) -> User | None:
         """Set emailVerified if the user still has that email; the updated user, or None."""
 
-    async def change_email(self, user_id: str, old_email: str, new_email: str, now: datetime) -> User | None:
-        """Replace (and mark verified) the email if it is still ``old_email``; raises Conflict if taken."""
+    async def change_email(
+        self, user_id: str, old_email: str, new_email: str, now: datetime, verified: bool = True
+    ) -> User | None:
+        """Replace the email (emailVerified := ``verified``) if it is still ``old_email``; raises Conflict if
+        taken."""
 
     async def update_user(self, user_id: str, changes: dict[str, Any], now: datetime) -> User | None:
         """Set the given fields (logical names: name, image, additional fields); the updated user, or None."""

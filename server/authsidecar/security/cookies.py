@@ -24,10 +24,13 @@ _URI_COMPONENT_SAFE = "-_.!~*'()"  # what encodeURIComponent leaves as it is (be
 class SessionCookies:
     """Sign and verify session cookie values with the app's current secret."""
 
-    def __init__(self, secret: str, prefix: str = "better-auth") -> None:
+    def __init__(self, secret: str, prefix: str = "better-auth", secure: bool | None = None) -> None:
         self._key = secret.encode()
         self.name = f"{prefix}.session_token"
         self.secure_name = f"__Secure-{prefix}.session_token"
+        # Which name a Cookie header is read under: Better Auth reads exactly one (the __Secure- one when its
+        # baseURL is https); None accepts either, the __Secure- one first.
+        self._names = {True: (self.secure_name,), False: (self.name,), None: (self.secure_name, self.name)}[secure]
         self.dont_remember_name = f"{prefix}.dont_remember"
 
     def _signature(self, token: str) -> str:
@@ -57,11 +60,12 @@ class SessionCookies:
         return token if hmac.compare_digest(given, expected) else None
 
     def from_header(self, header: str) -> str | None:
-        """The session cookie's (still signed) value in a Cookie header; the ``__Secure-`` one wins, since only
-        an https origin can set it. None when the header has neither."""
+        """The session cookie's (still signed) value in a Cookie header, under the configured name (by default
+        ``__Secure-`` first, since only an https origin can set it); the first occurrence of a name counts.
+        None when there is none."""
         found: dict[str, str] = {}
         for part in header.split(";"):
             name, eq, value = part.strip().partition("=")
-            if eq and name in (self.name, self.secure_name) and name not in found:
+            if eq and name in self._names and name not in found:
                 found[name] = value.strip().strip('"')
-        return found.get(self.secure_name) or found.get(self.name)
+        return next((found[name] for name in self._names if name in found), None)

@@ -12,11 +12,13 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 from typing import Any
 
 __all__ = ["JwtError", "JwtExpired", "sign_hs256", "verify_hs256"]
 
 _HEADER = base64.urlsafe_b64encode(b'{"alg":"HS256"}').rstrip(b"=")
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
 class JwtError(ValueError):
@@ -32,6 +34,9 @@ def _b64(data: bytes) -> bytes:
 
 
 def _unb64(part: str) -> bytes:
+    """Strict base64url without padding: any other character (or padding) makes the token invalid."""
+    if not _BASE64URL.fullmatch(part) or len(part) % 4 == 1:
+        raise JwtError("bad base64")
     try:
         return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
     except (binascii.Error, ValueError) as exc:

@@ -119,8 +119,8 @@ class SessionManager:
         ``dont_remember`` cookie; empty outside the compatibility profile."""
         return "", ""
 
-    def from_cookie_header(self, header: str) -> str:
-        """The session credential in a Cookie header (compatibility profile only)."""
+    async def validate_cookie(self, header: str) -> SessionWithUser:
+        """Validate the session cookie of a Cookie header (compatibility profile only)."""
         raise InvalidArgument.field("cookie", "is only read with AUTHSIDECAR_COMPAT=better-auth; pass token")
 
     def require_fresh(self, entry: SessionWithUser) -> None:

@@ -203,20 +203,27 @@ class AccountFlows:
         email, user_id, update_to = claims.get("email"), claims.get("userId"), claims.get("updateTo")
         if not isinstance(email, str) or not isinstance(user_id, str | None) or not isinstance(update_to, str | None):
             raise InvalidToken()
-        if update_to is not None and (user_id is None or claims.get("requestType") == "change-email-confirmation"):
+        request_type = claims.get("requestType")
+        if update_to is not None and (user_id is None or request_type == "change-email-confirmation"):
             raise InvalidToken("unsupported email change token")
         async with self._db.transaction() as tx:
             user = await (tx.get_user_by_id(user_id) if user_id is not None else tx.get_user_by_email(email))
             if user is None or user.email != email.lower():
                 raise InvalidToken("the token no longer matches the account")
             if update_to is not None:
-                changed = await tx.change_email(user.id, user.email, normalize_email(update_to), now)
+                # As Better Auth: a "change-email-verification" keeps the user's emailVerified; an older token
+                # without requestType changes the address unverified (and a verification goes to it below).
+                verified = user.email_verified if request_type == "change-email-verification" else False
+                new_email = normalize_email(update_to)
+                changed = await tx.change_email(user.id, user.email, new_email, now, verified)
             elif user.email_verified:
                 return user, False
             else:
                 changed = await tx.mark_email_verified(user.id, user.email, now)
             if changed is None:
                 raise InvalidToken("the token no longer matches the account")
+        if update_to is not None and not changed.email_verified and request_type is None:
+            self.send_verification(changed.email)
         return changed, True
 
     # -- email change ----------------------------------------------------------------------------------------

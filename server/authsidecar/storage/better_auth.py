@@ -9,11 +9,15 @@ same UnitOfWork either way:
 - a user change rewrites the user snapshot in each of the user's session documents after commit (as Better Auth
   does); a failure there is logged (the documents then show the old profile until the sessions are refreshed);
 - new sessions are written to Redis by the session manager after commit (it has the user snapshot);
+- sessions revoked one by one are deleted from Redis again 1 s and 5 s later: Better Auth refreshes a session by
+  reading its document and writing it back, which could otherwise bring back a document deleted in between
+  (revoking all of a user's sessions sets revoked-sessions-before instead, which both sides check);
 - in Redis-only mode, session reads, lists and deletes go to Redis alone.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -31,6 +35,7 @@ __all__ = ["BetterAuthDatabase"]
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+DELETE_AGAIN_AFTER = (1.0, 5.0)  # seconds after a revocation its Redis documents are deleted again
 
 
 def _utc_now() -> datetime:
@@ -47,6 +52,7 @@ class _UnitOfWork:
         self._verifications_in_sql = owner.verification_in_database
         self._clock = owner.clock
         self.changed_users: dict[str, User] = {}
+        self.deleted: list[tuple[str, list[str]]] = []  # (user id, tokens) deleted without a revoked-before mark
 
     # -- users -----------------------------------------------------------------------------------------------
 
@@ -75,9 +81,11 @@ class _UnitOfWork:
         """Set emailVerified; the user's session documents follow after commit."""
         return self._changed(await self._sql.mark_email_verified(user_id, email, now))
 
-    async def change_email(self, user_id: str, old_email: str, new_email: str, now: datetime) -> User | None:
+    async def change_email(
+        self, user_id: str, old_email: str, new_email: str, now: datetime, verified: bool = True
+    ) -> User | None:
         """Replace the email; the user's session documents follow after commit."""
-        return self._changed(await self._sql.change_email(user_id, old_email, new_email, now))
+        return self._changed(await self._sql.change_email(user_id, old_email, new_email, now, verified))
 
     async def update_user(self, user_id: str, changes: dict[str, Any], now: datetime) -> User | None:
         """Update profile fields; the user's session documents follow after commit."""
@@ -166,6 +174,8 @@ class _UnitOfWork:
         if self._redis is not None:
             now = self._clock()
             await self._redis.delete(user_id, tokens, now, revoke_all_before=now if revoke_all else None)
+            if not revoke_all:
+                self.deleted.append((user_id, tokens))
 
     async def delete_session_by_token(self, stored_token: str) -> Session | None:
         """Delete one session, in SQL and in Redis."""
@@ -228,6 +238,7 @@ class BetterAuthDatabase:
         self.sessions_in_database = sessions_in_database
         self.verification_in_database = verification_in_database
         self.clock = clock
+        self._later: dict[asyncio.Task[None], list[tuple[str, list[str]]]] = {}
 
     @asynccontextmanager
     async def transaction(self, autocommit: bool = False) -> AsyncIterator[UnitOfWork]:
@@ -235,12 +246,31 @@ class BetterAuthDatabase:
         async with self._inner.transaction(autocommit) as sql:
             uow = _UnitOfWork(sql, self)
             yield uow
+        if uow.deleted:
+            task = asyncio.create_task(self._delete_again(uow.deleted))
+            self._later[task] = uow.deleted
+            task.add_done_callback(self._later.pop)
         if self.redis is not None:
             for user in uow.changed_users.values():
                 try:
                     await self.redis.rewrite_user(user)
                 except AuthSidecarError:
                     log.warning("could not rewrite the user snapshot in Redis session documents (Redis unavailable)")
+
+    async def _delete_again(self, deleted: list[tuple[str, list[str]]]) -> None:
+        waited = 0.0
+        for delay in DELETE_AGAIN_AFTER:
+            await asyncio.sleep(delay - waited)
+            waited = delay
+            await self._delete_now(deleted)
+
+    async def _delete_now(self, deleted: list[tuple[str, list[str]]]) -> None:
+        assert self.redis is not None
+        for user_id, tokens in deleted:
+            try:
+                await self.redis.delete(user_id, tokens, self.clock())
+            except AuthSidecarError:
+                log.warning("could not delete revoked session documents from Redis again (Redis unavailable)")
 
     async def find_session(self, stored_token: str) -> SessionWithUser | None:
         """The session row joined with its user (sessions in SQL), else None."""
@@ -255,6 +285,15 @@ class BetterAuthDatabase:
     async def ping(self, within: float = 2.0) -> None:
         """The inner database's ping."""
         await self._inner.ping(within)
+
+    async def flush(self) -> None:
+        """At shutdown: the Redis deletions still planned are made now, once."""
+        pending = list(self._later.items())
+        for task, _ in pending:
+            task.cancel()
+        for task, deleted in pending:
+            await asyncio.gather(task, return_exceptions=True)
+            await self._delete_now(deleted)
 
     async def close(self) -> None:
         """Close the inner database."""

@@ -95,7 +95,7 @@ class _Statements:
         self.change_email = (
             sa.update(u)
             .where(u.c.id == p("u_id"), u.c.email == p("u_email"))
-            .values(email=p("u_new_email"), email_verified=True, updated_at=p("u_now"))
+            .values(email=p("u_new_email"), email_verified=p("u_verified"), updated_at=p("u_now"))
             .returning(*u.c)
         )
         self.delete_user = sa.delete(u).where(u.c.id == p("u_id")).returning(u.c.id)
@@ -246,10 +246,12 @@ class SqlUnitOfWork:
         params = {"u_id": user_id, "u_email": email, "u_now": now}
         return self._user_changed(await self._one_user(self._q.mark_verified, params))
 
-    async def change_email(self, user_id: str, old_email: str, new_email: str, now: datetime) -> User | None:
-        """Replace the email if it is still ``old_email``."""
+    async def change_email(
+        self, user_id: str, old_email: str, new_email: str, now: datetime, verified: bool = True
+    ) -> User | None:
+        """Replace the email (and set emailVerified) if it is still ``old_email``."""
         self._expect_effects()
-        params = {"u_id": user_id, "u_email": old_email, "u_new_email": new_email, "u_now": now}
+        params = {"u_id": user_id, "u_email": old_email, "u_new_email": new_email, "u_now": now, "u_verified": verified}
         return self._user_changed(await self._one_user(self._q.change_email, params))
 
     async def update_user(self, user_id: str, changes: dict[str, Any], now: datetime) -> User | None:

@@ -217,10 +217,11 @@ class SessionServicer(session_grpc.SessionServiceServicer):
         """The hot path: token -> session + user."""
         token = request.token
         if request.cookie:
-            token = self._from_cookie(token, request.cookie)
-        elif not token or len(token) > 256 or "\x00" in token:
-            token = _token(request)  # raises the precise INVALID_ARGUMENT
-        entry = await self._sessions.validate(token)
+            entry = await self._sessions.validate_cookie(self._cookie_header(token, request.cookie))
+        else:
+            if not token or len(token) > 256 or "\x00" in token:
+                token = _token(request)  # raises the precise INVALID_ARGUMENT
+            entry = await self._sessions.validate(token)
         reply = self._replies.get(entry)
         if reply is None:
             reply = session_pb.ValidateSessionResponse(
@@ -229,13 +230,14 @@ class SessionServicer(session_grpc.SessionServiceServicer):
             self._replies.put(entry, reply)
         return reply
 
-    def _from_cookie(self, token: str, cookie: str) -> str:
+    @staticmethod
+    def _cookie_header(token: str, cookie: str) -> str:
         check = FieldChecker()
         check.text("cookie", cookie, MAX_COOKIE_HEADER)
         check.done()
         if token:
             raise InvalidArgument.field("cookie", "set token or cookie, not both")
-        return self._sessions.from_cookie_header(cookie)
+        return cookie
 
     @rpc
     async def ListSessions(
