@@ -20,6 +20,11 @@ ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ROOT / ".tools"
 APP = Path(__file__).with_name("app.mjs")
 SECRET = "better-auth-test-secret-" + "fedcba9876543210" * 2
+# Made by better-auth 1.7.25's default scrypt for the password "password123".
+SCRYPT_HASH = (
+    "54b3c2a9a699aefd2da13b71c4438ac4:810ded63d7d9526fcb36d85673997220b82615e128754541cd349ad20dde793c"
+    "93710c116bd9812cc75fb4515f525ba4648ef6fd10701a6b10653cce3bd0be54"
+)
 
 
 def installed() -> bool:

@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote, unquote
 
+import asyncpg
 import grpc
 import pytest
 import redis
@@ -25,7 +26,7 @@ from grpc_health.v1 import health_pb2
 from authsidecar_client import AuthClient, AuthSidecarError
 from authsidecar_client.v1 import auth_service_pb2 as auth_pb
 from authsidecar_client.v1 import session_service_pb2 as session_pb
-from tests.better_auth.harness import SECRET, BetterAuthApp, installed, token_in_log
+from tests.better_auth.harness import SCRYPT_HASH, SECRET, BetterAuthApp, installed, token_in_log
 from tests.conftest import REDIS_URL, create_pg_database, drop_pg_database, migrate
 from tests.e2e.conftest import Server, Stubs, error_details, free_port, start_server, stubs_for
 from tests.e2e.test_grpcurl import grpcurl
@@ -50,6 +51,7 @@ class Pair:
     app: BetterAuthApp
     server: Server
     prefix: str
+    url: str
 
     @property
     def redis(self) -> bool:
@@ -58,7 +60,11 @@ class Pair:
 
 @contextlib.contextmanager
 def running_pair(
-    mode: str, folder: Path, app_options: dict[str, object] | None = None, server_env: dict[str, str] | None = None
+    mode: str,
+    folder: Path,
+    app_options: dict[str, object] | None = None,
+    server_env: dict[str, str] | None = None,
+    app_env: dict[str, str] | None = None,
 ) -> Iterator[Pair]:
     """A fresh database and Redis prefix, a Better Auth app and an authsidecar server on them; all removed after."""
     use_redis, in_sql = MODES[mode]
@@ -74,6 +80,7 @@ def running_pair(
             "BA_REDIS_PREFIX": prefix,
             "BA_STORE_SESSION_IN_DATABASE": "1" if in_sql else "0",
             "BA_OPTIONS": json.dumps(app_options or {}),
+            **(app_env or {}),
         }
         app = BetterAuthApp(free_port(), app_env, folder / f"better-auth-{prefix[:-1]}.log")
         env = {
@@ -87,7 +94,7 @@ def running_pair(
             env |= {"REDIS_URL": REDIS_URL, "AUTHSIDECAR_REDIS_KEY_PREFIX": prefix}
         server = start_server(folder, env)
         server.wait_for(SERVING)
-        yield Pair(mode, app, server, prefix)
+        yield Pair(mode, app, server, prefix, url)
     finally:
         if server is not None:
             assert server.stop() == 0, server.log()
@@ -470,3 +477,44 @@ async def test_cookie_cache_is_read_only_when_asked(strategy: str, tmp_path: Pat
             assert await _reason(call) == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_TOKEN")
         finally:
             await stubs.channel.close()
+
+
+async def test_argon2id_on_both_sides_and_scrypt_users_upgraded(tmp_path: Path) -> None:
+    """The README's argon2id set-up: the app hashes with @node-rs/argon2, authsidecar with argon2id; each side
+    verifies the other's hashes, and a remaining scrypt user is upgraded at sign-in so the app can verify it."""
+    argon2 = {"AUTHSIDECAR_PASSWORD_HASH": "argon2id"}
+    with running_pair("sql+redis", tmp_path, server_env=argon2, app_env={"BA_PASSWORD_HASH": "argon2id"}) as p:
+        stubs = stubs_for(p.server.address)
+        try:
+            from_app, from_here, legacy = _email(), _email(), _email()
+            _app_sign_up(p, from_app)
+            assert (await _stored_hash(p.url, from_app)).startswith("$argon2id$")
+            assert (await stubs.auth.SignIn(auth_pb.SignInRequest(email=from_app, password=PASSWORD))).token
+            await stubs.auth.SignUp(auth_pb.SignUpRequest(email=from_here, password=PASSWORD, name="Here"))
+            assert p.app.call("POST", "/sign-in/email", {"email": from_here, "password": PASSWORD}).status == 200
+            await stubs.auth.SignUp(auth_pb.SignUpRequest(email=legacy, password=PASSWORD, name="Legacy"))
+            await _set_hash(p.url, legacy, SCRYPT_HASH)  # made by Better Auth's default scrypt, for "password123"
+            assert p.app.call("POST", "/sign-in/email", {"email": legacy, "password": "password123"}).status != 200
+            assert (await stubs.auth.SignIn(auth_pb.SignInRequest(email=legacy, password="password123"))).token
+            assert (await _stored_hash(p.url, legacy)).startswith("$argon2id$")
+            assert p.app.call("POST", "/sign-in/email", {"email": legacy, "password": "password123"}).status == 200
+        finally:
+            await stubs.channel.close()
+
+
+async def _stored_hash(url: str, email: str) -> str:
+    conn = await asyncpg.connect(url)
+    try:
+        query = 'SELECT a.password FROM account a JOIN "user" u ON u.id = a."userId" WHERE u.email = $1'
+        return str(await conn.fetchval(query, email))
+    finally:
+        await conn.close()
+
+
+async def _set_hash(url: str, email: str, encoded: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        query = 'UPDATE account SET password = $2 WHERE "userId" = (SELECT id FROM "user" WHERE email = $1)'
+        await conn.execute(query, email, encoded)
+    finally:
+        await conn.close()

@@ -16,15 +16,12 @@ from authsidecar.security.cookies import SessionCookies
 from authsidecar.security.jwt import JwtError, JwtExpired, sign_hs256, verify_hs256
 from authsidecar.security.passwords import Argon2Parameters, PasswordHasher, scheme_of
 from authsidecar.security.tokens import PlainTokenPolicy
+from tests.better_auth.harness import SCRYPT_HASH
 
 # Produced by better-auth 1.7.25 (sign-up with this secret and password).
 SECRET = "0123456789abcdef0123456789abcdef-x"
 TOKEN = "wX6HQZrpfwrfhv7F9zaMDwxPjMpKR3Ib"
 COOKIE = "wX6HQZrpfwrfhv7F9zaMDwxPjMpKR3Ib.lQXiuFVURqwegPYPdCib%2FEHZcdaW6t88LZqtDxnnZ9k%3D"
-SCRYPT_HASH = (
-    "54b3c2a9a699aefd2da13b71c4438ac4:810ded63d7d9526fcb36d85673997220b82615e128754541cd349ad20dde793c"
-    "93710c116bd9812cc75fb4515f525ba4648ef6fd10701a6b10653cce3bd0be54"
-)
 FAST = Argon2Parameters(time_cost=1, memory_kib=8192)
 
 
