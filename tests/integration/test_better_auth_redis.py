@@ -9,8 +9,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from authsidecar.cache.better_auth import BetterAuthRedis
+from authsidecar.cache.resp import PipelinedGetClient
 from authsidecar.domain.fields import Registry
 from authsidecar.domain.models import Session, SessionWithUser, User, Verification
 from tests.conftest import REDIS_URL
@@ -129,3 +131,18 @@ async def test_verification_values_are_taken_once(store: tuple[BetterAuthRedis, 
     assert await ba.take_verification("reset-password:abc", NOW) is None
     await ba.put_verification(value, NOW)
     assert await ba.take_verification("reset-password:abc", NOW + timedelta(hours=2)) is None  # expired
+
+
+async def test_pipelined_pair_of_gets(redis_prefix: str) -> None:
+    """The hot path's two GETs in one round trip; a dead server fails both with one error, nothing left over."""
+    client = Redis.from_url(REDIS_URL)
+    getter = PipelinedGetClient(REDIS_URL, 0.5)
+    try:
+        await client.set(redis_prefix + "a", b"1")
+        assert await getter.get_many(redis_prefix + "a", redis_prefix + "missing") == [b"1", None]
+    finally:
+        await getter.close()
+        await client.aclose()
+    dead = PipelinedGetClient("redis://127.0.0.1:1/0", 0.5)
+    with pytest.raises(RedisConnectionError):
+        await dead.get_many("a", "b")

@@ -156,7 +156,17 @@ class BetterAuthRedis:
             raw = await (self._getter.get(key) if self._getter is not None else self._redis.get(key))
         except _ERRORS as exc:
             raise BackendUnavailable("Redis is unavailable") from exc
-        return raw.encode() if isinstance(raw, str) else raw
+        return _as_bytes(raw)
+
+    async def _get_two(self, first: str, second: str) -> tuple[bytes | None, bytes | None]:
+        try:
+            if self._getter is not None:
+                a, b = await self._getter.get_many(first, second)
+                return a, b
+            values = await self._redis.mget([first, second])  # the client decodes no responses: bytes
+        except _ERRORS as exc:
+            raise BackendUnavailable("Redis is unavailable") from exc
+        return _as_bytes(values[0]), _as_bytes(values[1])
 
     async def _call(self, coro: Any) -> Any:
         try:
@@ -182,9 +192,7 @@ class BetterAuthRedis:
         token's user is known (a session never changes user)."""
         user_id = self._users.get(token)
         if user_id is not None:
-            raw, revoked_before = await asyncio.gather(
-                self._get(self._prefix + token), self._get(self._revoked_key(user_id))
-            )
+            raw, revoked_before = await self._get_two(self._prefix + token, self._revoked_key(user_id))
         else:
             raw, revoked_before = await self._get(self._prefix + token), None
         if raw is None:
@@ -335,6 +343,10 @@ class BetterAuthRedis:
         if self._getter is not None:
             await self._getter.close()
         await self._redis.aclose()
+
+
+def _as_bytes(value: bytes | str | None) -> bytes | None:
+    return value.encode() if isinstance(value, str) else value
 
 
 def _dumps(doc: Any) -> str:

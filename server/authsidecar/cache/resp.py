@@ -96,6 +96,23 @@ class PipelinedGetClient:
         assert value is None or isinstance(value, bytes)
         return value
 
+    async def get_many(self, *keys: str) -> list[bytes | None]:
+        """The values of several keys, pipelined: one round trip."""
+        protocol = self._protocol
+        if protocol is None or protocol.closed:
+            protocol = await self._connect()
+        waiters = [protocol.send(_encode(b"GET", key.encode())) for key in keys]
+        try:
+            async with asyncio.timeout(self._timeout):
+                values = [await waiter for waiter in waiters]
+        except BaseException:
+            for waiter in waiters:  # the others' errors are the same one: seen here, not reported as unretrieved
+                if waiter.done() and not waiter.cancelled():
+                    waiter.exception()
+            raise
+        assert all(value is None or isinstance(value, bytes) for value in values)
+        return values
+
     async def _connect(self) -> _Protocol:
         async with self._lock:  # one connect at a time; later callers reuse its connection
             if self._protocol is None or self._protocol.closed:
