@@ -274,7 +274,14 @@ class App:
                 retry_after=settings.redis_retry_after,
                 cookie_cache=build_cookie_cache(settings, jwt_secret),
                 registry=registry,
+                preserve_sessions=settings.preserve_session_in_database,
             )
+            better_auth_store.on_revoked = coherence.note
+            if settings.database_url is None:
+                log.warning(
+                    "AUTHSIDECAR_COMPAT=better-auth on the embedded SQLite file: nothing is shared with a Better Auth"
+                    " app unless it uses that file (set DATABASE_URL to the app's database)"
+                )
         else:
             cache = build_cache(settings)
             tokens = HashedTokenPolicy()

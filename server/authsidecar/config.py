@@ -91,6 +91,11 @@ class Settings(BaseSettings):
         False,
         description="Better Auth's session.storeSessionInDatabase (compat profile with Redis; must match the app)",
     )
+    preserve_session_in_database: bool = Field(
+        False,
+        description="Better Auth's session.preserveSessionInDatabase (compat profile): rows are kept after sessions"
+        " end, so only Redis says whether a session is live (no SQL fallback)",
+    )
     store_verification_in_database: bool = Field(
         False, description="Better Auth's verification.storeInDatabase (compat profile with Redis; must match the app)"
     )
@@ -234,16 +239,24 @@ class Settings(BaseSettings):
         return self.redis_key_prefix
 
     def better_auth_current_secret(self) -> str:
-        """The secret Better Auth signs cookies and JWTs with: the first of BETTER_AUTH_SECRETS, else
-        BETTER_AUTH_SECRET (or AUTH_SECRET). Raises ConfigError when there is none."""
-        if self.better_auth_secrets is not None:
-            entries = [e.strip() for e in self.better_auth_secrets.get_secret_value().split(",")]
-            version, colon, value = entries[0].partition(":")
-            if not colon or not version.strip().isdigit() or not value.strip():
-                raise ConfigError('invalid configuration: BETTER_AUTH_SECRETS: expected "<version>:<secret>,..."')
-            return value.strip()
+        """The secret Better Auth signs cookies and JWTs with, read as Better Auth reads it: the first entry of
+        BETTER_AUTH_SECRETS ("<version>:<secret>,..."; every entry must be well formed), else BETTER_AUTH_SECRET,
+        else AUTH_SECRET (empty values count as unset). Raises ConfigError when there is none."""
+        listed = self.better_auth_secrets.get_secret_value().strip() if self.better_auth_secrets else ""
+        if listed:
+            values = []
+            for entry in listed.split(","):
+                version, colon, value = entry.strip().partition(":")
+                if not colon or not version.strip().isdigit() or not value.strip():
+                    raise ConfigError('invalid configuration: BETTER_AUTH_SECRETS: expected "<version>:<secret>,..."')
+                values.append(value.strip())
+            return values[0]
+        for name in ("BETTER_AUTH_SECRET", "AUTH_SECRET"):
+            value = os.environ.get(name, "")
+            if value:
+                return value
         if self.better_auth_secret is not None and self.better_auth_secret.get_secret_value():
-            return self.better_auth_secret.get_secret_value()
+            return self.better_auth_secret.get_secret_value()  # from the TOML file
         raise ConfigError(
             "invalid configuration: BETTER_AUTH_SECRET: required with AUTHSIDECAR_COMPAT=better-auth (the app's secret)"
         )

@@ -28,7 +28,7 @@ from authsidecar_client.v1 import auth_service_pb2 as auth_pb
 from authsidecar_client.v1 import session_service_pb2 as session_pb
 from tests.better_auth.harness import SCRYPT_HASH, SECRET, BetterAuthApp, installed, token_in_log
 from tests.conftest import REDIS_URL, create_pg_database, drop_pg_database, migrate
-from tests.e2e.conftest import Server, Stubs, error_details, free_port, start_server, stubs_for
+from tests.e2e.conftest import RedisProcess, Server, Stubs, error_details, free_port, start_server, stubs_for
 from tests.e2e.test_grpcurl import grpcurl
 
 pytestmark = [
@@ -65,6 +65,7 @@ def running_pair(
     app_options: dict[str, object] | None = None,
     server_env: dict[str, str] | None = None,
     app_env: dict[str, str] | None = None,
+    redis_url: str = REDIS_URL,
 ) -> Iterator[Pair]:
     """A fresh database and Redis prefix, a Better Auth app and an authsidecar server on them; all removed after."""
     use_redis, in_sql = MODES[mode]
@@ -76,7 +77,7 @@ def running_pair(
         migrate(url)
         app_env = {
             "BA_DATABASE_URL": url,
-            "BA_REDIS_URL": REDIS_URL if use_redis else "",
+            "BA_REDIS_URL": redis_url if use_redis else "",
             "BA_REDIS_PREFIX": prefix,
             "BA_STORE_SESSION_IN_DATABASE": "1" if in_sql else "0",
             "BA_OPTIONS": json.dumps(app_options or {}),
@@ -91,7 +92,7 @@ def running_pair(
             **(server_env or {}),
         }
         if use_redis:
-            env |= {"REDIS_URL": REDIS_URL, "AUTHSIDECAR_REDIS_KEY_PREFIX": prefix}
+            env |= {"REDIS_URL": redis_url, "AUTHSIDECAR_REDIS_KEY_PREFIX": prefix}
         server = start_server(folder, env)
         server.wait_for(SERVING)
         yield Pair(mode, app, server, prefix, url)
@@ -518,3 +519,83 @@ async def _set_hash(url: str, email: str, encoded: str) -> None:
         await conn.execute(query, email, encoded)
     finally:
         await conn.close()
+
+
+async def test_profile_change_written_back_by_the_app_is_rewritten(pair: Pair, stubs: Stubs) -> None:
+    """The app's refresh can write an old user snapshot back after a profile change; it is rewritten again."""
+    if not pair.redis:
+        pytest.skip("no Redis documents in this mode")
+    email = _email()
+    _, cookie = _app_sign_up(pair, email)
+    ours = await stubs.auth.SignIn(auth_pb.SignInRequest(email=email, password=PASSWORD))
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        old = client.get(pair.prefix + ours.token)
+        assert old is not None
+        await stubs.auth.UpdateUser(auth_pb.UpdateUserRequest(token=ours.token, name="Renamed"))
+        assert pair.app.session(cookie)["user"]["name"] == "Renamed"
+        client.set(pair.prefix + ours.token, old, keepttl=True)  # the app's late write-back
+        await asyncio.sleep(1.5)
+        assert json.loads(client.get(pair.prefix + ours.token))["user"]["name"] == "Renamed"
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("mode", ["redis-only", "sql+redis"])
+async def test_concurrent_refreshes_never_refuse_a_live_session(mode: str, tmp_path: Path) -> None:
+    """updateAge 0 on both sides: every call refreshes; many at once, from both sides, all succeed."""
+    app_options = {"session": {"updateAge": 0}}
+    with running_pair(mode, tmp_path, app_options, {"AUTHSIDECAR_SESSION_UPDATE_AGE": "0"}) as p:
+        stubs = stubs_for(p.server.address)
+        try:
+            _, cookie = _app_sign_up(p, _email())
+            request = session_pb.ValidateSessionRequest(token=cookie)
+            for _ in range(5):
+                app_calls = [asyncio.to_thread(p.app.session, cookie) for _ in range(3)]
+                results = await asyncio.gather(
+                    *(stubs.sessions.ValidateSession(request) for _ in range(20)), *app_calls
+                )
+                assert all(r is not None for r in results)
+        finally:
+            await stubs.channel.close()
+
+
+async def test_preserved_sessions_are_only_live_in_redis(tmp_path: Path) -> None:
+    """The app's preserveSessionInDatabase keeps ended sessions as rows: only the Redis document says a session is
+    live, so authsidecar does not fall back to SQL (AUTHSIDECAR_PRESERVE_SESSION_IN_DATABASE)."""
+    app_options = {"session": {"preserveSessionInDatabase": True}}
+    server_env = {"AUTHSIDECAR_PRESERVE_SESSION_IN_DATABASE": "true"}
+    with running_pair("sql+redis", tmp_path, app_options, server_env) as p:
+        stubs = stubs_for(p.server.address)
+        client = redis.Redis.from_url(REDIS_URL)
+        try:
+            token, cookie = _app_sign_up(p, _email())
+            assert (await stubs.sessions.ValidateSession(session_pb.ValidateSessionRequest(token=token))).user.id
+            assert p.app.call("POST", "/sign-out", {}, cookie=f"better-auth.session_token={cookie}").status == 200
+            call = stubs.sessions.ValidateSession(session_pb.ValidateSessionRequest(token=token))
+            assert await _reason(call) == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_TOKEN")
+            other, _ = _app_sign_up(p, _email())
+            client.delete(p.prefix + other)  # the row is there, the document is not: not a live session
+            call = stubs.sessions.ValidateSession(session_pb.ValidateSessionRequest(token=other))
+            assert await _reason(call) == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_TOKEN")
+        finally:
+            client.close()
+            await stubs.channel.close()
+
+
+async def test_redis_only_sign_up_writes_nothing_while_redis_is_down(
+    private_redis: RedisProcess, tmp_path: Path
+) -> None:
+    with running_pair("redis-only", tmp_path, redis_url=private_redis.url) as p:
+        stubs = stubs_for(p.server.address)
+        try:
+            email = _email()
+            private_redis.stop()
+            call = stubs.auth.SignUp(auth_pb.SignUpRequest(email=email, password=PASSWORD, name="Down"))
+            assert await _reason(call) == (grpc.StatusCode.UNAVAILABLE, "BACKEND_UNAVAILABLE")
+            private_redis.start()
+            await asyncio.sleep(1.2)  # the breaker's retry_after
+            made = await stubs.auth.SignUp(auth_pb.SignUpRequest(email=email, password=PASSWORD, name="Up"))
+            assert made.token and p.app.session(made.session_cookie) is not None
+        finally:
+            await stubs.channel.close()

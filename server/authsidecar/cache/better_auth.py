@@ -213,7 +213,8 @@ class BetterAuthRedis:
 
     async def refresh(self, session: Session, now: datetime) -> bool:
         """Set a session's new expiry in its document (every other key of it kept as it is, fields of plugins
-        included) and in its reference; False when the document is gone (revoked meanwhile): not brought back."""
+        included) and in its reference. False only when the document is gone (revoked meanwhile): it is not
+        brought back. A document that keeps changing under us is being refreshed by someone else: still alive."""
         for _ in range(_ATTEMPTS):
             raw = await self._get(self._prefix + session.stored_token)
             if raw is None:
@@ -227,7 +228,7 @@ class BetterAuthRedis:
             written = await self._write(session, _dumps(doc), now, raw)
             if written != 2:
                 return written == 1
-        return False
+        return True
 
     async def _write(self, session: Session, document: str | bytes, now: datetime, replaces: str | bytes) -> int:
         ttl = int((session.expires_at - now).total_seconds())
@@ -337,6 +338,10 @@ class BetterAuthRedis:
     async def has_verification(self, identifier: str) -> bool:
         """Whether a verification value is stored under the identifier."""
         return bool(await self._call(self._redis.exists(self._verification_key(identifier))))
+
+    async def ping(self) -> None:
+        """Raise BackendUnavailable unless Redis answers."""
+        await self._call(self._redis.ping())
 
     async def close(self) -> None:
         """Close the connections."""

@@ -24,7 +24,7 @@ import re
 import secrets
 import time
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal, TypeVar
@@ -95,6 +95,7 @@ class PasswordHasher:
         # Verified against when the email is unknown, so both failures cost the same time.
         self._dummy_hash = self._hash_sync(secrets.token_urlsafe(16))
         self._typical: dict[Scheme, float] = {}  # scheme -> typical verify time (seconds)
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     @property
     def pending(self) -> int:
@@ -159,7 +160,7 @@ class PasswordHasher:
         if len(self._typical) > 1:
             remaining = max(self._typical.values()) - elapsed
             if remaining > 0:
-                await asyncio.sleep(remaining)
+                await self.sleep(remaining)
 
     def needs_rehash(self, encoded: str) -> bool:
         """True when the hash was made with another scheme than the write scheme, or other argon2 parameters."""

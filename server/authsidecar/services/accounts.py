@@ -7,6 +7,7 @@ same hash time whether or not the email exists.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -14,7 +15,14 @@ from typing import Any
 
 from authsidecar.domain.models import CREDENTIAL_PROVIDER, Account, Session, SessionWithUser, User
 from authsidecar.domain.ports import Database
-from authsidecar.errors import Conflict, EmailNotVerified, InvalidCredentials, MissingField, UserAlreadyExists
+from authsidecar.errors import (
+    BackendUnavailable,
+    Conflict,
+    EmailNotVerified,
+    InvalidCredentials,
+    MissingField,
+    UserAlreadyExists,
+)
 from authsidecar.security.ids import IdGenerator
 from authsidecar.security.passwords import PasswordHasher
 from authsidecar.services.clock import Clock, utc_now
@@ -23,6 +31,8 @@ from authsidecar.services.rules import CredentialRules, normalize_email
 from authsidecar.services.sessions import ClientInfo, SessionManager
 
 __all__ = ["AccountService", "AuthResult", "VerificationPolicy"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +118,7 @@ class AccountService:
         )
         session, token = (None, None)
         if self._auto_sign_in and not self._verification.required:
+            await self._sessions.check_writable()  # nothing is written when the session could not be
             session, token = self._sessions.new_session(user.id, client, remember_me, now)
         written_at = time.time()
         try:
@@ -120,7 +131,11 @@ class AccountService:
         except Conflict as exc:
             raise self._user_fields.taken(exc.constraint) or UserAlreadyExists() from exc
         if session is not None:
-            await self._sessions.remember(SessionWithUser(session, user, written_at))
+            try:
+                await self._sessions.remember(SessionWithUser(session, user, written_at))
+            except BackendUnavailable:  # the user exists now: answer with it, without a session (SignIn later)
+                log.warning("sign-up: the user was created but its session could not be stored")
+                session, token = None, None
         if self._verification.send_on_sign_up and self._verification.send is not None:
             self._verification.send(user.email)
         return AuthResult(user, session, token)

@@ -57,11 +57,14 @@ class BetterAuthSessionManager(SessionManager):
         monotonic: Callable[[], float] = time.monotonic,
         cookie_cache: CookieCache | None = None,
         registry: Registry | None = None,
+        preserve_sessions: bool = False,
     ) -> None:
         super().__init__(db, NullSessionCache(), PlainTokenPolicy(), policy, coherence, clock, session_fields, ids)
         self._redis = redis
         self.cookies = cookies
-        self._in_sql = sessions_in_database
+        # SQL answers when the Redis document is missing or Redis fails: sessions are stored there too, and the
+        # app does not keep ended sessions as rows (preserveSessionInDatabase) that only Redis tells apart.
+        self._fallback = sessions_in_database and not preserve_sessions
         self._retry_after = retry_after
         self._mono = monotonic
         self._redis_back_at = 0.0  # Redis is skipped for reads until then, after a failure (sessions in SQL)
@@ -109,12 +112,12 @@ class BetterAuthSessionManager(SessionManager):
 
     async def _from_redis(self, token: str) -> SessionWithUser | None:
         """The session's document; None when absent, or when Redis is skipped or failed and SQL may answer."""
-        if self._redis is None or (self._in_sql and self._mono() < self._redis_back_at):
+        if self._redis is None or (self._fallback and self._mono() < self._redis_back_at):
             return None
         try:
             return await self._redis.get(token)
         except BackendUnavailable:
-            if not self._in_sql:
+            if not self._fallback:
                 raise
             if self._mono() >= self._redis_back_at:
                 log.warning("Redis unavailable: sessions are read from the database for %.1fs", self._retry_after)
@@ -126,7 +129,7 @@ class BetterAuthSessionManager(SessionManager):
         token = self.bearer(token)
         now = self._clock()
         entry = await self._from_redis(token)
-        if entry is None and self._in_sql:
+        if entry is None and self._fallback:
             entry = await self._db.find_session(token)
         if (
             entry is None
@@ -152,12 +155,17 @@ class BetterAuthSessionManager(SessionManager):
             try:
                 written = await self._redis.refresh(session, now)
             except BackendUnavailable:
-                if not self._in_sql:
+                if not self._fallback:
                     raise
                 written = True
-            if not written and not self._in_sql:  # the document went away meanwhile: revoked
+            if not written and not self._fallback:  # the document went away meanwhile: revoked
                 raise InvalidToken()
         return refreshed
+
+    async def check_writable(self) -> None:
+        """Redis-only sessions: Redis must answer before a sign-up writes its user."""
+        if self._redis is not None and not self._fallback:
+            await self._redis.ping()
 
     async def remember(self, entry: SessionWithUser) -> None:
         """Write a new session's document and reference, as Better Auth does on creation. Without it a
@@ -167,7 +175,7 @@ class BetterAuthSessionManager(SessionManager):
         try:
             await self._redis.store(entry, self._clock())
         except BackendUnavailable:
-            if not self._in_sql:
+            if not self._fallback:
                 raise
             log.warning("Redis unavailable: a new session is in the database only")
 

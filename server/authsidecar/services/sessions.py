@@ -123,6 +123,10 @@ class SessionManager:
         """Validate the session cookie of a Cookie header (compatibility profile only)."""
         raise InvalidArgument.field("cookie", "is only read with AUTHSIDECAR_COMPAT=better-auth; pass token")
 
+    async def check_writable(self) -> None:
+        """Raise BackendUnavailable when a new session could not be stored now (checked before writing anything
+        else it depends on, such as a new user)."""
+
     def require_fresh(self, entry: SessionWithUser) -> None:
         """Raise SessionNotFresh unless the session is recent enough for a sensitive operation."""
         if not self._policy.is_fresh(entry.session, self._clock()):

@@ -199,10 +199,10 @@ class AccountFlows:
         except JwtExpired:
             raise TokenExpired() from None
         except JwtError:
-            raise InvalidToken() from None
+            raise InvalidToken("invalid verification token") from None
         email, user_id, update_to = claims.get("email"), claims.get("userId"), claims.get("updateTo")
         if not isinstance(email, str) or not isinstance(user_id, str | None) or not isinstance(update_to, str | None):
-            raise InvalidToken()
+            raise InvalidToken("invalid verification token")
         request_type = claims.get("requestType")
         if update_to is not None and (user_id is None or request_type == "change-email-confirmation"):
             raise InvalidToken("unsupported email change token")

@@ -6,12 +6,13 @@ same UnitOfWork either way:
 
 - revocations delete the Redis documents inside the SQL transaction, after the SQL delete: if Redis fails the
   transaction rolls back and the caller gets UNAVAILABLE, so a revocation is never half-done on our side;
-- a user change rewrites the user snapshot in each of the user's session documents after commit (as Better Auth
-  does); a failure there is logged (the documents then show the old profile until the sessions are refreshed);
+- a user change rewrites the user snapshot in each of the user's session documents (as Better Auth does), also
+  inside the transaction: if Redis fails, the change rolls back (UNAVAILABLE);
 - new sessions are written to Redis by the session manager after commit (it has the user snapshot);
-- sessions revoked one by one are deleted from Redis again 1 s and 5 s later: Better Auth refreshes a session by
-  reading its document and writing it back, which could otherwise bring back a document deleted in between
-  (revoking all of a user's sessions sets revoked-sessions-before instead, which both sides check);
+- Better Auth refreshes a session by reading its document and writing it back, which could bring back a document
+  deleted in between, or an old user snapshot: deletions of sessions revoked one by one and user rewrites are
+  made again 1 s and 5 s after commit (revoking all of a user's sessions sets revoked-sessions-before instead,
+  which both sides check);
 - in Redis-only mode, session reads, lists and deletes go to Redis alone.
 """
 
@@ -21,6 +22,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,7 +37,15 @@ __all__ = ["BetterAuthDatabase"]
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-DELETE_AGAIN_AFTER = (1.0, 5.0)  # seconds after a revocation its Redis documents are deleted again
+AGAIN_AFTER = (1.0, 5.0)  # seconds after a commit its Redis deletions and user rewrites are made again
+
+
+@dataclass(frozen=True, slots=True)
+class _Later:
+    """What a committed transaction did in Redis that is made again later."""
+
+    deleted: list[tuple[str, list[str]]]  # (user id, tokens) deleted without a revoked-before mark
+    users: list[User]  # users whose snapshot was rewritten
 
 
 def _utc_now() -> datetime:
@@ -53,11 +63,15 @@ class _UnitOfWork:
         self._clock = owner.clock
         self.changed_users: dict[str, User] = {}
         self.deleted: list[tuple[str, list[str]]] = []  # (user id, tokens) deleted without a revoked-before mark
+        self.revoked: list[tuple[str, str]] = []  # (user id, token) of every session deleted from Redis
 
     # -- users -----------------------------------------------------------------------------------------------
 
-    def _changed(self, user: User | None) -> User | None:
-        if user is not None:
+    async def _changed(self, user: User | None) -> User | None:
+        """A user changed: their session documents are rewritten now, inside the transaction (if Redis fails
+        the change rolls back, UNAVAILABLE), and again after commit (the app may write an old copy back)."""
+        if user is not None and self._redis is not None:
+            await self._redis.rewrite_user(user)
             self.changed_users[user.id] = user
         return user
 
@@ -78,18 +92,18 @@ class _UnitOfWork:
         return await self._sql.get_user_by_email(email)
 
     async def mark_email_verified(self, user_id: str, email: str, now: datetime) -> User | None:
-        """Set emailVerified; the user's session documents follow after commit."""
-        return self._changed(await self._sql.mark_email_verified(user_id, email, now))
+        """Set emailVerified; the user's session documents follow."""
+        return await self._changed(await self._sql.mark_email_verified(user_id, email, now))
 
     async def change_email(
         self, user_id: str, old_email: str, new_email: str, now: datetime, verified: bool = True
     ) -> User | None:
-        """Replace the email; the user's session documents follow after commit."""
-        return self._changed(await self._sql.change_email(user_id, old_email, new_email, now, verified))
+        """Replace the email; the user's session documents follow."""
+        return await self._changed(await self._sql.change_email(user_id, old_email, new_email, now, verified))
 
     async def update_user(self, user_id: str, changes: dict[str, Any], now: datetime) -> User | None:
-        """Update profile fields; the user's session documents follow after commit."""
-        return self._changed(await self._sql.update_user(user_id, changes, now))
+        """Update profile fields; the user's session documents follow."""
+        return await self._changed(await self._sql.update_user(user_id, changes, now))
 
     async def delete_user(self, user_id: str) -> bool:
         """Delete the user and every session of theirs, in SQL and in Redis."""
@@ -174,6 +188,7 @@ class _UnitOfWork:
         if self._redis is not None:
             now = self._clock()
             await self._redis.delete(user_id, tokens, now, revoke_all_before=now if revoke_all else None)
+            self.revoked.extend((user_id, token) for token in tokens)
             if not revoke_all:
                 self.deleted.append((user_id, tokens))
 
@@ -238,7 +253,8 @@ class BetterAuthDatabase:
         self.sessions_in_database = sessions_in_database
         self.verification_in_database = verification_in_database
         self.clock = clock
-        self._later: dict[asyncio.Task[None], list[tuple[str, list[str]]]] = {}
+        self._later: dict[asyncio.Task[None], _Later] = {}
+        self.on_revoked: Callable[[Invalidations], None] | None = None
 
     @asynccontextmanager
     async def transaction(self, autocommit: bool = False) -> AsyncIterator[UnitOfWork]:
@@ -246,31 +262,30 @@ class BetterAuthDatabase:
         async with self._inner.transaction(autocommit) as sql:
             uow = _UnitOfWork(sql, self)
             yield uow
-        if uow.deleted:
-            task = asyncio.create_task(self._delete_again(uow.deleted))
-            self._later[task] = uow.deleted
+        if uow.revoked and self.on_revoked is not None:  # this instance's own record (Redis-only: no SQL log)
+            self.on_revoked(Invalidations(sessions=tuple(uow.revoked)))
+        if uow.deleted or uow.changed_users:
+            work = _Later(uow.deleted, list(uow.changed_users.values()))
+            task = asyncio.create_task(self._again(work))
+            self._later[task] = work
             task.add_done_callback(self._later.pop)
-        if self.redis is not None:
-            for user in uow.changed_users.values():
-                try:
-                    await self.redis.rewrite_user(user)
-                except AuthSidecarError:
-                    log.warning("could not rewrite the user snapshot in Redis session documents (Redis unavailable)")
 
-    async def _delete_again(self, deleted: list[tuple[str, list[str]]]) -> None:
+    async def _again(self, work: _Later) -> None:
         waited = 0.0
-        for delay in DELETE_AGAIN_AFTER:
+        for delay in AGAIN_AFTER:
             await asyncio.sleep(delay - waited)
             waited = delay
-            await self._delete_now(deleted)
+            await self._now(work)
 
-    async def _delete_now(self, deleted: list[tuple[str, list[str]]]) -> None:
+    async def _now(self, work: _Later) -> None:
         assert self.redis is not None
-        for user_id, tokens in deleted:
-            try:
+        try:
+            for user_id, tokens in work.deleted:
                 await self.redis.delete(user_id, tokens, self.clock())
-            except AuthSidecarError:
-                log.warning("could not delete revoked session documents from Redis again (Redis unavailable)")
+            for user in work.users:
+                await self.redis.rewrite_user(user)
+        except AuthSidecarError:
+            log.warning("could not repeat a revocation or profile change in Redis (Redis unavailable)")
 
     async def find_session(self, stored_token: str) -> SessionWithUser | None:
         """The session row joined with its user (sessions in SQL), else None."""
@@ -287,13 +302,13 @@ class BetterAuthDatabase:
         await self._inner.ping(within)
 
     async def flush(self) -> None:
-        """At shutdown: the Redis deletions still planned are made now, once."""
+        """At shutdown: the repetitions still planned are made now, once."""
         pending = list(self._later.items())
         for task, _ in pending:
             task.cancel()
-        for task, deleted in pending:
+        for task, work in pending:
             await asyncio.gather(task, return_exceptions=True)
-            await self._delete_now(deleted)
+            await self._now(work)
 
     async def close(self) -> None:
         """Close the inner database."""

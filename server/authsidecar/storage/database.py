@@ -74,8 +74,11 @@ class _Statements:
         self.update_password = (
             sa.update(a).where(a.c.id == p("a_id")).values(password=p("a_password"), updated_at=p("a_now"))
         )
+        # A session that ended meanwhile (expired, or ended by another writer setting expiresAt) is not revived.
         self.refresh_session = (
-            sa.update(s).where(s.c.token == p("s_token")).values(expires_at=p("s_expires"), updated_at=p("s_now"))
+            sa.update(s)
+            .where(s.c.token == p("s_token"), s.c.expires_at > p("s_now"))
+            .values(expires_at=p("s_expires"), updated_at=p("s_now"))
         )
         returning = list(s.c)
         self.delete_by_token = sa.delete(s).where(s.c.token == p("s_token")).returning(*returning)
