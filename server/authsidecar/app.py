@@ -14,6 +14,7 @@ from typing import IO
 from authsidecar.cache import MemorySessionCache, NullSessionCache, RedisSessionCache, ResilientSessionCache
 from authsidecar.cache.better_auth import BetterAuthRedis
 from authsidecar.cache.integrity import DocumentSigner, derive_key
+from authsidecar.cache.ratelimit import Limit, MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from authsidecar.cache.redis import connect_redis
 from authsidecar.cache.resp import PipelinedGetClient
 from authsidecar.config import ConfigError, Settings
@@ -31,6 +32,7 @@ from authsidecar.services.cleanup import remove_expired
 from authsidecar.services.clock import utc_now
 from authsidecar.services.coherence import CacheCoherence
 from authsidecar.services.extra_fields import ExtraFieldRules
+from authsidecar.services.limits import DEFAULT_RULES, Limits, LoginGuard, MailThrottle, RpcRule
 from authsidecar.services.profile import ProfileService
 from authsidecar.services.rules import CredentialRules
 from authsidecar.services.sessions import SessionManager, SessionPolicy
@@ -106,8 +108,44 @@ def build_hasher(settings: Settings) -> PasswordHasher:
     """argon2id (or Better Auth's scrypt) with the configured cost and concurrency bounds."""
     params = Argon2Parameters(settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism)
     return PasswordHasher(
-        params, settings.hash_workers, settings.effective_hash_max_pending, settings.effective_password_hash
+        params,
+        settings.hash_workers,
+        settings.effective_hash_max_pending,
+        settings.effective_password_hash,
+        settings.hash_max_pending_per_client,
     )
+
+
+def build_limits(settings: Settings) -> tuple[Limits, LoginGuard, MailThrottle]:
+    """Rate limits (the defaults overridden per RPC), brute-force protection and the mail throttle, counted in
+    Redis when REDIS_URL is set, else in this process."""
+    rules = dict(DEFAULT_RULES)
+    for rpc, conf in settings.rate_limits.items():
+        base = rules.get(rpc, RpcRule())
+        rules[rpc] = RpcRule(ip=_limit(conf.ip, base.ip), identifier=_limit(conf.identifier, base.identifier))
+    limiter: RateLimiter
+    if settings.redis_url is not None:
+        url = settings.redis_url.get_secret_value()
+        try:
+            limiter = RedisRateLimiter(connect_redis(url, settings.redis_timeout), settings.effective_redis_key_prefix)
+        except ValueError as exc:
+            raise ConfigError(f"invalid configuration: REDIS_URL: {exc}") from None
+    else:
+        limiter = MemoryRateLimiter()
+    limits = Limits(limiter, rules, settings.rate_limit_enabled, settings.redis_retry_after)
+    guard = LoginGuard(
+        limits,
+        Limit.parse(settings.login_failures_per_ip),
+        Limit.parse(settings.login_failures_per_account),
+        settings.login_slowdown,
+    )
+    return limits, guard, MailThrottle(limits, settings.mail_interval)
+
+
+def _limit(text: str | None, default: Limit | None) -> Limit | None:
+    if text is None:
+        return default
+    return None if text == "off" else Limit.parse(text)
 
 
 def build_cookie_cache(settings: Settings, secret: str) -> CookieCache | None:
@@ -144,6 +182,7 @@ def build_session_policy(settings: Settings) -> SessionPolicy:
         update_age=timedelta(seconds=settings.session_update_age),
         short_expires_in=timedelta(seconds=settings.session_short_expires_in),
         fresh_age=timedelta(seconds=settings.session_fresh_age),
+        max_lifetime=timedelta(seconds=settings.session_max_lifetime) if settings.session_max_lifetime else None,
     )
 
 
@@ -228,6 +267,7 @@ class App:
     coherence: CacheCoherence
     shared_redis: BetterAuthRedis | None = None
     better_auth_store: BetterAuthDatabase | None = None
+    limits: Limits | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -293,8 +333,17 @@ class App:
             )
         database.add_commit_listener(coherence.committed)
         rules = CredentialRules(settings.password_min_length, settings.password_max_length)
+        limits, guard, mail = build_limits(settings)
         flows = AccountFlows(
-            store, hasher, sessions, rules, outbox, build_flow_settings(settings), jwt_secret=jwt_secret
+            store,
+            hasher,
+            sessions,
+            rules,
+            outbox,
+            build_flow_settings(settings),
+            jwt_secret=jwt_secret,
+            limits=limits,
+            mail=mail,
         )
         verification = VerificationPolicy(
             required=settings.require_email_verification,
@@ -312,8 +361,10 @@ class App:
             verification=verification,
             user_fields=user_fields,
             ids=ids,
+            limits=limits,
+            guard=guard,
         )
-        profile = ProfileService(store, hasher, sessions, rules, user_fields=user_fields)
+        profile = ProfileService(store, hasher, sessions, rules, user_fields=user_fields, limits=limits)
         convert = Converter(registry)
         server = GrpcServer(
             AuthServicer(accounts, sessions, flows, profile, convert),
@@ -321,7 +372,7 @@ class App:
             settings.listen,
             reuse_port=settings.reuse_port,
         )
-        return cls(settings, database, cache, hasher, server, outbox, coherence, shared, better_auth_store)
+        return cls(settings, database, cache, hasher, server, outbox, coherence, shared, better_auth_store, limits)
 
     async def start(self) -> None:
         """Start serving; health follows the database's reachability.
@@ -340,6 +391,11 @@ class App:
             log.warning("database unreachable at start-up; schema not checked")
         if problem is not None:
             raise SchemaNotReady(problem)
+        if self.settings.delivery == "log":
+            log.warning(
+                "AUTHSIDECAR_DELIVERY=log: verification and reset links, with live tokens, are written to this log;"
+                " use smtp or webhook in production"
+            )
         await self.server.set_serving(False)
         await self.server.start()
         serving = await self._database_reachable()
@@ -438,6 +494,8 @@ class App:
             await self.better_auth_store.flush()
         if self.shared_redis is not None:
             await self.shared_redis.close()
+        if self.limits is not None:
+            await self.limits.close()
         await self.database.close()
         self.hasher.close()
 

@@ -22,6 +22,10 @@ def _configure_logging(settings: Settings) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # Database drivers log statements with their bound values (password hashes, token digests) at DEBUG; the
+    # engine itself hides them (hide_parameters). No driver logs below WARNING, whatever the level.
+    for driver in ("aiosqlite", "aiomysql", "asyncpg", "sqlalchemy.pool"):
+        logging.getLogger(driver).setLevel(logging.WARNING)
 
 
 def _event_loop_policy() -> None:

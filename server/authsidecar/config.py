@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -18,6 +18,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from authsidecar.cache.ratelimit import Limit
 from authsidecar.domain.fields import Registry
 from authsidecar.schema_config import SchemaSettings
 
@@ -28,6 +29,22 @@ DAY = 86_400
 
 class ConfigError(Exception):
     """A setting is invalid; the message is one line naming the setting."""
+
+
+class RpcLimitSettings(BaseModel):
+    """One RPC's limits: ``"<count>/<period>"`` (``"3/10s"``, ``"5/15m"``) or ``"off"``; unset keeps the default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ip: str | None = None
+    identifier: str | None = None
+
+    @field_validator("ip", "identifier")
+    @classmethod
+    def _check(cls, value: str | None) -> str | None:
+        if value is not None and value != "off":
+            Limit.parse(value)
+        return value
 
 
 class Settings(BaseSettings):
@@ -102,6 +119,23 @@ class Settings(BaseSettings):
     password_hash: Literal["argon2id", "scrypt"] | None = Field(
         None, description="scheme of new password hashes (default: scrypt in the compat profile, else argon2id)"
     )
+    rate_limit_enabled: bool = Field(True, description="rate limits and brute-force protection (false: none at all)")
+    rate_limits: dict[str, RpcLimitSettings] = Field(
+        default_factory=dict,
+        description='per-RPC limits over the defaults ([rate_limits.SignIn] ip = "3/10s", identifier = "off")',
+    )
+    login_failures_per_ip: str = Field(
+        "5/15m", description="wrong passwords for one account from one client IP before that pair is refused"
+    )
+    login_failures_per_account: str = Field(
+        "20/1h", description="wrong passwords for one account (any IP) before its sign-ins are slowed down"
+    )
+    login_slowdown: Annotated[float, Field(ge=0, le=30)] = Field(
+        1.0, description="seconds every sign-in of a slowed-down account waits before its password is checked"
+    )
+    mail_interval: Annotated[int, Field(ge=0, le=86_400)] = Field(
+        60, description="at most one message per address and purpose in this many seconds (0: no limit)"
+    )
     cache_trust_seconds: Annotated[float, Field(ge=1, le=3600)] = Field(
         60.0, description="a cached session is re-checked against SQL once its snapshot is older than this"
     )
@@ -124,6 +158,9 @@ class Settings(BaseSettings):
     session_update_age: Annotated[int, Field(ge=0, le=365 * DAY)] = DAY
     session_short_expires_in: Annotated[int, Field(ge=60, le=365 * DAY)] = Field(
         DAY, description="lifetime of a remember_me=false session (never refreshed)"
+    )
+    session_max_lifetime: Annotated[int, Field(ge=60, le=10 * 365 * DAY)] | None = Field(
+        None, description="absolute session lifetime (seconds since sign-in) that sliding refresh never passes"
     )
     auto_sign_in: bool = Field(True, description="SignUp also creates a session")
 
@@ -184,6 +221,12 @@ class Settings(BaseSettings):
         description="hashes admitted at once before RESOURCE_EXHAUSTED (default: 16 x hash_workers, about 0.3 s of queue at OWASP cost)",
     )
 
+    hash_max_pending_per_client: Annotated[int, Field(ge=1, le=100_000)] | None = Field(
+        None,
+        description="hashes one client IP may have admitted at once (default: a quarter of hash_max_pending,"
+        " at least hash_workers); callers that report no IP share the global bound",
+    )
+
     db_pool_size: Annotated[int, Field(ge=1, le=200)] = 10
     db_max_overflow: Annotated[int, Field(ge=0, le=200)] = 5
     db_connect_timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
@@ -207,6 +250,24 @@ class Settings(BaseSettings):
     def _check_secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < 32:
             raise ValueError("must be at least 32 characters (for example: openssl rand -hex 32)")
+        return value
+
+    @field_validator("login_failures_per_ip", "login_failures_per_account")
+    @classmethod
+    def _check_limit(cls, value: str) -> str:
+        Limit.parse(value)
+        return value
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _check_rpcs(cls, value: dict[str, RpcLimitSettings]) -> dict[str, RpcLimitSettings]:
+        from authsidecar.services.limits import DEFAULT_RULES
+
+        unknown = sorted(set(value) - set(DEFAULT_RULES) - {"ValidateSession"})
+        if unknown:
+            raise ValueError(
+                f"unknown RPC {unknown[0]!r} (limits apply to {', '.join(sorted(DEFAULT_RULES))}, ValidateSession)"
+            )
         return value
 
     @field_validator("listen")

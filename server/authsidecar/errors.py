@@ -38,6 +38,8 @@ __all__ = [
     "AlreadyExists",
     "AuthSidecarError",
     "BackendUnavailable",
+    "CallerNotAllowed",
+    "CallerNotAuthenticated",
     "Conflict",
     "CredentialAccountNotFound",
     "EmailNotVerified",
@@ -49,10 +51,13 @@ __all__ = [
     "InvalidEmail",
     "InvalidPassword",
     "InvalidToken",
+    "MalformedRequest",
     "MissingField",
     "NotFound",
     "PasswordTooLong",
     "PasswordTooShort",
+    "PermissionDenied",
+    "RateLimited",
     "SessionExpired",
     "SessionNotFound",
     "SessionNotFresh",
@@ -239,6 +244,45 @@ class TooManyRequests(AuthSidecarError):
     def __init__(self, retry_after: float, message: str | None = None) -> None:
         self.retry_after = retry_after
         super().__init__(message)
+
+
+class RateLimited(TooManyRequests):
+    """A rate limit of the caller's client IP or of the identifier (email, user) is spent; retry after
+    ``retry_after`` seconds."""
+
+    reason = "RATE_LIMITED"
+    default_message = "too many requests for this client or account, retry later"
+
+
+class MalformedRequest(InvalidArgument):
+    """The request bytes are not a valid message of the RPC's request type."""
+
+    reason = "MALFORMED_REQUEST"
+    default_message = "the request is not a valid protobuf message of this RPC's type"
+
+    def __init__(self) -> None:
+        super().__init__([], self.default_message)
+
+
+class CallerNotAuthenticated(Unauthenticated):
+    """Caller authentication is on and the calling service presented no known key or certificate."""
+
+    reason = "CALLER_NOT_AUTHENTICATED"
+    default_message = "unknown calling service: send authorization: Bearer <service key> or a client certificate"
+
+
+class PermissionDenied(AuthSidecarError):
+    """The caller may not do this."""
+
+    reason = "PERMISSION_DENIED"
+    default_message = "permission denied"
+
+
+class CallerNotAllowed(PermissionDenied):
+    """The calling service is known but not allowed to call this RPC."""
+
+    reason = "CALLER_NOT_ALLOWED"
+    default_message = "this calling service may not call this RPC"
 
 
 class BackendUnavailable(AuthSidecarError):

@@ -411,6 +411,7 @@ def main() -> int:
         cleanup.callback(infra.purge_redis, prefix)
         env = {"DATABASE_URL": db_url, "REDIS_URL": infra.REDIS_URL, "AUTHSIDECAR_REDIS_KEY_PREFIX": prefix}
         env |= ARGON2_ENV | {"AUTHSIDECAR_SECRET": secrets.token_hex(32), "AUTHSIDECAR_DRAIN_DELAY": "0"}
+        env |= {"AUTHSIDECAR_RATE_LIMIT_ENABLED": "false"}  # the load generators are one client IP
         serve = [sys.executable, "-m", "authsidecar", "serve"]
         servers: dict[str, infra.ServerProcess] = {}
         for label, name, extra in (

@@ -21,9 +21,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from authsidecar_client.v1 import auth_service_pb2_grpc, session_service_pb2_grpc
 from tests.conftest import REDIS_URL, TEST_SECRET
 
-# Every test server: cheap hashing, a secret (needed with REDIS_URL), and no drain delay (tests that are about
-# draining set their own).
+# Every test server: cheap hashing, a secret (needed with REDIS_URL), no drain delay (tests that are about
+# draining set their own) and no rate limits (tests that are about limits turn them on).
 FAST_ARGON2_ENV = {
+    "AUTHSIDECAR_RATE_LIMIT_ENABLED": "false",
     "AUTHSIDECAR_ARGON2_TIME_COST": "1",
     "AUTHSIDECAR_ARGON2_MEMORY_KIB": "8192",
     "AUTHSIDECAR_HASH_MAX_PENDING": "256",

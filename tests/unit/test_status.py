@@ -76,6 +76,11 @@ CASES: list[tuple[errors.AuthSidecarError, grpc.StatusCode, str]] = [
     (errors.SessionNotFresh(), Code.FAILED_PRECONDITION, "SESSION_NOT_FRESH"),
     (errors.CredentialAccountNotFound(), Code.FAILED_PRECONDITION, "CREDENTIAL_ACCOUNT_NOT_FOUND"),
     (errors.UserNotFound(), Code.NOT_FOUND, "USER_NOT_FOUND"),
+    (errors.RateLimited(retry_after=2.5), Code.RESOURCE_EXHAUSTED, "RATE_LIMITED"),
+    (errors.MalformedRequest(), Code.INVALID_ARGUMENT, "MALFORMED_REQUEST"),
+    (errors.CallerNotAuthenticated(), Code.UNAUTHENTICATED, "CALLER_NOT_AUTHENTICATED"),
+    (errors.PermissionDenied(), Code.PERMISSION_DENIED, "PERMISSION_DENIED"),
+    (errors.CallerNotAllowed(), Code.PERMISSION_DENIED, "CALLER_NOT_ALLOWED"),
 ]
 
 
@@ -258,6 +263,7 @@ GENERIC: set[type[errors.AuthSidecarError]] = {
     errors.AlreadyExists,
     errors.NotFound,
     errors.FailedPrecondition,
+    errors.PermissionDenied,
     errors.Conflict,
 }
 PREFIX = "ERROR_REASON_"
@@ -285,7 +291,7 @@ def test_reason_is_in_the_proto_enum(cls: type[errors.AuthSidecarError]) -> None
 
 def test_only_generic_reasons_may_be_missing_from_the_proto() -> None:
     used = {cls.reason for cls in _error_classes()}
-    assert used - proto_reasons() <= {"ALREADY_EXISTS", "NOT_FOUND", "FAILED_PRECONDITION"}
+    assert used - proto_reasons() <= {"ALREADY_EXISTS", "NOT_FOUND", "FAILED_PRECONDITION", "PERMISSION_DENIED"}
 
 
 def test_proto_enum_sanity() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 
 from authsidecar.errors import BackendUnavailable
 
-__all__ = ["Limit", "MemoryRateLimiter", "RateLimiter", "RedisRateLimiter"]
+__all__ = ["Check", "Limit", "MemoryRateLimiter", "RateLimiter", "RedisRateLimiter"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,15 +51,15 @@ class Limit:
         return limit
 
 
+Check = tuple[str, Limit]
+
+
 class RateLimiter:
-    """A set of GCRA counters; ``hit`` returns 0 when the call may go on, else the seconds to wait."""
+    """A set of GCRA counters. ``hit`` counts one call against several keys at once, all or nothing."""
 
-    async def hit(self, key: str, limit: Limit) -> float:
-        """Count one call against ``key``; 0.0 when allowed, else how long until one would be."""
-        raise NotImplementedError
-
-    async def peek(self, key: str, limit: Limit) -> float:
-        """What ``hit`` would answer, without counting."""
+    async def hit(self, checks: Sequence[Check], count: bool = True) -> float:
+        """0.0 when every key allows the call (then, if ``count``, each counts it); else the longest wait, in
+        seconds, and nothing is counted."""
         raise NotImplementedError
 
     async def reset(self, key: str) -> None:
@@ -70,24 +70,32 @@ class RateLimiter:
         """Release connections."""
 
 
-# KEYS: the counter. ARGV: interval (us), period (us), "1" to count (else only look).
-# Returns the microseconds to wait (0: allowed).
+# KEYS: the counters. ARGV: "1" to count (else only look), then per key its interval and period (us).
+# Returns the microseconds to wait (0: allowed, and counted on every key).
 _GCRA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval, period = tonumber(ARGV[1]), tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
-if tat < now then tat = now end
-local allow_at = tat + interval - period
-if now < allow_at then return allow_at - now end
-if ARGV[3] == '1' then
-  local new_tat = tat + interval
-  redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
+local wait, tats = 0, {}
+for i, key in ipairs(KEYS) do
+  local interval, period = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local tat = tonumber(redis.call('GET', key) or '0') or 0
+  if tat < now then tat = now end
+  local allow_at = tat + interval - period
+  if now < allow_at and allow_at - now > wait then wait = allow_at - now end
+  tats[i] = tat + interval
+end
+if wait > 0 or ARGV[1] ~= '1' then return wait end
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, string.format('%d', tats[i]), 'PX', math.ceil((tats[i] - now) / 1000))
 end
 return 0
 """
 
 _ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+
+
+def _us(seconds: float) -> int:
+    return int(seconds * 1_000_000)
 
 
 class RedisRateLimiter(RateLimiter):
@@ -98,23 +106,18 @@ class RedisRateLimiter(RateLimiter):
         self._prefix = prefix
         self._gcra = client.register_script(_GCRA)
 
-    async def _run(self, key: str, limit: Limit, count: bool) -> float:
-        interval_us = int(limit.interval * 1_000_000)
+    async def hit(self, checks: Sequence[Check], count: bool = True) -> float:
+        """One script: atomic across instances, Redis's clock."""
+        if not checks:
+            return 0.0
+        args: list[int | str] = ["1" if count else "0"]
+        for _, limit in checks:
+            args += [_us(limit.interval), _us(limit.period)]
         try:
-            wait_us = await self._gcra(
-                keys=[self._prefix + key], args=[interval_us, int(limit.period * 1_000_000), "1" if count else "0"]
-            )
+            wait_us = await self._gcra(keys=[self._prefix + key for key, _ in checks], args=args)
         except _ERRORS as exc:
             raise BackendUnavailable("Redis is unavailable") from exc
         return int(wait_us) / 1_000_000
-
-    async def hit(self, key: str, limit: Limit) -> float:
-        """Count one call (one script, atomic across instances)."""
-        return await self._run(key, limit, True)
-
-    async def peek(self, key: str, limit: Limit) -> float:
-        """Look without counting."""
-        return await self._run(key, limit, False)
 
     async def reset(self, key: str) -> None:
         """Delete the counter."""
@@ -129,8 +132,8 @@ class RedisRateLimiter(RateLimiter):
 
 
 class MemoryRateLimiter(RateLimiter):
-    """Counters of this process (the embedded default: one serving process). Bounded: expired keys are dropped
-    as they are met and in sweeps, and beyond ``max_keys`` the oldest are forgotten (fail open for them)."""
+    """Counters of this process (the embedded default: one serving process). Bounded: beyond ``max_keys`` the
+    least recently counted keys are forgotten, and keys whose time has passed are swept every minute."""
 
     def __init__(self, max_keys: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
         self._tat: dict[str, float] = {}
@@ -138,16 +141,20 @@ class MemoryRateLimiter(RateLimiter):
         self._clock = clock
         self._swept_at = 0.0
 
-    def _check(self, key: str, limit: Limit, count: bool) -> float:
+    async def hit(self, checks: Sequence[Check], count: bool = True) -> float:
+        """Count one call against every key, or none."""
         now = self._clock()
-        tat = max(self._tat.get(key, now), now)
-        allow_at = tat + limit.interval - limit.period
-        if now < allow_at:
-            return allow_at - now
-        if count:
+        wait, tats = 0.0, []
+        for key, limit in checks:
+            tat = max(self._tat.get(key, now), now)
+            wait = max(wait, tat + limit.interval - limit.period - now)
+            tats.append(tat + limit.interval)
+        if wait > 0 or not count:
+            return max(wait, 0.0)
+        for (key, _), tat in zip(checks, tats, strict=True):
             self._tat.pop(key, None)
-            self._tat[key] = tat + limit.interval  # re-inserted: dict order is last-use order
-            self._sweep(now)
+            self._tat[key] = tat  # re-inserted: dict order is last-use order
+        self._sweep(now)
         return 0.0
 
     def _sweep(self, now: float) -> None:
@@ -157,14 +164,6 @@ class MemoryRateLimiter(RateLimiter):
         if now - self._swept_at >= 60:
             self._swept_at = now
             self._tat = {k: v for k, v in self._tat.items() if v > now}
-
-    async def hit(self, key: str, limit: Limit) -> float:
-        """Count one call."""
-        return self._check(key, limit, True)
-
-    async def peek(self, key: str, limit: Limit) -> float:
-        """Look without counting."""
-        return self._check(key, limit, False)
 
     async def reset(self, key: str) -> None:
         """Forget the key."""

@@ -57,8 +57,8 @@ class UnitOfWork(Protocol):
     async def verification_exists(self, identifier: str) -> bool:
         """Whether a row with that identifier exists (expired or not)."""
 
-    async def delete_user_verifications(self, user_id: str) -> int:
-        """Delete the verifications whose payload names the user."""
+    async def delete_user_verifications(self, user_id: str, purposes: tuple[str, ...] = ()) -> int:
+        """Delete the verifications whose payload names the user (only those of ``purposes`` when given)."""
 
     async def delete_expired(self, table: str, now: datetime, limit: int) -> int:
         """Delete up to ``limit`` rows of ``session`` or ``verification`` that expired before ``now``."""

@@ -5,6 +5,11 @@ Hashing runs in a dedicated thread pool sized to the cores (argon2-cffi and hash
 most ``max_pending`` hashes are admitted at once; beyond that, callers get TooManyRequests at once instead of
 queueing without limit, so a sign-in burst cannot starve session validation or grow latency unboundedly.
 
+Capacity is shared fairly between clients (the end user's IP as the calling service reports it): one client
+holds at most ``max_pending_per_client`` admissions (callers without a reported IP share the global bound only),
+and waiting hashes are started round-robin by client, so a client flooding sign-ins delays another client's hash
+by at most one hash per worker instead of by its whole queue.
+
 New hashes use one scheme (``write_scheme``); both are verified, whatever the write scheme, and a hash of the other
 scheme ``needs_rehash``. Better Auth's scrypt: N=16384, r=16, p=1, 64-byte key, the NFKC-normalised password,
 stored as ``<salt hex>:<key hex>`` where the 32-character hex salt STRING is the salt. When both schemes are in use
@@ -24,6 +29,7 @@ import re
 import secrets
 import time
 import unicodedata
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -75,7 +81,12 @@ class PasswordHasher:
     """Hash and verify passwords; all public methods are coroutines that never block the event loop."""
 
     def __init__(
-        self, params: Argon2Parameters, workers: int, max_pending: int, write_scheme: Scheme = "argon2id"
+        self,
+        params: Argon2Parameters,
+        workers: int,
+        max_pending: int,
+        write_scheme: Scheme = "argon2id",
+        max_pending_per_client: int | None = None,
     ) -> None:
         self.write_scheme: Scheme = write_scheme
         self._hasher = argon2.PasswordHasher(
@@ -89,9 +100,16 @@ class PasswordHasher:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="argon2")
         self._workers = workers
         self._max_pending = max_pending
+        self._per_client_max = max_pending_per_client or max(workers, max_pending // 4)
         self._pending = 0
-        # The task holding one of this hasher's slots (tasks it spawns inherit the variable but are other tasks).
-        self._holder: contextvars.ContextVar[object] = contextvars.ContextVar(f"hash_slot_{id(self)}", default=None)
+        self._by_client: dict[str, int] = {}  # admissions held per client (reported IP; "" = unknown)
+        self._busy = 0  # hashes running in the pool
+        self._waiting: dict[str, deque[asyncio.Future[None]]] = {}  # client -> hashes waiting for a worker
+        # The task holding one of this hasher's slots and its client (tasks it spawns inherit the variable but
+        # are other tasks).
+        self._holder: contextvars.ContextVar[tuple[object, str] | None] = contextvars.ContextVar(
+            f"hash_slot_{id(self)}", default=None
+        )
         # Verified against when the email is unknown, so both failures cost the same time.
         self._dummy_hash = self._hash_sync(secrets.token_urlsafe(16))
         self._typical: dict[Scheme, float] = {}  # scheme -> typical verify time (seconds)
@@ -103,30 +121,71 @@ class PasswordHasher:
         return self._pending
 
     @contextlib.contextmanager
-    def admitted(self) -> Iterator[None]:
+    def admitted(self, client: str = "") -> Iterator[None]:
         """Hold one hashing slot for a whole flow (e.g. sign-in: read, verify, maybe rehash), so excess
-        callers are refused before they do any other work. Hashes run inside it take no second slot."""
+        callers are refused before they do any other work. Hashes run inside it take no second slot.
+        ``client``: the end user's IP, for the per-client bound and the fair order ("" when unknown)."""
         task = asyncio.current_task()
-        if task is not None and self._holder.get() is task:
+        held = self._holder.get()
+        if task is not None and held is not None and held[0] is task:
             yield
             return
-        self._admit()
-        token = self._holder.set(task)
+        self._admit(client)
+        token = self._holder.set((task, client))
         try:
             yield
         finally:
             self._pending -= 1
+            left = self._by_client[client] - 1
+            if left:
+                self._by_client[client] = left
+            else:
+                del self._by_client[client]
             self._holder.reset(token)
 
-    def _admit(self) -> None:
-        if self._pending >= self._max_pending:
+    def _admit(self, client: str) -> None:
+        mine = self._by_client.get(client, 0)
+        if self._pending >= self._max_pending or (client and mine >= self._per_client_max):
             raise TooManyRequests(retry_after=0.05 * (self._pending // self._workers + 1))
         self._pending += 1
+        self._by_client[client] = mine + 1
+
+    async def _turn(self, client: str) -> None:
+        """Wait for a free worker; waiting clients are served round-robin."""
+        if self._busy < self._workers and not self._waiting:
+            self._busy += 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(client, deque()).append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # a worker was handed over: hand it on
+                self._next_turn()
+            raise
+
+    def _next_turn(self) -> None:
+        """A worker is free: give it to the next client in turn, else mark it idle."""
+        while self._waiting:
+            client = next(iter(self._waiting))
+            queue = self._waiting.pop(client)
+            waiter = queue.popleft()
+            if queue:
+                self._waiting[client] = queue  # to the back of the round
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._busy -= 1
 
     async def _run(self, fn: Callable[..., _T], *args: str) -> _T:
         with self.admitted():
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, fn, *args)
+            held = self._holder.get()
+            await self._turn(held[1] if held is not None else "")
+            try:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._executor, fn, *args)
+            finally:
+                self._next_turn()
 
     async def hash(self, password: str) -> str:
         """A new hash of the (normalised) password, in the write scheme."""

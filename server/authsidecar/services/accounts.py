@@ -27,6 +27,7 @@ from authsidecar.security.ids import IdGenerator
 from authsidecar.security.passwords import PasswordHasher
 from authsidecar.services.clock import Clock, utc_now
 from authsidecar.services.extra_fields import ExtraFieldRules
+from authsidecar.services.limits import Limits, LoginGuard
 from authsidecar.services.rules import CredentialRules, normalize_email
 from authsidecar.services.sessions import ClientInfo, SessionManager
 
@@ -68,7 +69,11 @@ class AccountService:
         verification: VerificationPolicy | None = None,
         user_fields: ExtraFieldRules | None = None,
         ids: IdGenerator | None = None,
+        limits: Limits | None = None,
+        guard: LoginGuard | None = None,
     ) -> None:
+        self._limits = limits or Limits.off()
+        self._guard = guard or LoginGuard(self._limits)
         self._ids = ids or sessions.ids
         self._db = db
         self._hasher = hasher
@@ -91,11 +96,13 @@ class AccountService:
     ) -> AuthResult:
         """Create a user with a credential account, and a session unless auto sign-in is off."""
         email = normalize_email(email)
+        await self._limits.check("SignUp", client.ip_address, email)
         if not name.strip():
             raise MissingField.field("name", "is required")
         extra = self._user_fields.for_create(additional or {})
         self._rules.check_password(password)
-        password_hash = await self._hasher.hash(password)  # takes (and frees) a hashing slot
+        with self._hasher.admitted(client.ip_address or ""):  # a slot of this client's share
+            password_hash = await self._hasher.hash(password)
         now = self._clock()
         user = User(
             id=self._ids("user"),
@@ -145,19 +152,26 @@ class AccountService:
         email = normalize_email(email)
         if not password:
             raise MissingField.field("password", "is required")
+        ip = client.ip_address
+        await self._limits.check("SignIn", ip, email)
+        await self._guard.before(email, ip)  # this IP's failures on the account; the account's slowdown
         if len(password) > self._rules.max_password_length:
+            await self._guard.failed(email, ip)
             raise InvalidCredentials()  # no stored password can be this long; do not spend a hash on it
-        with self._hasher.admitted():  # shed load before touching the database
+        with self._hasher.admitted(ip or ""):  # shed load before touching the database
             read_at = time.time()
             async with self._db.transaction(autocommit=True) as tx:
                 found = await tx.get_user_with_credential(email)
             user, account = found if found is not None else (None, None)
             if user is None or account is None or account.password is None:
                 await self._hasher.verify_dummy(password)
+                await self._guard.failed(email, ip)
                 raise InvalidCredentials()
             if not await self._hasher.verify(account.password, password):
+                await self._guard.failed(email, ip)
                 raise InvalidCredentials()
             new_hash = await self._rehash(account.password, password)
+        await self._guard.succeeded(email, ip)
         if self._verification.required and not user.email_verified:
             if self._verification.send_on_sign_in and self._verification.send is not None:
                 self._verification.send(user.email)

@@ -145,7 +145,7 @@ class BetterAuthSessionManager(SessionManager):
         return entry
 
     async def _refresh(self, entry: SessionWithUser, now: datetime) -> SessionWithUser:
-        session = replace(entry.session, expires_at=now + self._policy.expires_in, updated_at=now)
+        session = replace(entry.session, expires_at=self._policy.refreshed(entry.session, now), updated_at=now)
         async with self._db.transaction(autocommit=True) as tx:
             alive = await tx.refresh_session(session.stored_token, session.expires_at, now)
         if not alive:

@@ -12,6 +12,7 @@ from authsidecar.errors import Conflict, CredentialAccountNotFound, InvalidPassw
 from authsidecar.security.passwords import PasswordHasher
 from authsidecar.services.clock import Clock, utc_now
 from authsidecar.services.extra_fields import ExtraFieldRules
+from authsidecar.services.limits import Limits
 from authsidecar.services.rules import CredentialRules
 from authsidecar.services.sessions import ClientInfo, SessionManager
 
@@ -37,7 +38,9 @@ class ProfileService:
         rules: CredentialRules,
         clock: Clock = utc_now,
         user_fields: ExtraFieldRules | None = None,
+        limits: Limits | None = None,
     ) -> None:
+        self._limits = limits or Limits.off()
         self._user_fields = user_fields or ExtraFieldRules.none()
         self._db = db
         self._hasher = hasher
@@ -63,12 +66,14 @@ class ProfileService:
             raise MissingField.field("current_password", "is required")
         self._rules.check_password(new_password, field="new_password")
         current = await self._sessions.validate(token)
-        with self._hasher.admitted():
+        await self._limits.check("ChangePassword", client.ip_address, current.user.id)
+        with self._hasher.admitted(client.ip_address or ""):
             account = await self._check_password(current.user.id, current_password)
             new_hash = await self._hasher.hash(new_password)
         now = self._clock()
         async with self._db.transaction() as tx:
             await tx.update_account_password(account.id, new_hash, now)
+            await tx.delete_user_verifications(current.user.id, ("reset-password", "change-email"))
             if revoke_other_sessions:
                 await tx.delete_user_sessions(current.user.id)
         if not revoke_other_sessions:
@@ -95,12 +100,14 @@ class ProfileService:
             raise UserNotFound()
         return user
 
-    async def delete_user(self, token: str, password: str) -> None:
+    async def delete_user(self, token: str, password: str, client: ClientInfo | None = None) -> None:
         """Delete the user with sessions, accounts and verifications; needs the password or a fresh session."""
         current: SessionWithUser = await self._sessions.validate(token)
         user_id = current.user.id
+        ip = (client or ClientInfo()).ip_address
+        await self._limits.check("DeleteUser", ip, user_id)
         if password:
-            with self._hasher.admitted():
+            with self._hasher.admitted(ip or ""):
                 try:
                     await self._check_password(user_id, password)
                 except CredentialAccountNotFound:

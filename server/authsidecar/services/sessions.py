@@ -43,6 +43,17 @@ class SessionPolicy:
     update_age: timedelta = timedelta(days=1)
     short_expires_in: timedelta = timedelta(days=1)
     fresh_age: timedelta = timedelta(days=1)
+    max_lifetime: timedelta | None = None  # absolute: sliding refresh never takes a session past it
+
+    def capped(self, created_at: datetime, expires_at: datetime) -> datetime:
+        """``expires_at``, but never later than the absolute lifetime allows."""
+        if self.max_lifetime is None:
+            return expires_at
+        return min(expires_at, created_at + self.max_lifetime)
+
+    def refreshed(self, session: Session, now: datetime) -> datetime:
+        """The expiry a refresh at ``now`` sets."""
+        return self.capped(session.created_at, now + self.expires_in)
 
     def is_fresh(self, session: Session, now: datetime) -> bool:
         """Better Auth's freshAge: sensitive operations need a session created recently."""
@@ -54,7 +65,7 @@ class SessionPolicy:
 
     def needs_refresh(self, session: Session, now: datetime) -> bool:
         """Better Auth's rule: refresh once ``update_age`` has passed since the expiry was last set."""
-        if self.is_short(session):
+        if self.is_short(session) or self.refreshed(session, now) <= session.expires_at:
             return False
         return session.expires_at - self.expires_in + self.update_age <= now
 
@@ -94,7 +105,7 @@ class SessionManager:
             id=self.ids("session"),
             user_id=user_id,
             stored_token=self._tokens.stored(token),
-            expires_at=now + lifetime,
+            expires_at=self._policy.capped(now, now + lifetime),
             created_at=now,
             updated_at=now,
             ip_address=client.ip_address,
@@ -169,7 +180,7 @@ class SessionManager:
         return entry
 
     async def _refresh(self, entry: SessionWithUser, now: datetime) -> SessionWithUser:
-        session = replace(entry.session, expires_at=now + self._policy.expires_in, updated_at=now)
+        session = replace(entry.session, expires_at=self._policy.refreshed(entry.session, now), updated_at=now)
         async with self._db.transaction(autocommit=True) as tx:
             alive = await tx.refresh_session(session.stored_token, session.expires_at, now)
         if not alive:  # revoked between the read and the refresh

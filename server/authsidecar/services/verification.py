@@ -30,13 +30,14 @@ from authsidecar.delivery.messages import Message, render_link
 from authsidecar.delivery.queue import DeliveryQueue
 from authsidecar.domain.models import CREDENTIAL_PROVIDER, Account, User, Verification
 from authsidecar.domain.ports import Database, UnitOfWork
-from authsidecar.errors import Conflict, InvalidEmail, InvalidToken, TokenExpired, UserAlreadyExists
+from authsidecar.errors import Conflict, InvalidEmail, InvalidToken, RateLimited, TokenExpired, UserAlreadyExists
 from authsidecar.security.ids import IdGenerator, id_generator
 from authsidecar.security.jwt import JwtError, JwtExpired, sign_hs256, verify_hs256
 from authsidecar.security.passwords import PasswordHasher
 from authsidecar.security.tokens import alphanumeric
 from authsidecar.services.accounts import AuthResult
 from authsidecar.services.clock import Clock, utc_now
+from authsidecar.services.limits import Limits, MailThrottle
 from authsidecar.services.rules import CredentialRules, normalize_email
 from authsidecar.services.sessions import ClientInfo, SessionManager
 
@@ -45,6 +46,8 @@ __all__ = ["VERIFY_EMAIL", "AccountFlows", "FlowSettings", "VerificationTokens"]
 VERIFY_EMAIL = "verify-email"
 CHANGE_EMAIL = "change-email"
 RESET_PASSWORD = "reset-password"  # noqa: S105 - a purpose name
+# Links that stop working when the password or the address changes.
+_OUTSTANDING = (RESET_PASSWORD, CHANGE_EMAIL)
 
 
 class VerificationTokens:
@@ -116,7 +119,11 @@ class AccountFlows:
         settings: FlowSettings,
         clock: Clock = utc_now,
         jwt_secret: str | None = None,
+        limits: Limits | None = None,
+        mail: MailThrottle | None = None,
     ) -> None:
+        self._limits = limits or Limits.off()
+        self._mail = mail or MailThrottle(self._limits, interval=0)
         self._jwt_secret = jwt_secret  # Better Auth's email-verification links (compatibility profile)
         self._db = db
         self._hasher = hasher
@@ -145,7 +152,7 @@ class AccountFlows:
     async def _verification_job(self, email: str) -> Message | None:
         async with self._db.transaction() as tx:
             user = await tx.get_user_by_email(email)
-            if user is None or user.email_verified:
+            if user is None or user.email_verified or await self._mail.wait(VERIFY_EMAIL, user.email):
                 return None
             payload = {"userId": user.id, "email": user.email}
             if self._jwt_secret is not None:
@@ -158,12 +165,15 @@ class AccountFlows:
         """Queue a verification message for an unverified user with that (already normalised) address."""
         self._outbox.submit(lambda: self._verification_job(email))
 
-    async def send_verification_email(self, raw_email: str) -> None:
+    async def send_verification_email(self, raw_email: str, client: ClientInfo | None = None) -> None:
         """SendVerificationEmail: same answer whether or not the address exists."""
-        self.send_verification(normalize_email(raw_email))
+        email = normalize_email(raw_email)
+        await self._limits.check("SendVerificationEmail", (client or ClientInfo()).ip_address, email)
+        self.send_verification(email)
 
     async def verify_email(self, token: str, client: ClientInfo) -> AuthResult:
         """Consume a verify-email or change-email token and apply it."""
+        await self._limits.check("VerifyEmail", client.ip_address, None)
         now, read_at = self._clock(), time.time()
         try:
             if self._jwt_secret is not None and token.count(".") == 2:
@@ -186,6 +196,8 @@ class AccountFlows:
                 user = await tx.mark_email_verified(payload["userId"], payload["email"], now)
             else:
                 user = await tx.change_email(payload["userId"], payload["email"], payload["newEmail"], now)
+                if user is not None:  # links sent to the old address die with it
+                    await tx.delete_user_verifications(user.id, (*_OUTSTANDING, VERIFY_EMAIL))
             if user is None:  # the account changed or went away since the token was issued
                 raise InvalidToken("the token no longer matches the account")
         return user
@@ -216,6 +228,8 @@ class AccountFlows:
                 verified = user.email_verified if request_type == "change-email-verification" else False
                 new_email = normalize_email(update_to)
                 changed = await tx.change_email(user.id, user.email, new_email, now, verified)
+                if changed is not None:  # links sent to the old address die with it
+                    await tx.delete_user_verifications(user.id, (*_OUTSTANDING, VERIFY_EMAIL))
             elif user.email_verified:
                 return user, False
             else:
@@ -228,17 +242,23 @@ class AccountFlows:
 
     # -- email change ----------------------------------------------------------------------------------------
 
-    async def change_email(self, session_token: str, raw_new_email: str) -> None:
-        """Send a verification to the new address; the change applies when it is verified."""
+    async def change_email(self, session_token: str, raw_new_email: str, client: ClientInfo | None = None) -> None:
+        """Send a verification to the new address; the change applies when it is verified. Outstanding reset and
+        email-change links of the user stop working."""
         new_email = normalize_email(raw_new_email, field="new_email")
         current = await self._sessions.validate(session_token)
         self._sessions.require_fresh(current)
         user = current.user
+        await self._limits.check("ChangeEmail", (client or ClientInfo()).ip_address, user.id)
         if new_email == user.email:
             raise InvalidEmail.field("new_email", "is already the user's email")
+        wait = await self._mail.wait(CHANGE_EMAIL, new_email)
+        if wait:
+            raise RateLimited(wait, "a confirmation was sent to this address moments ago")
         async with self._db.transaction() as tx:
             if await tx.get_user_by_email(new_email) is not None:
                 raise UserAlreadyExists()
+            await tx.delete_user_verifications(user.id, _OUTSTANDING)
             if self._jwt_secret is not None:
                 claims = {"email": user.email, "updateTo": new_email, "userId": user.id}
                 token, expires = self._jwt(
@@ -249,24 +269,26 @@ class AccountFlows:
                 token, expires = await self._tokens.issue(tx, CHANGE_EMAIL, payload, self._settings.change_email_ttl)
         self._outbox.submit_message(self._message(CHANGE_EMAIL, new_email, user, token, expires))
 
-    # -- password reset --------------------------------------------------------------------------------------
-
     async def _reset_job(self, email: str) -> Message | None:
         async with self._db.transaction() as tx:
             user = await tx.get_user_by_email(email)
-            if user is None:
+            if user is None or await self._mail.wait(RESET_PASSWORD, user.email):
                 return None
+            await tx.delete_user_verifications(user.id, (RESET_PASSWORD,))  # a new link replaces older ones
             payload = {"userId": user.id}
             token, expires = await self._tokens.issue(tx, RESET_PASSWORD, payload, self._settings.reset_password_ttl)
         return self._message(RESET_PASSWORD, user.email, user, token, expires)
 
-    async def request_password_reset(self, raw_email: str) -> None:
+    async def request_password_reset(self, raw_email: str, client: ClientInfo | None = None) -> None:
         """RequestPasswordReset: same answer whether or not the address exists."""
         email = normalize_email(raw_email)
+        await self._limits.check("RequestPasswordReset", (client or ClientInfo()).ip_address, email)
         self._outbox.submit(lambda: self._reset_job(email))
 
-    async def reset_password(self, token: str, new_password: str) -> None:
-        """Consume a reset token, set the password, and (by default) revoke every session of the user."""
+    async def reset_password(self, token: str, new_password: str, client: ClientInfo | None = None) -> None:
+        """Consume a reset token, set the password, and (by default) revoke every session of the user; every other
+        outstanding reset or email-change link of the user stops working."""
+        await self._limits.check("ResetPassword", (client or ClientInfo()).ip_address, None)
         self._rules.check_password(new_password, field="new_password")
         identifier = self._tokens.identifier(RESET_PASSWORD, token)
         async with self._db.transaction(autocommit=True) as tx:  # cheap check before spending a hash
@@ -288,5 +310,6 @@ class AccountFlows:
                 )
             else:
                 raise InvalidToken("the token no longer matches the account")
+            await tx.delete_user_verifications(user_id, _OUTSTANDING)
             if self._settings.revoke_sessions_on_password_reset:
                 await tx.delete_user_sessions(user_id)

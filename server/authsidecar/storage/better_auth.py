@@ -153,9 +153,10 @@ class _UnitOfWork:
             return await self._redis.has_verification(identifier)
         return await self._sql.verification_exists(identifier)
 
-    async def delete_user_verifications(self, user_id: str) -> int:
-        """The user's verification rows (values in Redis expire on their own)."""
-        return await self._sql.delete_user_verifications(user_id)
+    async def delete_user_verifications(self, user_id: str, purposes: tuple[str, ...] = ()) -> int:
+        """The user's verification rows (values Better Auth keeps only in Redis cannot be found by user: they
+        expire on their own)."""
+        return await self._sql.delete_user_verifications(user_id, purposes)
 
     async def delete_expired(self, table: str, now: datetime, limit: int) -> int:
         """Expired rows (Redis expires its own)."""

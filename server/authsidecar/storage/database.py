@@ -282,12 +282,14 @@ class SqlUnitOfWork:
         """Whether the identifier is present (expired or not)."""
         return (await self._execute(self._q.verification_exists, {"v_identifier": identifier})).first() is not None
 
-    async def delete_user_verifications(self, user_id: str) -> int:
+    async def delete_user_verifications(self, user_id: str, purposes: tuple[str, ...] = ()) -> int:
         """Payloads start with {"userId":"<id>", (the services write them so), or are the bare user id (Better
-        Auth's reset-password rows)."""
+        Auth's reset-password rows); ``purposes``: only identifiers "<purpose>:..." of those."""
         head = '{"userId":' + json.dumps(user_id)
         v = self._q.verification_table
         mine = sa.or_(v.c.value == head + "}", v.c.value.startswith(head + ",", autoescape=True), v.c.value == user_id)
+        if purposes:
+            mine = sa.and_(mine, sa.or_(*(v.c.identifier.startswith(f"{p}:", autoescape=True) for p in purposes)))
         return (await self._conn.execute(sa.delete(v).where(mine))).rowcount
 
     async def _delete_batch(self, name: str, before: datetime, limit: int) -> int:

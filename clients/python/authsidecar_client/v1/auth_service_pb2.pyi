@@ -76,10 +76,12 @@ class SignOutResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class SendVerificationEmailRequest(_message.Message):
-    __slots__ = ("email",)
+    __slots__ = ("email", "client")
     EMAIL_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
     email: str
-    def __init__(self, email: _Optional[str] = ...) -> None: ...
+    client: _resources_pb2.ClientContext
+    def __init__(self, email: _Optional[str] = ..., client: _Optional[_Union[_resources_pb2.ClientContext, _Mapping]] = ...) -> None: ...
 
 class SendVerificationEmailResponse(_message.Message):
     __slots__ = ()
@@ -106,22 +108,26 @@ class VerifyEmailResponse(_message.Message):
     def __init__(self, user: _Optional[_Union[_resources_pb2.User, _Mapping]] = ..., session: _Optional[_Union[_resources_pb2.Session, _Mapping]] = ..., token: _Optional[str] = ..., session_cookie: _Optional[str] = ...) -> None: ...
 
 class RequestPasswordResetRequest(_message.Message):
-    __slots__ = ("email",)
+    __slots__ = ("email", "client")
     EMAIL_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
     email: str
-    def __init__(self, email: _Optional[str] = ...) -> None: ...
+    client: _resources_pb2.ClientContext
+    def __init__(self, email: _Optional[str] = ..., client: _Optional[_Union[_resources_pb2.ClientContext, _Mapping]] = ...) -> None: ...
 
 class RequestPasswordResetResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class ResetPasswordRequest(_message.Message):
-    __slots__ = ("token", "new_password")
+    __slots__ = ("token", "new_password", "client")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     NEW_PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
     token: str
     new_password: str
-    def __init__(self, token: _Optional[str] = ..., new_password: _Optional[str] = ...) -> None: ...
+    client: _resources_pb2.ClientContext
+    def __init__(self, token: _Optional[str] = ..., new_password: _Optional[str] = ..., client: _Optional[_Union[_resources_pb2.ClientContext, _Mapping]] = ...) -> None: ...
 
 class ResetPasswordResponse(_message.Message):
     __slots__ = ()
@@ -152,12 +158,14 @@ class ChangePasswordResponse(_message.Message):
     def __init__(self, session: _Optional[_Union[_resources_pb2.Session, _Mapping]] = ..., token: _Optional[str] = ..., session_cookie: _Optional[str] = ...) -> None: ...
 
 class ChangeEmailRequest(_message.Message):
-    __slots__ = ("token", "new_email")
+    __slots__ = ("token", "new_email", "client")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     NEW_EMAIL_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
     token: str
     new_email: str
-    def __init__(self, token: _Optional[str] = ..., new_email: _Optional[str] = ...) -> None: ...
+    client: _resources_pb2.ClientContext
+    def __init__(self, token: _Optional[str] = ..., new_email: _Optional[str] = ..., client: _Optional[_Union[_resources_pb2.ClientContext, _Mapping]] = ...) -> None: ...
 
 class ChangeEmailResponse(_message.Message):
     __slots__ = ()
@@ -182,12 +190,14 @@ class UpdateUserResponse(_message.Message):
     def __init__(self, user: _Optional[_Union[_resources_pb2.User, _Mapping]] = ...) -> None: ...
 
 class DeleteUserRequest(_message.Message):
-    __slots__ = ("token", "password")
+    __slots__ = ("token", "password", "client")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
     token: str
     password: str
-    def __init__(self, token: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
+    client: _resources_pb2.ClientContext
+    def __init__(self, token: _Optional[str] = ..., password: _Optional[str] = ..., client: _Optional[_Union[_resources_pb2.ClientContext, _Mapping]] = ...) -> None: ...
 
 class DeleteUserResponse(_message.Message):
     __slots__ = ()

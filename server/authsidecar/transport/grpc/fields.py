@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from authsidecar.errors import FieldViolation, InvalidArgument, MissingField
 from authsidecar.security.tokens import MAX_TOKEN_LENGTH
@@ -16,6 +17,7 @@ MAX_PASSWORD = 4096  # the configured policy (128 by default) reports PASSWORD_T
 MAX_IMAGE = 2048
 MAX_ID = 128
 MAX_USER_AGENT = 1024
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 MAX_COOKIE_HEADER = 16_384
 MAX_VERIFICATION_TOKEN = 2048  # Better Auth's email-verification tokens are JWTs of a few hundred characters
 
@@ -27,8 +29,9 @@ class FieldChecker:
         self._missing: list[FieldViolation] = []
         self._invalid: list[FieldViolation] = []
 
-    def text(self, field: str, value: str, max_length: int, required: bool = True) -> str:
-        """A string field; returns it unchanged."""
+    def text(self, field: str, value: str, max_length: int, required: bool = True, plain: bool = False) -> str:
+        """A string field; returns it unchanged. ``plain``: one line of text, without control characters (CR/LF,
+        terminal escapes, line separators), as names and user agents must be."""
         if not value:
             if required:
                 self._missing.append(FieldViolation(field, "is required"))
@@ -37,6 +40,8 @@ class FieldChecker:
             self._invalid.append(FieldViolation(field, f"must be at most {max_length} characters"))
         elif "\x00" in value:
             self._invalid.append(FieldViolation(field, "must not contain NUL characters"))
+        elif plain and _CONTROL.search(value):
+            self._invalid.append(FieldViolation(field, "must not contain control characters or line breaks"))
         return value
 
     def token(self, field: str, value: str) -> str:
@@ -51,7 +56,7 @@ class FieldChecker:
                 ipaddress.ip_address(ip)
             except ValueError:
                 self._invalid.append(FieldViolation(f"{field}.ip_address", "is not an IP address"))
-        ua = self.text(f"{field}.user_agent", user_agent, MAX_USER_AGENT, required=False)
+        ua = self.text(f"{field}.user_agent", user_agent, MAX_USER_AGENT, required=False, plain=True)
         return ClientInfo(ip_address=ip or None, user_agent=ua or None)
 
     def done(self) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -11,7 +13,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from authsidecar.transport.grpc.servicers import AuthServicer, SessionServicer
-from authsidecar.transport.grpc.status import STARTED
+from authsidecar.transport.grpc.status import STARTED, tolerant
 from authsidecar_client.v1 import (
     auth_service_pb2,
     auth_service_pb2_grpc,
@@ -35,6 +37,34 @@ QUIET_ROUNDS = 4
 QUIET_ROUND = 0.005
 
 
+class _Captured:
+    """Stands in for the server while generated code registers a servicer, to keep its method handlers."""
+
+    def __init__(self) -> None:
+        self.service = ""
+        self.handlers: dict[str, Any] = {}
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        """Ignored: the handlers are re-registered from add_registered_method_handlers."""
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        """Keep the handlers."""
+        self.service, self.handlers = service, handlers
+
+
+def _add_tolerant(add: Callable[[object, object], None], servicer: object, server: grpc.aio.Server) -> None:
+    """Register a servicer as the generated ``add_*_to_server`` would, with request deserializers that turn
+    malformed bytes into MALFORMED_REQUEST instead of an UNKNOWN status and a logged traceback."""
+    captured = _Captured()
+    add(servicer, captured)
+    handlers = {
+        name: handler._replace(request_deserializer=tolerant(handler.request_deserializer))
+        for name, handler in captured.handlers.items()
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(captured.service, handlers),))
+    server.add_registered_method_handlers(captured.service, handlers)  # type: ignore[attr-defined]
+
+
 class GrpcServer:
     """Owns the grpc.aio server and the health status of every service."""
 
@@ -45,8 +75,8 @@ class GrpcServer:
                 ("grpc.so_reuseport", 1 if reuse_port else 0),
             ],
         )
-        auth_service_pb2_grpc.add_AuthServiceServicer_to_server(auth, self._server)  # type: ignore[no-untyped-call]
-        session_service_pb2_grpc.add_SessionServiceServicer_to_server(sessions, self._server)  # type: ignore[no-untyped-call]
+        _add_tolerant(auth_service_pb2_grpc.add_AuthServiceServicer_to_server, auth, self._server)
+        _add_tolerant(session_service_pb2_grpc.add_SessionServiceServicer_to_server, sessions, self._server)
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(

@@ -76,8 +76,8 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         check = FieldChecker()
         email = check.text("email", request.email, MAX_EMAIL)
         password = check.text("password", request.password, MAX_PASSWORD)
-        name = check.text("name", request.name, MAX_NAME)
-        image = check.text("image", request.image, MAX_IMAGE, required=False)
+        name = check.text("name", request.name, MAX_NAME, plain=True)
+        image = check.text("image", request.image, MAX_IMAGE, required=False, plain=True)
         client = check.client("client", request.client.ip_address, request.client.user_agent)
         check.done()
         remember = request.remember_me if request.HasField("remember_me") else True
@@ -110,8 +110,9 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         """Queue a verification message (no enumeration)."""
         check = FieldChecker()
         email = check.text("email", request.email, MAX_EMAIL)
+        client = check.client("client", request.client.ip_address, request.client.user_agent)
         check.done()
-        await self._flows.send_verification_email(email)
+        await self._flows.send_verification_email(email, client)
         return auth_pb.SendVerificationEmailResponse()
 
     @rpc
@@ -131,8 +132,9 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         """Queue a reset message (no enumeration)."""
         check = FieldChecker()
         email = check.text("email", request.email, MAX_EMAIL)
+        client = check.client("client", request.client.ip_address, request.client.user_agent)
         check.done()
-        await self._flows.request_password_reset(email)
+        await self._flows.request_password_reset(email, client)
         return auth_pb.RequestPasswordResetResponse()
 
     @rpc
@@ -143,8 +145,9 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         check = FieldChecker()
         token = check.token("token", request.token)
         password = check.text("new_password", request.new_password, MAX_PASSWORD)
+        client = check.client("client", request.client.ip_address, request.client.user_agent)
         check.done()
-        await self._flows.reset_password(token, password)
+        await self._flows.reset_password(token, password, client)
         return auth_pb.ResetPasswordResponse()
 
     @rpc
@@ -172,8 +175,9 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         check = FieldChecker()
         token = check.token("token", request.token)
         new_email = check.text("new_email", request.new_email, MAX_EMAIL)
+        client = check.client("client", request.client.ip_address, request.client.user_agent)
         check.done()
-        await self._flows.change_email(token, new_email)
+        await self._flows.change_email(token, new_email, client)
         return auth_pb.ChangeEmailResponse()
 
     @rpc
@@ -183,9 +187,9 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         token = check.token("token", request.token)
         changes: dict[str, Any] = {}
         if request.HasField("name"):
-            changes["name"] = check.text("name", request.name, MAX_NAME)
+            changes["name"] = check.text("name", request.name, MAX_NAME, plain=True)
         if request.HasField("image"):
-            changes["image"] = check.text("image", request.image, MAX_IMAGE, required=False) or None
+            changes["image"] = check.text("image", request.image, MAX_IMAGE, required=False, plain=True) or None
         check.done()
         user = await self._profile.update_user(token, changes, struct_to_dict(request.additional_fields))
         return auth_pb.UpdateUserResponse(user=self._convert.user(user))
@@ -196,8 +200,9 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         check = FieldChecker()
         token = check.token("token", request.token)
         password = check.text("password", request.password, MAX_PASSWORD, required=False)
+        client = check.client("client", request.client.ip_address, request.client.user_agent)
         check.done()
-        await self._profile.delete_user(token, password)
+        await self._profile.delete_user(token, password, client)
         return auth_pb.DeleteUserResponse()
 
 

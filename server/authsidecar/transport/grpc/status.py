@@ -28,6 +28,7 @@ _CODES: dict[type[errors.AuthSidecarError], grpc.StatusCode] = {
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.TooManyRequests: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.BackendUnavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
@@ -88,14 +89,42 @@ class _Started:
 STARTED = _Started()
 
 
+class _Malformed:
+    """What a request deserializer returns for bytes that are not a message of its type."""
+
+
+MALFORMED: Any = _Malformed()
+
+
+def tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """A request deserializer that returns MALFORMED instead of raising (grpc would answer UNKNOWN without
+    details and log a traceback each time); the rpc wrapper then answers INVALID_ARGUMENT / MALFORMED_REQUEST."""
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:
+            return MALFORMED
+
+    return deserialize
+
+
 def rpc(method: Handler[Self, Req, Resp]) -> Handler[Self, Req, Resp]:
     """Wrap a servicer method: domain errors become their status; anything else becomes INTERNAL with a
     request id that is logged with the traceback (never sent to the client)."""
+
+    name = method.__name__
 
     @functools.wraps(method)
     async def wrapper(self: Self, request: Req, context: Any) -> Resp:
         STARTED.count += 1
         try:
+            callers = getattr(self, "callers", None)
+            if callers is not None:
+                callers.authorize(name, context.invocation_metadata() or (), context.auth_context() or {})
+            if request is MALFORMED:
+                log.info("%s: refused a request that is not a valid %sRequest message", name, name)
+                raise errors.MalformedRequest()
             return await method(self, request, context)
         except grpc.aio.AbortError:
             raise
