@@ -43,9 +43,11 @@ from authsidecar.storage.errors import translate_error
 from authsidecar.storage.migrate import schema_status
 from authsidecar.storage.schema import Schema
 from authsidecar.storage.urls import DatabaseTarget, resolve_database_url
+from authsidecar.transport.grpc.callers import Caller, CallerPolicy
 from authsidecar.transport.grpc.convert import Converter
 from authsidecar.transport.grpc.server import GrpcServer
 from authsidecar.transport.grpc.servicers import AuthServicer, SessionServicer
+from authsidecar.transport.grpc.tls import TlsFiles, is_loopback, server_credentials
 
 __all__ = [
     "AlreadyServing",
@@ -113,6 +115,48 @@ def build_hasher(settings: Settings) -> PasswordHasher:
         settings.effective_hash_max_pending,
         settings.effective_password_hash,
         settings.hash_max_pending_per_client,
+    )
+
+
+def build_tls(settings: Settings) -> TlsFiles | None:
+    """The listener's certificates, checked now; plaintext on a non-loopback address needs ALLOW_INSECURE."""
+    cert, key, ca = settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
+    if not cert and not key:
+        if ca:
+            raise ConfigError(
+                "invalid configuration: AUTHSIDECAR_TLS_CLIENT_CA_FILE: needs TLS_CERT_FILE and TLS_KEY_FILE"
+            )
+        if not is_loopback(settings.listen) and not settings.allow_insecure:
+            raise ConfigError(
+                f"invalid configuration: AUTHSIDECAR_LISTEN: {settings.listen} is reachable from other machines"
+                " and would carry passwords and tokens in plaintext: set AUTHSIDECAR_TLS_CERT_FILE and"
+                " AUTHSIDECAR_TLS_KEY_FILE (and AUTHSIDECAR_TLS_CLIENT_CA_FILE for mTLS), or"
+                " AUTHSIDECAR_ALLOW_INSECURE=true behind a trusted network"
+            )
+        return None
+    if not (cert and key):
+        raise ConfigError("invalid configuration: AUTHSIDECAR_TLS_CERT_FILE: set both TLS_CERT_FILE and TLS_KEY_FILE")
+    files = TlsFiles(cert, key, ca)
+    try:
+        server_credentials(files)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"invalid configuration: AUTHSIDECAR_TLS_CERT_FILE: cannot load the certificates: {exc}"
+        ) from None
+    return files
+
+
+def build_callers(settings: Settings) -> CallerPolicy | None:
+    """Caller authentication, when callers are configured."""
+    if not settings.callers:
+        return None
+    if settings.tls_client_ca_file is None and any(c.certificate_names for c in settings.callers.values()):
+        raise ConfigError(
+            "invalid configuration: callers: certificate_names need AUTHSIDECAR_TLS_CLIENT_CA_FILE (mTLS)"
+        )
+    return CallerPolicy(
+        Caller(name, frozenset(c.allow), c.key_sha256, frozenset(c.certificate_names))
+        for name, c in settings.callers.items()
     )
 
 
@@ -366,11 +410,16 @@ class App:
         )
         profile = ProfileService(store, hasher, sessions, rules, user_fields=user_fields, limits=limits)
         convert = Converter(registry)
+        auth_servicer = AuthServicer(accounts, sessions, flows, profile, convert)
+        session_servicer = SessionServicer(sessions, convert)
+        auth_servicer.callers = session_servicer.callers = build_callers(settings)
         server = GrpcServer(
-            AuthServicer(accounts, sessions, flows, profile, convert),
-            SessionServicer(sessions, convert),
+            auth_servicer,
+            session_servicer,
             settings.listen,
             reuse_port=settings.reuse_port,
+            tls=build_tls(settings),
+            socket_mode=int(settings.socket_mode, 8),
         )
         return cls(settings, database, cache, hasher, server, outbox, coherence, shared, better_auth_store, limits)
 

@@ -47,6 +47,27 @@ class RpcLimitSettings(BaseModel):
         return value
 
 
+class CallerSettings(BaseModel):
+    """A calling service: recognised by a service key (its SHA-256 here, hex) or by its mTLS client certificate
+    (subject CN or SAN), allowed the listed RPCs (``"*"``: all)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key_sha256: str | None = Field(None, pattern="^[0-9a-f]{64}$")
+    certificate_names: list[str] = Field(default_factory=list)
+    allow: list[str] = Field(min_length=1)
+
+    @field_validator("allow")
+    @classmethod
+    def _check_allow(cls, value: list[str]) -> list[str]:
+        from authsidecar.transport.grpc.callers import RPC_NAMES
+
+        unknown = sorted(set(value) - RPC_NAMES - {"*"})
+        if unknown:
+            raise ValueError(f"unknown RPC {unknown[0]!r}")
+        return value
+
+
 class Settings(BaseSettings):
     """Every tunable of the server. Field docs double as the README's configuration table."""
 
@@ -241,6 +262,19 @@ class Settings(BaseSettings):
     shutdown_grace: Annotated[float, Field(ge=0, le=300)] = 10.0
     drain_delay: Annotated[float, Field(ge=0, le=300)] = Field(
         5.0, description="after SIGTERM: seconds of serving with health NOT_SERVING before the listener closes"
+    )
+    tls_cert_file: str | None = Field(None, description="PEM certificate chain of the listener (TLS)")
+    tls_key_file: str | None = Field(None, description="PEM private key of the listener")
+    tls_client_ca_file: str | None = Field(
+        None, description="PEM CA bundle: client certificates signed by it are required (mTLS)"
+    )
+    allow_insecure: bool = Field(
+        False, description="allow plaintext gRPC on a non-loopback address (refused at start-up otherwise)"
+    )
+    socket_mode: str = Field("0660", pattern="^0?[0-7]{3}$", description="permissions of the unix socket (octal)")
+    callers: dict[str, CallerSettings] = Field(
+        default_factory=dict,
+        description="named calling services and the RPCs each may call ([callers.<name>]); none: no caller checks",
     )
     reuse_port: bool = Field(False, description="SO_REUSEPORT: several server processes may share the port")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

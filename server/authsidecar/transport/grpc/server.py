@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from authsidecar.transport.grpc.servicers import AuthServicer, SessionServicer
 from authsidecar.transport.grpc.status import STARTED, tolerant
+from authsidecar.transport.grpc.tls import TlsFiles, server_credentials
 from authsidecar_client.v1 import (
     auth_service_pb2,
     auth_service_pb2_grpc,
@@ -65,10 +68,26 @@ def _add_tolerant(add: Callable[[object, object], None], servicer: object, serve
     server.add_registered_method_handlers(captured.service, handlers)  # type: ignore[attr-defined]
 
 
+def _security(tls: TlsFiles | None) -> str:
+    if tls is None:
+        return "plaintext"
+    return "TLS, client certificates required" if tls.client_ca_file else "TLS"
+
+
 class GrpcServer:
     """Owns the grpc.aio server and the health status of every service."""
 
-    def __init__(self, auth: AuthServicer, sessions: SessionServicer, listen: str, reuse_port: bool = False) -> None:
+    def __init__(
+        self,
+        auth: AuthServicer,
+        sessions: SessionServicer,
+        listen: str,
+        reuse_port: bool = False,
+        tls: TlsFiles | None = None,
+        socket_mode: int = 0o660,
+    ) -> None:
+        self._tls = tls
+        self._socket_mode = socket_mode
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -89,15 +108,27 @@ class GrpcServer:
     async def start(self) -> None:
         """Bind and start serving; raises OSError when the address cannot be bound."""
         hint = "address already in use, or not available on this host (AUTHSIDECAR_REUSE_PORT=true lets servers share a port)"
+        socket = self.listen.removeprefix("unix://") if self.listen.startswith("unix://") else None
+        # The socket file is created with the configured mode (no window with the umask's), and set to it again.
+        umask = os.umask(0o777 & ~self._socket_mode) if socket else None
         try:
-            self.port = self._server.add_insecure_port(self.listen)
+            if self._tls is not None:
+                self.port = self._server.add_secure_port(self.listen, server_credentials(self._tls))
+            else:
+                self.port = self._server.add_insecure_port(self.listen)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {self.listen}: {hint}") from exc
+        finally:
+            if umask is not None:
+                os.umask(umask)
+        if socket:
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(socket, self._socket_mode)
         if self.port == 0 and not self.listen.startswith("unix:"):
             raise OSError(f"cannot listen on {self.listen}: {hint}")
         await self._server.start()
         where = self.listen if self.listen.startswith("unix:") else f"{self.listen.rpartition(':')[0]}:{self.port}"
-        log.info("authsidecar listening on %s", where)
+        log.info("authsidecar listening on %s (%s)", where, _security(self._tls))
 
     async def set_serving(self, serving: bool) -> None:
         """Report SERVING / NOT_SERVING for the server as a whole and for each service."""

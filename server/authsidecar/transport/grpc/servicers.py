@@ -13,6 +13,7 @@ from authsidecar.services.accounts import AccountService, AuthResult
 from authsidecar.services.profile import ProfileService
 from authsidecar.services.sessions import SessionManager
 from authsidecar.services.verification import AccountFlows
+from authsidecar.transport.grpc.callers import CallerPolicy
 from authsidecar.transport.grpc.convert import Converter, struct_to_dict
 from authsidecar.transport.grpc.fields import (
     MAX_COOKIE_HEADER,
@@ -69,6 +70,7 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         self._flows = flows
         self._profile = profile
         self._convert = convert or Converter()
+        self.callers: CallerPolicy | None = None  # caller authentication, when configured
 
     @rpc
     async def SignUp(self, request: auth_pb.SignUpRequest, context: Context) -> auth_pb.SignUpResponse:
@@ -212,6 +214,7 @@ class SessionServicer(session_grpc.SessionServiceServicer):
     def __init__(self, sessions: SessionManager, convert: Converter | None = None) -> None:
         self._sessions = sessions
         self._convert = convert or Converter()
+        self.callers: CallerPolicy | None = None  # caller authentication, when configured
         # Replies by (immutable) entry: validating the same unchanged session again reuses its reply.
         self._replies: BoundedMemo[SessionWithUser, session_pb.ValidateSessionResponse] = BoundedMemo(4096)
 
