@@ -271,11 +271,14 @@ def build_sender(settings: Settings) -> Sender:
             settings.smtp_from,
             {
                 "verify-email": settings.mail_subject_verify_email,
+                "approve-email-change": settings.mail_subject_approve_email_change,
                 "change-email": settings.mail_subject_change_email,
+                "email-changed": settings.mail_subject_email_changed,
                 "reset-password": settings.mail_subject_reset_password,
             },
             settings.mail_body_template,
             settings.smtp_timeout,
+            settings.mail_notice_template,
         )
     if settings.delivery == "webhook":
         if not (settings.webhook_url and settings.webhook_secret):

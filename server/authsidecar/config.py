@@ -212,6 +212,13 @@ class Settings(BaseSettings):
     smtp_timeout: Annotated[float, Field(gt=0, le=120)] = 10.0
     mail_subject_verify_email: str = "Verify your email address"
     mail_subject_change_email: str = "Confirm your new email address"
+    mail_subject_approve_email_change: str = "Approve the change of your email address"
+    mail_subject_email_changed: str = "Your email address was changed"
+    mail_notice_template: str = Field(
+        "Hello {name},\n\nthe email address of your account is now {detail}. If you did not change it, contact us"
+        " at once.\n",
+        description="the notice sent to the former address after an email change; {name} {email} {detail}",
+    )
     mail_subject_reset_password: str = "Reset your password"  # noqa: S105 - a subject line
     mail_body_template: str = Field(
         "Hello {name},\n\nopen this link to continue: {url}\n\nIt expires in {minutes} minutes. "

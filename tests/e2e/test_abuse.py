@@ -205,3 +205,50 @@ async def test_links_stop_working_when_they_should(hygiene: Server) -> None:
         assert (await _outcome(gone))[1] == "INVALID_TOKEN"
     finally:
         await stubs.channel.close()
+
+
+async def _token_for(server: Server, purpose: str, email: str) -> str:
+    for _ in range(100):
+        if f"delivery=log: {purpose} message for {email}" in server.log():
+            return token_in_log(server.log(), purpose, email)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {purpose} message for {email}")
+
+
+async def test_email_change_of_a_verified_address_needs_its_approval(hygiene: Server) -> None:
+    """A stolen fresh session alone cannot move the account: the current address approves first (or the current
+    password replaces that step), and it is told after the change."""
+    stubs = stubs_for(hygiene.address)
+    try:
+        old, new, other = _email(), _email(), _email()
+        signed_up = await _sign_up(stubs, old)
+        await stubs.auth.SendVerificationEmail(auth_pb.SendVerificationEmailRequest(email=old))
+        await stubs.auth.VerifyEmail(auth_pb.VerifyEmailRequest(token=await _token_for(hygiene, "verify-email", old)))
+        await stubs.auth.ChangeEmail(auth_pb.ChangeEmailRequest(token=signed_up.token, new_email=new))
+        approval = await _token_for(hygiene, "approve-email-change", old)
+        assert f"change-email message for {new}" not in hygiene.log()  # nothing reached the new address yet
+        approved = await stubs.auth.VerifyEmail(auth_pb.VerifyEmailRequest(token=approval))
+        assert approved.user.email == old  # approved, not changed
+        confirmed = await stubs.auth.VerifyEmail(
+            auth_pb.VerifyEmailRequest(token=await _token_for(hygiene, "change-email", new))
+        )
+        assert confirmed.user.email == new
+        for _ in range(100):
+            if f"delivery=log: email-changed message for {old}" in hygiene.log():
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the former address was not told")
+        # The current password replaces the approval; a wrong one is refused.
+        wrong = stubs.auth.ChangeEmail(
+            auth_pb.ChangeEmailRequest(token=signed_up.token, new_email=other, current_password="not it at all")
+        )
+        assert (await _outcome(wrong))[1] == "INVALID_PASSWORD"
+        await stubs.auth.ChangeEmail(
+            auth_pb.ChangeEmailRequest(token=signed_up.token, new_email=other, current_password=PASSWORD)
+        )
+        assert (await _token_for(hygiene, "change-email", other)) and f"approve-email-change message for {new}" not in (
+            hygiene.log()
+        )
+    finally:
+        await stubs.channel.close()

@@ -56,10 +56,12 @@ class SmtpSender:
         subjects: dict[str, str],
         body_template: str,
         timeout: float,
+        notice_template: str = "Hello {name},\n\nthe email address of your account is now {detail}.\n",
     ) -> None:
         self._host, self._port, self._security = host, port, security
         self._username, self._password = username, password
         self._sender, self._subjects, self._body = sender, subjects, body_template
+        self._notice = notice_template
         self._timeout = timeout
 
     def render(self, message: Message) -> EmailMessage:
@@ -69,14 +71,16 @@ class SmtpSender:
         mail["To"] = message.to
         mail["Subject"] = self._subjects.get(message.purpose, message.purpose)
         minutes = max(1, int((message.expires_at.timestamp() - time.time()) // 60))
+        body = self._notice if message.purpose == "email-changed" else self._body
         mail.set_content(
-            self._body.format(
+            body.format(
                 name=message.name,
                 email=message.to,
                 url=message.url,
                 token=message.token,
                 purpose=message.purpose,
                 minutes=minutes,
+                detail=message.detail,
             )
         )
         return mail
@@ -128,6 +132,7 @@ class WebhookSender:
                 "token": message.token,
                 "url": message.url,
                 "expiresAt": iso(message.expires_at),
+                **({"newEmail": message.detail} if message.detail else {}),
             },
         }
         return json.dumps(event, separators=(",", ":")).encode()

@@ -30,7 +30,15 @@ from authsidecar.delivery.messages import Message, render_link
 from authsidecar.delivery.queue import DeliveryQueue
 from authsidecar.domain.models import CREDENTIAL_PROVIDER, Account, User, Verification
 from authsidecar.domain.ports import Database, UnitOfWork
-from authsidecar.errors import Conflict, InvalidEmail, InvalidToken, RateLimited, TokenExpired, UserAlreadyExists
+from authsidecar.errors import (
+    Conflict,
+    InvalidEmail,
+    InvalidPassword,
+    InvalidToken,
+    RateLimited,
+    TokenExpired,
+    UserAlreadyExists,
+)
 from authsidecar.security.ids import IdGenerator, id_generator
 from authsidecar.security.jwt import JwtError, JwtExpired, sign_hs256, verify_hs256
 from authsidecar.security.passwords import PasswordHasher
@@ -45,9 +53,11 @@ __all__ = ["VERIFY_EMAIL", "AccountFlows", "FlowSettings", "VerificationTokens"]
 
 VERIFY_EMAIL = "verify-email"
 CHANGE_EMAIL = "change-email"
+APPROVE_EMAIL_CHANGE = "approve-email-change"
+EMAIL_CHANGED = "email-changed"  # the notice to the former address (no token)
 RESET_PASSWORD = "reset-password"  # noqa: S105 - a purpose name
 # Links that stop working when the password or the address changes.
-_OUTSTANDING = (RESET_PASSWORD, CHANGE_EMAIL)
+_OUTSTANDING = (RESET_PASSWORD, CHANGE_EMAIL, APPROVE_EMAIL_CHANGE)
 
 
 class VerificationTokens:
@@ -178,10 +188,10 @@ class AccountFlows:
         try:
             if self._jwt_secret is not None and token.count(".") == 2:
                 user, applied = await self._apply_jwt(token, now)
-                if not applied:  # the address was already verified: nothing to do, no session (as Better Auth)
-                    return AuthResult(user)
             else:
-                user = await self._apply_token(token, now)
+                user, applied = await self._apply_token(token, now)
+            if not applied:  # already verified, or an approval: nothing changed, no session (as Better Auth)
+                return AuthResult(user)
         except Conflict as exc:  # the new address was taken meanwhile; the token stays usable
             raise UserAlreadyExists() from exc
         if not self._settings.auto_sign_in_after_verification:
@@ -189,18 +199,26 @@ class AccountFlows:
         session, session_token = await self._sessions.open_session(user, client, read_at)
         return AuthResult(user, session, session_token)
 
-    async def _apply_token(self, token: str, now: datetime) -> User:
+    async def _apply_token(self, token: str, now: datetime) -> tuple[User, bool]:
+        """Apply a token of the verification table; False when it was an approval (nothing changed yet)."""
         async with self._db.transaction() as tx:
-            purpose, payload = await self._tokens.consume(tx, (VERIFY_EMAIL, CHANGE_EMAIL), token)
+            purpose, payload = await self._tokens.consume(tx, (VERIFY_EMAIL, CHANGE_EMAIL, APPROVE_EMAIL_CHANGE), token)
+            if purpose == APPROVE_EMAIL_CHANGE:  # the current address approved: now confirm the new one
+                user = await tx.get_user_by_id(payload["userId"])
+                if user is None or user.email != payload["email"]:
+                    raise InvalidToken("the token no longer matches the account")
+                await self._confirm_new_address(tx, user, payload["newEmail"])
+                return user, False
             if purpose == VERIFY_EMAIL:
                 user = await tx.mark_email_verified(payload["userId"], payload["email"], now)
             else:
                 user = await tx.change_email(payload["userId"], payload["email"], payload["newEmail"], now)
                 if user is not None:  # links sent to the old address die with it
                     await tx.delete_user_verifications(user.id, (*_OUTSTANDING, VERIFY_EMAIL))
+                    self._tell_former_address(payload["email"], user)
             if user is None:  # the account changed or went away since the token was issued
                 raise InvalidToken("the token no longer matches the account")
-        return user
+        return user, True
 
     async def _apply_jwt(self, token: str, now: datetime) -> tuple[User, bool]:
         """Better Auth's verification JWT: mark the address verified, or apply the email change it carries
@@ -216,12 +234,16 @@ class AccountFlows:
         if not isinstance(email, str) or not isinstance(user_id, str | None) or not isinstance(update_to, str | None):
             raise InvalidToken("invalid verification token")
         request_type = claims.get("requestType")
-        if update_to is not None and (user_id is None or request_type == "change-email-confirmation"):
-            raise InvalidToken("unsupported email change token")
+        if update_to is not None and user_id is None:
+            raise InvalidToken("an email change token without a user")
         async with self._db.transaction() as tx:
             user = await (tx.get_user_by_id(user_id) if user_id is not None else tx.get_user_by_email(email))
             if user is None or user.email != email.lower():
                 raise InvalidToken("the token no longer matches the account")
+            if update_to is not None and request_type == "change-email-confirmation":
+                # The current address approved (Better Auth's confirmation): now confirm the new one.
+                await self._confirm_new_address(tx, user, normalize_email(update_to))
+                return user, False
             if update_to is not None:
                 # As Better Auth: a "change-email-verification" keeps the user's emailVerified; an older token
                 # without requestType changes the address unverified (and a verification goes to it below).
@@ -230,6 +252,7 @@ class AccountFlows:
                 changed = await tx.change_email(user.id, user.email, new_email, now, verified)
                 if changed is not None:  # links sent to the old address die with it
                     await tx.delete_user_verifications(user.id, (*_OUTSTANDING, VERIFY_EMAIL))
+                    self._tell_former_address(user.email, changed)
             elif user.email_verified:
                 return user, False
             else:
@@ -242,32 +265,74 @@ class AccountFlows:
 
     # -- email change ----------------------------------------------------------------------------------------
 
-    async def change_email(self, session_token: str, raw_new_email: str, client: ClientInfo | None = None) -> None:
-        """Send a verification to the new address; the change applies when it is verified. Outstanding reset and
-        email-change links of the user stop working."""
+    async def change_email(
+        self,
+        session_token: str,
+        raw_new_email: str,
+        client: ClientInfo | None = None,
+        current_password: str = "",
+    ) -> None:
+        """Start an email change. When the current address is verified, it must approve first (a link to it),
+        unless ``current_password`` is given and right; then a confirmation goes to the new address, and the
+        change applies when it is confirmed (the former address is told). Outstanding reset and email-change
+        links of the user stop working."""
         new_email = normalize_email(raw_new_email, field="new_email")
         current = await self._sessions.validate(session_token)
         self._sessions.require_fresh(current)
         user = current.user
-        await self._limits.check("ChangeEmail", (client or ClientInfo()).ip_address, user.id)
+        ip = (client or ClientInfo()).ip_address
+        await self._limits.check("ChangeEmail", ip, user.id)
         if new_email == user.email:
             raise InvalidEmail.field("new_email", "is already the user's email")
-        wait = await self._mail.wait(CHANGE_EMAIL, new_email)
+        approved = not user.email_verified or (current_password and await self._password_ok(user, current_password, ip))
+        purpose, address = (CHANGE_EMAIL, new_email) if approved else (APPROVE_EMAIL_CHANGE, user.email)
+        wait = await self._mail.wait(purpose, address)
         if wait:
-            raise RateLimited(wait, "a confirmation was sent to this address moments ago")
+            raise RateLimited(wait, "a message about this change was sent moments ago")
         async with self._db.transaction() as tx:
             if await tx.get_user_by_email(new_email) is not None:
                 raise UserAlreadyExists()
             await tx.delete_user_verifications(user.id, _OUTSTANDING)
-            if self._jwt_secret is not None:
+            if approved:
+                await self._confirm_new_address(tx, user, new_email)
+                return
+            if self._jwt_secret is not None:  # Better Auth's confirmation to the current address
                 claims = {"email": user.email, "updateTo": new_email, "userId": user.id}
                 token, expires = self._jwt(
-                    {**claims, "requestType": "change-email-verification"}, self._settings.change_email_ttl
+                    {**claims, "requestType": "change-email-confirmation"}, self._settings.change_email_ttl
                 )
             else:
                 payload = {"userId": user.id, "email": user.email, "newEmail": new_email}
-                token, expires = await self._tokens.issue(tx, CHANGE_EMAIL, payload, self._settings.change_email_ttl)
+                token, expires = await self._tokens.issue(
+                    tx, APPROVE_EMAIL_CHANGE, payload, self._settings.change_email_ttl
+                )
+        self._outbox.submit_message(self._message(APPROVE_EMAIL_CHANGE, user.email, user, token, expires))
+
+    async def _password_ok(self, user: User, password: str, ip: str | None) -> bool:
+        """Check the current password (raises InvalidPassword when wrong)."""
+        with self._hasher.admitted(ip or ""):
+            async with self._db.transaction(autocommit=True) as tx:
+                account = await tx.get_credential_account(user.id)
+            if account is None or account.password is None or not await self._hasher.verify(account.password, password):
+                raise InvalidPassword()
+        return True
+
+    async def _confirm_new_address(self, tx: UnitOfWork, user: User, new_email: str) -> None:
+        """Issue the confirmation link and send it to the new address (after the transaction commits)."""
+        if self._jwt_secret is not None:
+            claims = {"email": user.email, "updateTo": new_email, "userId": user.id}
+            token, expires = self._jwt(
+                {**claims, "requestType": "change-email-verification"}, self._settings.change_email_ttl
+            )
+        else:
+            payload = {"userId": user.id, "email": user.email, "newEmail": new_email}
+            token, expires = await self._tokens.issue(tx, CHANGE_EMAIL, payload, self._settings.change_email_ttl)
         self._outbox.submit_message(self._message(CHANGE_EMAIL, new_email, user, token, expires))
+
+    def _tell_former_address(self, former: str, user: User) -> None:
+        """After an email change: a notice to the address the account had (no link, no token)."""
+        notice = Message(EMAIL_CHANGED, former, user.name, "", "", self._clock(), user.id, detail=user.email)
+        self._outbox.submit_message(notice)
 
     async def _reset_job(self, email: str) -> Message | None:
         async with self._db.transaction() as tx:

@@ -158,14 +158,16 @@ class ChangePasswordResponse(_message.Message):
     def __init__(self, session: _Optional[_Union[_resources_pb2.Session, _Mapping]] = ..., token: _Optional[str] = ..., session_cookie: _Optional[str] = ...) -> None: ...
 
 class ChangeEmailRequest(_message.Message):
-    __slots__ = ("token", "new_email", "client")
+    __slots__ = ("token", "new_email", "client", "current_password")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     NEW_EMAIL_FIELD_NUMBER: _ClassVar[int]
     CLIENT_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_PASSWORD_FIELD_NUMBER: _ClassVar[int]
     token: str
     new_email: str
     client: _resources_pb2.ClientContext
-    def __init__(self, token: _Optional[str] = ..., new_email: _Optional[str] = ..., client: _Optional[_Union[_resources_pb2.ClientContext, _Mapping]] = ...) -> None: ...
+    current_password: str
+    def __init__(self, token: _Optional[str] = ..., new_email: _Optional[str] = ..., client: _Optional[_Union[_resources_pb2.ClientContext, _Mapping]] = ..., current_password: _Optional[str] = ...) -> None: ...
 
 class ChangeEmailResponse(_message.Message):
     __slots__ = ()

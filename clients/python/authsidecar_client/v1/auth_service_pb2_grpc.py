@@ -177,9 +177,11 @@ class AuthServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ChangeEmail(self, request, context):
-        """Starts an email change: sends a verification to the new address; the change applies when it is verified.
-        Needs a fresh session. Errors: INVALID_ARGUMENT (MISSING_FIELD, INVALID_EMAIL), UNAUTHENTICATED (INVALID_TOKEN,
-        SESSION_EXPIRED), FAILED_PRECONDITION (SESSION_NOT_FRESH), ALREADY_EXISTS (USER_ALREADY_EXISTS).
+        """Starts an email change. When the current address is verified, it gets an approval link first (unless the
+        current password is given); then the new address gets a confirmation link; the change applies when that is
+        used, and the former address is told. Needs a fresh session. Errors: INVALID_ARGUMENT (MISSING_FIELD,
+        INVALID_EMAIL), UNAUTHENTICATED (INVALID_TOKEN, SESSION_EXPIRED, INVALID_PASSWORD), FAILED_PRECONDITION
+        (SESSION_NOT_FRESH), ALREADY_EXISTS (USER_ALREADY_EXISTS), RESOURCE_EXHAUSTED (RATE_LIMITED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

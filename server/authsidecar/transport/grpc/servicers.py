@@ -178,8 +178,9 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         token = check.token("token", request.token)
         new_email = check.text("new_email", request.new_email, MAX_EMAIL)
         client = check.client("client", request.client.ip_address, request.client.user_agent)
+        password = check.text("current_password", request.current_password, MAX_PASSWORD, required=False)
         check.done()
-        await self._flows.change_email(token, new_email, client)
+        await self._flows.change_email(token, new_email, client, password)
         return auth_pb.ChangeEmailResponse()
 
     @rpc
