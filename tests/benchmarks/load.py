@@ -212,3 +212,35 @@ async def _sign_in_burst(address: str, credentials: list[tuple[str, str]], calls
         stub = auth_service_pb2_grpc.AuthServiceStub(channel)
         await _timed_sign_in(stub, requests[0])  # connect first: measure the server, not the handshake
         return list(await asyncio.gather(*(_timed_sign_in(stub, requests[i % len(requests)]) for i in range(calls))))
+
+
+def fairness(address: str, credentials: list[tuple[str, str]], flood: int, attempts: int, queue: Queue[Any]) -> None:
+    """One client IP keeps ``flood`` wrong-password SignIn calls in flight while another client IP signs in with
+    the right password ``attempts`` times, one after the other: the legitimate outcomes, and the flood's."""
+    _report(queue, _fairness(address, credentials, flood, attempts))
+
+
+async def _fairness(address: str, credentials: list[tuple[str, str]], flood: int, attempts: int) -> dict[str, Any]:
+    attacker = resources_pb2.ClientContext(ip_address="198.51.100.66", user_agent="flood")
+    legit_client = resources_pb2.ClientContext(ip_address="203.0.113.10", user_agent="legit")
+    (victim, _), (user, password) = credentials[0], credentials[1]
+    wrong = auth_service_pb2.SignInRequest(email=victim, password="not-the-password", client=attacker)
+    right = auth_service_pb2.SignInRequest(email=user, password=password, client=legit_client)
+    legit: Counter[str] = Counter()
+    flooded: Counter[str] = Counter()
+    stop = asyncio.Event()
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = auth_service_pb2_grpc.AuthServiceStub(channel)
+        await _timed_sign_in(stub, right)
+
+        async def attack() -> None:
+            while not stop.is_set():
+                flooded[(await _timed_sign_in(stub, wrong))[1]] += 1
+
+        attackers = [asyncio.create_task(attack()) for _ in range(flood)]
+        await asyncio.sleep(0.5)  # the flood is under way
+        for _ in range(attempts):
+            legit[(await _timed_sign_in(stub, right))[1]] += 1
+        stop.set()
+        await asyncio.gather(*attackers)
+    return {"legit": dict(legit), "flood": dict(flooded)}

@@ -43,6 +43,7 @@ LOAD_PROCESSES, LOAD_IN_FLIGHT, LOAD_SECONDS, LOAD_ROUNDS = 2, 4, 2.0, 4  # 8 in
 SIGNIN_IN_FLIGHT, SIGNIN_SECONDS = 8, 5.0  # keeps the hash workers (= cores) busy, below the admission bound
 ARGON2_SECONDS = 2.5  # measured twice: just before and just after the SignIn throughput phase
 BURST_CALLS = 200
+FLOOD, FAIR_ATTEMPTS = 64, 40  # wrong-password calls kept in flight by one client IP; another IP's sign-ins
 ARGON2_ENV = {"AUTHSIDECAR_ARGON2_TIME_COST": "2", "AUTHSIDECAR_ARGON2_MEMORY_KIB": "19456"}
 ARGON2_ENV |= {"AUTHSIDECAR_ARGON2_PARALLELISM": "1"}  # OWASP minimum = the server's defaults
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -114,6 +115,7 @@ class Figures:
     cached_documents: str
     micro: dict[str, float]
     side: better_auth.SideBySide | None = None
+    fairness: dict[str, dict[str, int]] | None = None
 
 
 def sign_up_users(address: str, tag: str) -> tuple[list[str], list[tuple[str, str]], bytes]:
@@ -209,6 +211,9 @@ def measure(
     time.sleep(0.5)
     print("SignIn overload burst ...", flush=True)
     (burst,) = run_jobs(load.sign_in_burst, [(servers[HIT].address, credentials, BURST_CALLS)], timeout=90)
+    time.sleep(0.5)
+    print("fair admission (one client flooding sign-ins, another signing in) ...", flush=True)
+    (fair,) = run_jobs(load.fairness, [(servers[HIT].address, credentials, FLOOD, FAIR_ATTEMPTS)], timeout=180)
     return Figures(
         seq=seq,
         calls=dict(calls),
@@ -224,6 +229,7 @@ def measure(
         burst=[tuple(b) for b in burst],
         cached_documents=cached,
         micro=coherence_costs(),
+        fairness=fair,
     )
 
 
@@ -303,6 +309,18 @@ def _node_version() -> str:
         return "?"
 
 
+def _fairness_lines(fair: dict[str, dict[str, int]] | None) -> list[str]:
+    if fair is None:
+        return []
+    legit, flood = fair["legit"], fair["flood"]
+    share = legit.get("OK", 0) / max(sum(legit.values()), 1)
+    return [
+        f"- fair admission: one client IP keeps {FLOOD} wrong-password SignIn calls in flight (outcomes "
+        f"{dict(sorted(flood.items()))}) while another IP signs in {FAIR_ATTEMPTS} times in a row: "
+        f"{dict(sorted(legit.items()))}, {100 * share:.0f}% through (target >= 90%)",
+    ]
+
+
 def verdict(value: float, target: str) -> str:
     """PASS/FAIL for '<= x' / '>= x' targets; '-' for informational ratios."""
     if target == "-":
@@ -371,6 +389,7 @@ def report(f: Figures, problems: list[str]) -> str:
             for outcome in sorted(burst_codes)
             for v in [[t for t, o in f.burst if o == outcome]]
         ),
+        *_fairness_lines(f.fairness),
         "",
         "## Ratios",
         "",
