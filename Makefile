@@ -8,12 +8,13 @@ BUF := $(TOOLS)/node_modules/.bin/buf
 DRIZZLE_KIT := $(TOOLS)/node_modules/.bin/drizzle-kit
 BETTER_AUTH := $(TOOLS)/node_modules/@node-rs/argon2/package.json
 
-.PHONY: run test lint format proto bench migrate buf-lint clean
+.PHONY: run test lint format proto bench migrate buf-lint clean lock
 
-$(STAMP): pyproject.toml
+# Dependencies come from the lock file (exact versions and hashes, runtime and development), then the project itself.
+$(STAMP): pyproject.toml requirements/dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements/dev.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 ## Serve on the embedded default (SQLite file + in-process cache) unless DATABASE_URL / REDIS_URL are set.
@@ -60,6 +61,13 @@ proto: $(STAMP)
 ## Benchmark against Postgres + Redis; writes tests/benchmarks/RESULTS.md.
 bench: $(STAMP) $(BETTER_AUTH)
 	$(BIN)/python -m tests.benchmarks.run
+
+## Re-resolve requirements/runtime.lock and requirements/dev.lock from pyproject.toml (pip-tools, pinned).
+lock:
+	$(PYTHON) -m venv $(TOOLS)/pip-tools
+	$(TOOLS)/pip-tools/bin/pip install --quiet pip-tools==7.6.2
+	$(TOOLS)/pip-tools/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras -o requirements/runtime.lock pyproject.toml
+	$(TOOLS)/pip-tools/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras --extra dev -o requirements/dev.lock pyproject.toml
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache
