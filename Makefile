@@ -66,8 +66,8 @@ bench: $(STAMP) $(BETTER_AUTH)
 lock:
 	$(PYTHON) -m venv $(TOOLS)/pip-tools
 	$(TOOLS)/pip-tools/bin/pip install --quiet pip-tools==7.6.2
-	$(TOOLS)/pip-tools/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras -o requirements/runtime.lock pyproject.toml
-	$(TOOLS)/pip-tools/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras --extra dev -o requirements/dev.lock pyproject.toml
+	$(TOOLS)/pip-tools/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links -o requirements/runtime.lock pyproject.toml
+	$(TOOLS)/pip-tools/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links --extra dev -o requirements/dev.lock pyproject.toml
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache
