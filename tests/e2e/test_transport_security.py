@@ -4,6 +4,7 @@ certificates made by openssl for each test."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
+from authsidecar_client import AuthClient, AuthSidecarError
 from authsidecar_client.v1 import auth_service_pb2 as auth_pb
 from authsidecar_client.v1 import session_service_pb2 as session_pb
 from authsidecar_client.v1 import session_service_pb2_grpc
@@ -219,8 +221,21 @@ def test_callers_by_key_and_by_certificate(pki: Pki, tmp_path: Path, callers_con
             )
         with _channel(server.address, pki, "backend") as channel:  # named by its certificate, allowed everything
             assert _reason(channel, up, sign_up) == "OK"
+        asyncio.run(_python_client(server.address, pki, key))
     finally:
         assert server.stop() == 0
+
+
+async def _python_client(address: str, pki: Pki, key: str) -> None:
+    """The README's Python example: mTLS credentials and a service key."""
+    credentials = grpc.ssl_channel_credentials(pki.read("ca.pem"), pki.read("gateway.key"), pki.read("gateway.pem"))
+    async with AuthClient(address, credentials=credentials, service_key=key) as auth:
+        with pytest.raises(AuthSidecarError) as info:
+            await auth.validate_session("not-a-session-token")
+        assert info.value.reason == "INVALID_TOKEN"  # through: authenticated and allowed
+        with pytest.raises(AuthSidecarError) as info:
+            await auth.sign_up(f"py-{secrets.token_hex(4)}@example.com", "correct horse", name="P")
+        assert info.value.reason == "CALLER_NOT_ALLOWED"
 
 
 def test_plaintext_on_a_public_address_is_refused(tmp_path: Path) -> None:

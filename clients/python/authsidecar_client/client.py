@@ -33,6 +33,11 @@ def fields_of(record: resources_pb2.User | resources_pb2.Session) -> dict[str, A
 _Reply = TypeVar("_Reply")
 
 
+def _client(ip_address: str) -> resources_pb2.ClientContext:
+    """The end user's client: pass its IP, it keys the server's per-IP rate limits."""
+    return resources_pb2.ClientContext(ip_address=ip_address)
+
+
 class AuthSidecarError(Exception):
     """A failed call: gRPC code, ErrorInfo reason (e.g. "INVALID_TOKEN"), metadata and field violations."""
 
@@ -57,8 +62,20 @@ class AuthSidecarError(Exception):
 class AuthClient:
     """Async client for AuthService and SessionService over one channel."""
 
-    def __init__(self, target: str, channel: grpc.aio.Channel | None = None, timeout: float = 5.0) -> None:
-        self._channel = channel or grpc.aio.insecure_channel(target)
+    def __init__(
+        self,
+        target: str,
+        channel: grpc.aio.Channel | None = None,
+        timeout: float = 5.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        service_key: str | None = None,
+    ) -> None:
+        """``credentials``: TLS / mTLS (``grpc.ssl_channel_credentials(...)``), else plaintext; ``service_key``:
+        sent as ``authorization: Bearer <key>`` when the server authenticates its callers."""
+        if channel is None:
+            channel = grpc.aio.secure_channel(target, credentials) if credentials else grpc.aio.insecure_channel(target)
+        self._channel = channel
+        self._metadata = (("authorization", f"Bearer {service_key}"),) if service_key else None
         self._auth = auth_grpc.AuthServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._sessions = session_grpc.SessionServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._timeout = timeout
@@ -77,7 +94,7 @@ class AuthClient:
 
     async def _call(self, method: Any, request: Any, reply: type[_Reply]) -> _Reply:
         try:
-            result = await method(request, timeout=self._timeout)
+            result = await method(request, timeout=self._timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             raise AuthSidecarError(exc) from None
         if not isinstance(result, reply):
@@ -146,28 +163,33 @@ class AuthClient:
         reply = await self._call(self._sessions.RevokeSessions, request, session_pb.RevokeSessionsResponse)
         return reply.revoked_count
 
-    async def send_verification_email(self, email: str) -> None:
+    async def send_verification_email(self, email: str, ip_address: str = "") -> None:
         """Queue a verification message (same answer whether or not the address exists)."""
-        request = auth_pb.SendVerificationEmailRequest(email=email)
+        request = auth_pb.SendVerificationEmailRequest(email=email, client=_client(ip_address))
         await self._call(self._auth.SendVerificationEmail, request, auth_pb.SendVerificationEmailResponse)
 
-    async def verify_email(self, token: str) -> auth_pb.VerifyEmailResponse:
+    async def verify_email(self, token: str, ip_address: str = "") -> auth_pb.VerifyEmailResponse:
         """Consume a verification (or email change) token."""
-        request = auth_pb.VerifyEmailRequest(token=token)
+        request = auth_pb.VerifyEmailRequest(token=token, client=_client(ip_address))
         return await self._call(self._auth.VerifyEmail, request, auth_pb.VerifyEmailResponse)
 
-    async def request_password_reset(self, email: str) -> None:
+    async def request_password_reset(self, email: str, ip_address: str = "") -> None:
         """Queue a reset message (same answer whether or not the address exists)."""
-        request = auth_pb.RequestPasswordResetRequest(email=email)
+        request = auth_pb.RequestPasswordResetRequest(email=email, client=_client(ip_address))
         await self._call(self._auth.RequestPasswordReset, request, auth_pb.RequestPasswordResetResponse)
 
-    async def reset_password(self, token: str, new_password: str) -> None:
+    async def reset_password(self, token: str, new_password: str, ip_address: str = "") -> None:
         """Set a new password with a reset token."""
-        request = auth_pb.ResetPasswordRequest(token=token, new_password=new_password)
+        request = auth_pb.ResetPasswordRequest(token=token, new_password=new_password, client=_client(ip_address))
         await self._call(self._auth.ResetPassword, request, auth_pb.ResetPasswordResponse)
 
     async def change_password(
-        self, token: str, current_password: str, new_password: str, revoke_other_sessions: bool = False
+        self,
+        token: str,
+        current_password: str,
+        new_password: str,
+        revoke_other_sessions: bool = False,
+        ip_address: str = "",
     ) -> auth_pb.ChangePasswordResponse:
         """Change the password; with revoke_other_sessions, the reply carries the replacement session token."""
         request = auth_pb.ChangePasswordRequest(
@@ -175,12 +197,16 @@ class AuthClient:
             current_password=current_password,
             new_password=new_password,
             revoke_other_sessions=revoke_other_sessions,
+            client=_client(ip_address),
         )
         return await self._call(self._auth.ChangePassword, request, auth_pb.ChangePasswordResponse)
 
-    async def change_email(self, token: str, new_email: str) -> None:
-        """Send a verification to the new address; the change applies when it is verified."""
-        request = auth_pb.ChangeEmailRequest(token=token, new_email=new_email)
+    async def change_email(self, token: str, new_email: str, current_password: str = "", ip_address: str = "") -> None:
+        """Start an email change: an approval link to a verified current address first (or give the current
+        password), then a confirmation to the new address; the change applies when it is confirmed."""
+        request = auth_pb.ChangeEmailRequest(
+            token=token, new_email=new_email, current_password=current_password, client=_client(ip_address)
+        )
         await self._call(self._auth.ChangeEmail, request, auth_pb.ChangeEmailResponse)
 
     async def update_user(
@@ -200,7 +226,7 @@ class AuthClient:
             request.additional_fields.update(dict(additional_fields))
         return await self._call(self._auth.UpdateUser, request, auth_pb.UpdateUserResponse)
 
-    async def delete_user(self, token: str, password: str = "") -> None:
+    async def delete_user(self, token: str, password: str = "", ip_address: str = "") -> None:
         """Delete the account (password, or a fresh session)."""
-        request = auth_pb.DeleteUserRequest(token=token, password=password)
+        request = auth_pb.DeleteUserRequest(token=token, password=password, client=_client(ip_address))
         await self._call(self._auth.DeleteUser, request, auth_pb.DeleteUserResponse)
