@@ -304,10 +304,10 @@ class Settings(BaseSettings):
     def _check_rpcs(cls, value: dict[str, RpcLimitSettings]) -> dict[str, RpcLimitSettings]:
         from authsidecar.services.limits import DEFAULT_RULES
 
-        unknown = sorted(set(value) - set(DEFAULT_RULES) - {"ValidateSession"})
+        unknown = sorted(set(value) - set(DEFAULT_RULES))
         if unknown:
             raise ValueError(
-                f"unknown RPC {unknown[0]!r} (limits apply to {', '.join(sorted(DEFAULT_RULES))}, ValidateSession)"
+                f"no limits for {unknown[0]!r} (limits apply to {', '.join(sorted(DEFAULT_RULES))})"
             )
         return value
 

@@ -58,8 +58,9 @@ def test_normalize_email_rejects_malformed_addresses(raw: str) -> None:
 
 
 def _email_of_length(length: int) -> str:
-    domain = "@example.com"
-    return "a" * (length - len(domain)) + domain
+    """The longest local part RFC 5321 allows (64), and a domain of valid labels making up the rest."""
+    rest = length - 65 - 2 * 64  # two labels of 63 and their dots
+    return "a" * 64 + "@" + "b" * 63 + "." + "c" * 63 + "." + "d" * rest
 
 
 def test_normalize_email_length_limit() -> None:

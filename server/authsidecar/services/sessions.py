@@ -65,8 +65,10 @@ class SessionPolicy:
 
     def needs_refresh(self, session: Session, now: datetime) -> bool:
         """Better Auth's rule: refresh once ``update_age`` has passed since the expiry was last set."""
-        if self.is_short(session) or self.refreshed(session, now) <= session.expires_at:
+        if self.is_short(session):
             return False
+        if self.max_lifetime is not None and self.refreshed(session, now) <= session.expires_at:
+            return False  # already as late as the absolute lifetime allows
         return session.expires_at - self.expires_in + self.update_age <= now
 
 
