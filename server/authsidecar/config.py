@@ -306,9 +306,7 @@ class Settings(BaseSettings):
 
         unknown = sorted(set(value) - set(DEFAULT_RULES))
         if unknown:
-            raise ValueError(
-                f"no limits for {unknown[0]!r} (limits apply to {', '.join(sorted(DEFAULT_RULES))})"
-            )
+            raise ValueError(f"no limits for {unknown[0]!r} (limits apply to {', '.join(sorted(DEFAULT_RULES))})")
         return value
 
     @field_validator("listen")

@@ -12,7 +12,7 @@ from authsidecar.cache.ratelimit import Limit, MemoryRateLimiter
 from authsidecar.domain.models import Session
 from authsidecar.errors import InvalidEmail, RateLimited, TooManyRequests
 from authsidecar.security.passwords import Argon2Parameters, PasswordHasher
-from authsidecar.services.limits import Limits, LoginGuard, RpcRule
+from authsidecar.services.limits import Limits, LoginGuard, RpcRule, client_key
 from authsidecar.services.rules import normalize_email
 from authsidecar.services.sessions import SessionPolicy
 
@@ -177,3 +177,9 @@ def test_absolute_lifetime_caps_refresh() -> None:
     at_cap = Session("s", "u", "t", created + timedelta(days=10), created, day8, None, None)
     assert not policy.needs_refresh(at_cap, created + timedelta(days=9, hours=23))  # nothing left to extend
     assert SessionPolicy().refreshed(session, day8) == day8 + timedelta(days=7)
+
+
+def test_client_keys_ignore_the_spelling_of_an_address() -> None:
+    assert client_key("::ffff:192.0.2.7") == client_key("192.0.2.7") == "192.0.2.7"
+    assert client_key("2001:db8:0:0:1::1") == client_key("2001:0DB8::ffff") == "2001:db8::/64"
+    assert client_key("2001:db8:0:1::1") != client_key("2001:db8::1")

@@ -27,7 +27,7 @@ from authsidecar.security.ids import IdGenerator
 from authsidecar.security.passwords import PasswordHasher
 from authsidecar.services.clock import Clock, utc_now
 from authsidecar.services.extra_fields import ExtraFieldRules
-from authsidecar.services.limits import Limits, LoginGuard
+from authsidecar.services.limits import Limits, LoginGuard, client_key
 from authsidecar.services.rules import CredentialRules, normalize_email
 from authsidecar.services.sessions import ClientInfo, SessionManager
 
@@ -101,7 +101,9 @@ class AccountService:
             raise MissingField.field("name", "is required")
         extra = self._user_fields.for_create(additional or {})
         self._rules.check_password(password)
-        with self._hasher.admitted(client.ip_address or ""):  # a slot of this client's share
+        with self._hasher.admitted(
+            client_key(client.ip_address) if client.ip_address else ""
+        ):  # a slot of this client's share
             password_hash = await self._hasher.hash(password)
         now = self._clock()
         user = User(
@@ -158,7 +160,7 @@ class AccountService:
         if len(password) > self._rules.max_password_length:
             await self._guard.failed(email, ip)
             raise InvalidCredentials()  # no stored password can be this long; do not spend a hash on it
-        with self._hasher.admitted(ip or ""):  # shed load before touching the database
+        with self._hasher.admitted(client_key(ip) if ip else ""):  # shed load before touching the database
             read_at = time.time()
             async with self._db.transaction(autocommit=True) as tx:
                 found = await tx.get_user_with_credential(email)

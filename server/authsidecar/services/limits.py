@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from authsidecar.cache.ratelimit import Check, Limit, MemoryRateLimiter, RateLimiter
 from authsidecar.errors import BackendUnavailable, RateLimited
 
-__all__ = ["DEFAULT_RULES", "Limits", "LoginGuard", "MailThrottle", "RpcRule"]
+__all__ = ["DEFAULT_RULES", "Limits", "LoginGuard", "MailThrottle", "RpcRule", "client_key"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,20 @@ DEFAULT_RULES: Mapping[str, RpcRule] = {
 
 def _digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()[:32]
+
+
+def client_key(ip: str) -> str:
+    """One key per client address, whatever its spelling: IPv4-mapped IPv6 is its IPv4 address, and an IPv6
+    client counts by its /64 (one end user gets a whole /64 to pick addresses from)."""
+    try:
+        address = ipaddress.ip_address(ip.strip())
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 class _Fallback:
@@ -103,6 +118,10 @@ class Limits:
         """Count one call against every key, or none (see RateLimiter.hit)."""
         return await self._counters.call(lambda c: c.hit(checks, count))
 
+    async def reset(self, key: str) -> None:
+        """Forget a counter."""
+        await self._counters.call(lambda c: _reset(c, key))
+
     async def check(self, rpc: str, ip: str | None, identifier: str | None) -> None:
         """Count one call of ``rpc``; raises RateLimited (with the wait) when a limit is spent, in which case
         nothing is counted (refused calls never extend the wait)."""
@@ -111,7 +130,7 @@ class Limits:
             return
         checks: list[Check] = []
         if rule.ip is not None and ip:
-            checks.append((f"rl:{rpc}:ip:{_digest(ip)}", rule.ip))
+            checks.append((f"rl:{rpc}:ip:{_digest(client_key(ip))}", rule.ip))
         if rule.identifier is not None and identifier:
             checks.append((f"rl:{rpc}:id:{_digest(identifier)}", rule.identifier))
         wait = await self.hit(checks)
@@ -135,7 +154,7 @@ class LoginGuard:
 
     def _keys(self, email: str, ip: str | None) -> tuple[str | None, str]:
         account = _digest(email)
-        pair = f"bf:{account}:{_digest(ip)}" if ip else None
+        pair = f"bf:{account}:{_digest(client_key(ip))}" if ip else None
         return pair, f"bf:{account}"
 
     async def before(self, email: str, ip: str | None) -> None:
@@ -164,7 +183,7 @@ class LoginGuard:
         """The right password: this IP's failures on the account are forgiven."""
         pair, _ = self._keys(email, ip)
         if self.limits.enabled and pair is not None:
-            await self.limits._counters.call(lambda c: _reset(c, pair))
+            await self.limits.reset(pair)
 
 
 async def _reset(counters: RateLimiter, key: str) -> float:

@@ -12,7 +12,7 @@ from authsidecar.errors import Conflict, CredentialAccountNotFound, InvalidPassw
 from authsidecar.security.passwords import PasswordHasher
 from authsidecar.services.clock import Clock, utc_now
 from authsidecar.services.extra_fields import ExtraFieldRules
-from authsidecar.services.limits import Limits
+from authsidecar.services.limits import Limits, client_key
 from authsidecar.services.rules import CredentialRules
 from authsidecar.services.sessions import ClientInfo, SessionManager
 
@@ -67,7 +67,7 @@ class ProfileService:
         self._rules.check_password(new_password, field="new_password")
         current = await self._sessions.validate(token)
         await self._limits.check("ChangePassword", client.ip_address, current.user.id)
-        with self._hasher.admitted(client.ip_address or ""):
+        with self._hasher.admitted(client_key(client.ip_address) if client.ip_address else ""):
             account = await self._check_password(current.user.id, current_password)
             new_hash = await self._hasher.hash(new_password)
         now = self._clock()
@@ -107,7 +107,7 @@ class ProfileService:
         ip = (client or ClientInfo()).ip_address
         await self._limits.check("DeleteUser", ip, user_id)
         if password:
-            with self._hasher.admitted(ip or ""):
+            with self._hasher.admitted(client_key(ip) if ip else ""):
                 try:
                     await self._check_password(user_id, password)
                 except CredentialAccountNotFound:

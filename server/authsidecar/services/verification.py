@@ -45,7 +45,7 @@ from authsidecar.security.passwords import PasswordHasher
 from authsidecar.security.tokens import alphanumeric
 from authsidecar.services.accounts import AuthResult
 from authsidecar.services.clock import Clock, utc_now
-from authsidecar.services.limits import Limits, MailThrottle
+from authsidecar.services.limits import Limits, MailThrottle, client_key
 from authsidecar.services.rules import CredentialRules, normalize_email
 from authsidecar.services.sessions import ClientInfo, SessionManager
 
@@ -310,7 +310,7 @@ class AccountFlows:
 
     async def _password_ok(self, user: User, password: str, ip: str | None) -> bool:
         """Check the current password (raises InvalidPassword when wrong)."""
-        with self._hasher.admitted(ip or ""):
+        with self._hasher.admitted(client_key(ip) if ip else ""):
             async with self._db.transaction(autocommit=True) as tx:
                 account = await tx.get_credential_account(user.id)
             if account is None or account.password is None or not await self._hasher.verify(account.password, password):
