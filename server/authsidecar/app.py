@@ -391,6 +391,7 @@ class App:
             jwt_secret=jwt_secret,
             limits=limits,
             mail=mail,
+            guard=guard,
         )
         verification = VerificationPolicy(
             required=settings.require_email_verification,
@@ -411,7 +412,7 @@ class App:
             limits=limits,
             guard=guard,
         )
-        profile = ProfileService(store, hasher, sessions, rules, user_fields=user_fields, limits=limits)
+        profile = ProfileService(store, hasher, sessions, rules, user_fields=user_fields, limits=limits, guard=guard)
         convert = Converter(registry)
         auth_servicer = AuthServicer(accounts, sessions, flows, profile, convert)
         session_servicer = SessionServicer(sessions, convert)

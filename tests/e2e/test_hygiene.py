@@ -40,6 +40,11 @@ async def test_malformed_protobuf_is_invalid_argument_with_one_log_line(debug_se
                 await call(b"\xff\xff\xff\xff\x0f garbage")
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert error_details(info.value).reason == "MALFORMED_REQUEST"
+        health = channel.unary_unary(
+            "/grpc.health.v1.Health/Check", request_serializer=None, response_deserializer=None
+        )
+        reply = health_pb2.HealthCheckResponse.FromString(await health(b"\xff\xff\xff"))
+        assert reply.status == SERVING  # a malformed probe asks for the overall status
     log = debug_server.log()
     assert "Traceback" not in log
     assert log.count("refused a request that is not a valid") == 2
@@ -47,7 +52,14 @@ async def test_malformed_protobuf_is_invalid_argument_with_one_log_line(debug_se
 
 @pytest.mark.parametrize(
     "email",
-    ["x<attacker@evil.example>.corp.example", "Ada <ada@example.com>", '"ada"@example.com', "ada@example"],
+    [
+        "x<attacker@evil.example>.corp.example",
+        "Ada <ada@example.com>",
+        '"ada"@example.com',
+        "ada@example",
+        "ad\u200ba@example.com",  # zero-width space: looks like another account's address
+        "ada\u202e@example.com",  # right-to-left override
+    ],
 )
 async def test_sign_up_refuses_anything_but_an_address(debug_server: Server, email: str) -> None:
     stubs = stubs_for(debug_server.address)
@@ -59,7 +71,7 @@ async def test_sign_up_refuses_anything_but_an_address(debug_server: Server, ema
         await stubs.channel.close()
 
 
-@pytest.mark.parametrize("name", ["Ada\r\nBcc: x@evil.example", "Ada\x1b[2J", "Ada\u2028"])
+@pytest.mark.parametrize("name", ["Ada\r\nBcc: x@evil.example", "Ada\x1b[2J", "Ada\u2028", "\u200b", "Ada\u202e"])
 async def test_names_and_user_agents_refuse_control_characters(debug_server: Server, name: str) -> None:
     stubs = stubs_for(debug_server.address)
     email = f"clean-{secrets.token_hex(4)}@example.com"

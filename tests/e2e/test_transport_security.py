@@ -164,6 +164,11 @@ def test_mtls_requires_a_client_certificate_and_reloads_certificates(pki: Pki, t
             capture_output=True, text=True, timeout=30, check=False,
         )  # fmt: skip
         assert out.returncode == 0, out.stderr
+        # A key that does not match the certificate is not taken: logged, the previous certificates stay.
+        shutil.copy(pki.path("gateway.key"), live / "server.key")
+        with _channel(server.address, pki, "gateway") as channel:
+            assert _validate(channel) == grpc.StatusCode.UNAUTHENTICATED
+        assert "cannot be loaded" in server.log() and "TLS certificates reloaded" not in server.log()
         # Rotate to the other CA (server certificate and client CA), without a restart.
         pki.issue("server2", "other-ca", "authsidecar", server=True)
         shutil.copy(pki.path("server2.key"), live / "server.key")

@@ -155,8 +155,8 @@ class AccountService:
         if not password:
             raise MissingField.field("password", "is required")
         ip = client.ip_address
+        await self._guard.before(email, ip)  # this IP's attempts on the account; the account's slowdown
         await self._limits.check("SignIn", ip, email)
-        await self._guard.before(email, ip)  # this IP's failures on the account; the account's slowdown
         if len(password) > self._rules.max_password_length:
             await self._guard.failed(email, ip)
             raise InvalidCredentials()  # no stored password can be this long; do not spend a hash on it

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from authsidecar.cache.ratelimit import Check, Limit, MemoryRateLimiter, RateLimiter
 from authsidecar.errors import BackendUnavailable, RateLimited
 
-__all__ = ["DEFAULT_RULES", "Limits", "LoginGuard", "MailThrottle", "RpcRule", "client_key"]
+__all__ = ["DEFAULT_RULES", "OUTSTANDING_LINKS", "Limits", "LoginGuard", "MailThrottle", "RpcRule", "client_key"]
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,9 @@ _MAIL = Limit(3, 60)  # Better Auth's default for the mail-sending endpoints
 # session-only RPCs are not limited by default.
 DEFAULT_RULES: Mapping[str, RpcRule] = {
     "SignUp": RpcRule(ip=_STRICT, identifier=_STRICT),
-    "SignIn": RpcRule(ip=_STRICT, identifier=Limit(10, 60)),
+    # No per-email limit on sign-in: anyone could spend it and lock the owner out. The brute-force guard
+    # protects the account instead (per account and IP, and a slowdown across IPs).
+    "SignIn": RpcRule(ip=_STRICT),
     "ChangePassword": RpcRule(ip=_STRICT, identifier=_STRICT),
     "ChangeEmail": RpcRule(ip=_STRICT, identifier=_MAIL),
     "DeleteUser": RpcRule(ip=_STRICT, identifier=_STRICT),
@@ -56,6 +58,10 @@ DEFAULT_RULES: Mapping[str, RpcRule] = {
 }
 
 
+# Links that stop working when the password or the address changes (verification purposes).
+OUTSTANDING_LINKS = ("reset-password", "change-email", "approve-email-change")
+
+
 def _digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()[:32]
 
@@ -64,7 +70,7 @@ def client_key(ip: str) -> str:
     """One key per client address, whatever its spelling: IPv4-mapped IPv6 is its IPv4 address, and an IPv6
     client counts by its /64 (one end user gets a whole /64 to pick addresses from)."""
     try:
-        address = ipaddress.ip_address(ip.strip())
+        address = ipaddress.ip_address(ip.strip().split("%", 1)[0])  # without an IPv6 scope
     except ValueError:
         return ip
     if isinstance(address, ipaddress.IPv6Address):
@@ -158,29 +164,28 @@ class LoginGuard:
         return pair, f"bf:{account}"
 
     async def before(self, email: str, ip: str | None) -> None:
-        """Refuse (RateLimited) when this IP spent its failures on this account; wait ``slowdown`` seconds when
-        the account as a whole has had too many failures lately."""
+        """Count one password attempt of this IP on this account, refused (RateLimited) once its budget is spent
+        (counted here, atomically, so concurrent attempts cannot overshoot; a right password clears it); wait
+        ``slowdown`` seconds when the account as a whole has had too many failures lately."""
         if not self.limits.enabled:
             return
         pair, account = self._keys(email, ip)
         if pair is not None:
-            wait = await self.limits.hit([(pair, self.failures_per_ip)], count=False)
+            wait = await self.limits.hit([(pair, self.failures_per_ip)])
             if wait > 0:
                 raise RateLimited(wait, "too many failed sign-ins for this account from this address")
         if await self.limits.hit([(account, self.failures_per_account)], count=False) > 0:
             await self.sleep(self.slowdown)
 
     async def failed(self, email: str, ip: str | None) -> None:
-        """Count a wrong password (each key on its own: a spent one does not stop the other from counting)."""
+        """A wrong password: counted against the account as a whole (the pair counted the attempt already)."""
         if not self.limits.enabled:
             return
-        pair, account = self._keys(email, ip)
-        if pair is not None:
-            await self.limits.hit([(pair, self.failures_per_ip)])
+        _, account = self._keys(email, ip)
         await self.limits.hit([(account, self.failures_per_account)])
 
     async def succeeded(self, email: str, ip: str | None) -> None:
-        """The right password: this IP's failures on the account are forgiven."""
+        """The right password: this IP's attempts on the account are forgiven."""
         pair, _ = self._keys(email, ip)
         if self.limits.enabled and pair is not None:
             await self.limits.reset(pair)

@@ -12,7 +12,7 @@ from authsidecar.errors import Conflict, CredentialAccountNotFound, InvalidPassw
 from authsidecar.security.passwords import PasswordHasher
 from authsidecar.services.clock import Clock, utc_now
 from authsidecar.services.extra_fields import ExtraFieldRules
-from authsidecar.services.limits import Limits, client_key
+from authsidecar.services.limits import OUTSTANDING_LINKS, Limits, LoginGuard, client_key
 from authsidecar.services.rules import CredentialRules
 from authsidecar.services.sessions import ClientInfo, SessionManager
 
@@ -39,8 +39,10 @@ class ProfileService:
         clock: Clock = utc_now,
         user_fields: ExtraFieldRules | None = None,
         limits: Limits | None = None,
+        guard: LoginGuard | None = None,
     ) -> None:
         self._limits = limits or Limits.off()
+        self._guard = guard or LoginGuard(self._limits)
         self._user_fields = user_fields or ExtraFieldRules.none()
         self._db = db
         self._hasher = hasher
@@ -48,14 +50,19 @@ class ProfileService:
         self._rules = rules
         self._clock = clock
 
-    async def _check_password(self, user_id: str, password: str) -> Account:
-        """The credential account, once ``password`` is verified against it (inside a hashing slot)."""
-        async with self._db.transaction(autocommit=True) as tx:
-            account = await tx.get_credential_account(user_id)
-        if account is None or account.password is None:
-            raise CredentialAccountNotFound()
-        if not await self._hasher.verify(account.password, password):
-            raise InvalidPassword()
+    async def _check_password(self, user: User, password: str, ip: str | None) -> Account:
+        """The credential account, once ``password`` is verified against it, under the brute-force guard (a stolen
+        session must not become a password oracle) and in a hashing slot of the client's share."""
+        await self._guard.before(user.email, ip)
+        with self._hasher.admitted(client_key(ip) if ip else ""):
+            async with self._db.transaction(autocommit=True) as tx:
+                account = await tx.get_credential_account(user.id)
+            if account is None or account.password is None:
+                raise CredentialAccountNotFound()
+            if not await self._hasher.verify(account.password, password):
+                await self._guard.failed(user.email, ip)
+                raise InvalidPassword()
+        await self._guard.succeeded(user.email, ip)
         return account
 
     async def change_password(
@@ -67,13 +74,13 @@ class ProfileService:
         self._rules.check_password(new_password, field="new_password")
         current = await self._sessions.validate(token)
         await self._limits.check("ChangePassword", client.ip_address, current.user.id)
+        account = await self._check_password(current.user, current_password, client.ip_address)
         with self._hasher.admitted(client_key(client.ip_address) if client.ip_address else ""):
-            account = await self._check_password(current.user.id, current_password)
             new_hash = await self._hasher.hash(new_password)
         now = self._clock()
         async with self._db.transaction() as tx:
             await tx.update_account_password(account.id, new_hash, now)
-            await tx.delete_user_verifications(current.user.id, ("reset-password", "change-email"))
+            await tx.delete_user_verifications(current.user.id, OUTSTANDING_LINKS)
             if revoke_other_sessions:
                 await tx.delete_user_sessions(current.user.id)
         if not revoke_other_sessions:
@@ -107,11 +114,10 @@ class ProfileService:
         ip = (client or ClientInfo()).ip_address
         await self._limits.check("DeleteUser", ip, user_id)
         if password:
-            with self._hasher.admitted(client_key(ip) if ip else ""):
-                try:
-                    await self._check_password(user_id, password)
-                except CredentialAccountNotFound:
-                    raise InvalidPassword() from None
+            try:
+                await self._check_password(current.user, password, ip)
+            except CredentialAccountNotFound:
+                raise InvalidPassword() from None
         else:
             self._sessions.require_fresh(current)
         async with self._db.transaction() as tx:

@@ -19,6 +19,7 @@ MAX_EMAIL_LENGTH = 254
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-]|[^\x00-\x7f\s\u0080-\u009f\u2028\u2029]"
 _LOCAL = re.compile(rf"(?:{_ATEXT})+(?:\.(?:{_ATEXT})+)*")
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_INVISIBLE = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})  # zero-width, bidi overrides, soft hyphen, spaces
 
 
 def _domain(raw: str) -> str | None:
@@ -45,7 +46,13 @@ def normalize_email(raw: str, field: str = "email") -> str:
         raise MissingField.field(field, "is required")
     local, at, host = email.rpartition("@")
     domain = _domain(host) if at and host else None
-    if domain is None or len(local) > 64 or not _LOCAL.fullmatch(local) or len(f"{local}@{domain}") > MAX_EMAIL_LENGTH:
+    if (
+        domain is None
+        or len(local) > 64
+        or not _LOCAL.fullmatch(local)
+        or any(unicodedata.category(c) in _INVISIBLE for c in local)
+        or len(f"{local}@{domain}") > MAX_EMAIL_LENGTH
+    ):
         raise InvalidEmail.field(field, "is not a valid email address (user@example.com, nothing around it)")
     return f"{local}@{domain}"
 

@@ -45,7 +45,7 @@ from authsidecar.security.passwords import PasswordHasher
 from authsidecar.security.tokens import alphanumeric
 from authsidecar.services.accounts import AuthResult
 from authsidecar.services.clock import Clock, utc_now
-from authsidecar.services.limits import Limits, MailThrottle, client_key
+from authsidecar.services.limits import OUTSTANDING_LINKS, Limits, LoginGuard, MailThrottle, client_key
 from authsidecar.services.rules import CredentialRules, normalize_email
 from authsidecar.services.sessions import ClientInfo, SessionManager
 
@@ -56,8 +56,7 @@ CHANGE_EMAIL = "change-email"
 APPROVE_EMAIL_CHANGE = "approve-email-change"
 EMAIL_CHANGED = "email-changed"  # the notice to the former address (no token)
 RESET_PASSWORD = "reset-password"  # noqa: S105 - a purpose name
-# Links that stop working when the password or the address changes.
-_OUTSTANDING = (RESET_PASSWORD, CHANGE_EMAIL, APPROVE_EMAIL_CHANGE)
+_OUTSTANDING = OUTSTANDING_LINKS  # reset-password, change-email, approve-email-change
 
 
 class VerificationTokens:
@@ -131,8 +130,10 @@ class AccountFlows:
         jwt_secret: str | None = None,
         limits: Limits | None = None,
         mail: MailThrottle | None = None,
+        guard: LoginGuard | None = None,
     ) -> None:
         self._limits = limits or Limits.off()
+        self._guard = guard or LoginGuard(self._limits)
         self._mail = mail or MailThrottle(self._limits, interval=0)
         self._jwt_secret = jwt_secret  # Better Auth's email-verification links (compatibility profile)
         self._db = db
@@ -288,13 +289,13 @@ class AccountFlows:
         purpose, address = (CHANGE_EMAIL, new_email) if approved else (APPROVE_EMAIL_CHANGE, user.email)
         wait = await self._mail.wait(purpose, address)
         if wait:
-            raise RateLimited(wait, "a message about this change was sent moments ago")
+            raise RateLimited(wait)
         async with self._db.transaction() as tx:
             if await tx.get_user_by_email(new_email) is not None:
                 raise UserAlreadyExists()
             await tx.delete_user_verifications(user.id, _OUTSTANDING)
             if approved:
-                await self._confirm_new_address(tx, user, new_email)
+                await self._confirm_new_address(tx, user, new_email, throttled=False)
                 return
             if self._jwt_secret is not None:  # Better Auth's confirmation to the current address
                 claims = {"email": user.email, "updateTo": new_email, "userId": user.id}
@@ -309,16 +310,24 @@ class AccountFlows:
         self._outbox.submit_message(self._message(APPROVE_EMAIL_CHANGE, user.email, user, token, expires))
 
     async def _password_ok(self, user: User, password: str, ip: str | None) -> bool:
-        """Check the current password (raises InvalidPassword when wrong)."""
+        """Check the current password under the brute-force guard (raises InvalidPassword when wrong)."""
+        await self._guard.before(user.email, ip)
         with self._hasher.admitted(client_key(ip) if ip else ""):
             async with self._db.transaction(autocommit=True) as tx:
                 account = await tx.get_credential_account(user.id)
             if account is None or account.password is None or not await self._hasher.verify(account.password, password):
+                await self._guard.failed(user.email, ip)
                 raise InvalidPassword()
+        await self._guard.succeeded(user.email, ip)
         return True
 
-    async def _confirm_new_address(self, tx: UnitOfWork, user: User, new_email: str) -> None:
-        """Issue the confirmation link and send it to the new address (after the transaction commits)."""
+    async def _confirm_new_address(self, tx: UnitOfWork, user: User, new_email: str, throttled: bool = True) -> None:
+        """Issue the confirmation link and send it to the new address (after the transaction commits), at most
+        one per address and interval (``throttled`` False: the caller counted it already)."""
+        if throttled:
+            wait = await self._mail.wait(CHANGE_EMAIL, new_email)
+            if wait:
+                raise RateLimited(wait)
         if self._jwt_secret is not None:
             claims = {"email": user.email, "updateTo": new_email, "userId": user.id}
             token, expires = self._jwt(

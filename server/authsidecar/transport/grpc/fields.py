@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-import re
+import unicodedata
 
 from authsidecar.errors import FieldViolation, InvalidArgument, MissingField
 from authsidecar.security.tokens import MAX_TOKEN_LENGTH
@@ -17,7 +17,15 @@ MAX_PASSWORD = 4096  # the configured policy (128 by default) reports PASSWORD_T
 MAX_IMAGE = 2048
 MAX_ID = 128
 MAX_USER_AGENT = 1024
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Control (Cc), format (Cf: zero-width, bidi overrides, soft hyphen, BOM) and line/paragraph separators.
+_INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def has_invisible(value: str) -> bool:
+    """Whether a string holds control, format (zero-width, bidi override) or line-separator characters."""
+    return any(unicodedata.category(c) in _INVISIBLE for c in value)
+
+
 MAX_COOKIE_HEADER = 16_384
 MAX_VERIFICATION_TOKEN = 2048  # Better Auth's email-verification tokens are JWTs of a few hundred characters
 
@@ -40,8 +48,10 @@ class FieldChecker:
             self._invalid.append(FieldViolation(field, f"must be at most {max_length} characters"))
         elif "\x00" in value:
             self._invalid.append(FieldViolation(field, "must not contain NUL characters"))
-        elif plain and _CONTROL.search(value):
-            self._invalid.append(FieldViolation(field, "must not contain control characters or line breaks"))
+        elif plain and has_invisible(value):
+            self._invalid.append(
+                FieldViolation(field, "must not contain control, invisible or direction-override characters")
+            )
         return value
 
     def token(self, field: str, value: str) -> str:

@@ -55,13 +55,19 @@ class _Captured:
         self.service, self.handlers = service, handlers
 
 
-def _add_tolerant(add: Callable[[object, object], None], servicer: object, server: grpc.aio.Server) -> None:
+def _add_tolerant(
+    add: Callable[[object, object], None],
+    servicer: object,
+    server: grpc.aio.Server,
+    fallback: Callable[[], object] | None = None,
+) -> None:
     """Register a servicer as the generated ``add_*_to_server`` would, with request deserializers that turn
-    malformed bytes into MALFORMED_REQUEST instead of an UNKNOWN status and a logged traceback."""
+    malformed bytes into MALFORMED_REQUEST (``fallback``: into that default request, for servicers that are not
+    ours) instead of an UNKNOWN status and a logged traceback."""
     captured = _Captured()
     add(servicer, captured)
     handlers = {
-        name: handler._replace(request_deserializer=tolerant(handler.request_deserializer))
+        name: handler._replace(request_deserializer=tolerant(handler.request_deserializer, fallback))
         for name, handler in captured.handlers.items()
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(captured.service, handlers),))
@@ -97,7 +103,10 @@ class GrpcServer:
         _add_tolerant(auth_service_pb2_grpc.add_AuthServiceServicer_to_server, auth, self._server)
         _add_tolerant(session_service_pb2_grpc.add_SessionServiceServicer_to_server, sessions, self._server)
         self.health = HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        # Health checks answer whatever they are sent (a malformed probe asks for the server's overall status).
+        _add_tolerant(
+            health_pb2_grpc.add_HealthServicer_to_server, self.health, self._server, health_pb2.HealthCheckRequest
+        )
         reflection.enable_server_reflection(
             (*_SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self._server,

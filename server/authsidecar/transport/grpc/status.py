@@ -96,15 +96,16 @@ class _Malformed:
 MALFORMED: Any = _Malformed()
 
 
-def tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
-    """A request deserializer that returns MALFORMED instead of raising (grpc would answer UNKNOWN without
-    details and log a traceback each time); the rpc wrapper then answers INVALID_ARGUMENT / MALFORMED_REQUEST."""
+def tolerant(deserializer: Callable[[bytes], Any], fallback: Callable[[], Any] | None = None) -> Callable[[bytes], Any]:
+    """A request deserializer that returns MALFORMED (or ``fallback()``) instead of raising (grpc would answer
+    UNKNOWN without details and log a traceback each time); the rpc wrapper then answers INVALID_ARGUMENT /
+    MALFORMED_REQUEST."""
 
     def deserialize(data: bytes) -> Any:
         try:
             return deserializer(data)
         except Exception:
-            return MALFORMED
+            return MALFORMED if fallback is None else fallback()
 
     return deserialize
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,12 +47,13 @@ def _stamp(files: TlsFiles) -> tuple[tuple[int, int], ...]:
 
 
 def _configuration(files: TlsFiles) -> grpc.ServerCertificateConfiguration:
+    """The files' certificates, checked the way a TLS stack loads them (a key that does not match its
+    certificate, a half-written file or an unreadable CA raise ssl.SSLError, an OSError) before gRPC gets them."""
+    ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(files.cert_file, files.key_file)
+    if files.client_ca_file:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=files.client_ca_file)
     key, chain = _read(files.key_file), _read(files.cert_file)
-    if b"PRIVATE KEY" not in key or b"CERTIFICATE" not in chain:
-        raise ValueError("not a PEM private key and certificate")
     roots = _read(files.client_ca_file) if files.client_ca_file else None
-    if roots is not None and b"CERTIFICATE" not in roots:
-        raise ValueError("the client CA file holds no PEM certificate")
     return grpc.ssl_server_certificate_configuration([(key, chain)], root_certificates=roots)
 
 
