@@ -48,22 +48,20 @@ async def _outcome(call: object) -> tuple[grpc.StatusCode, str, float | None]:
     return grpc.StatusCode.OK, "", None
 
 
-@pytest.fixture(scope="module")
-def limited(tmp_path_factory: pytest.TempPathFactory, pg_url: str, redis_prefix: str) -> Iterator[Server]:
-    """A server with the default limits (but a shorter slowdown), sharing Redis counters."""
-    folder = tmp_path_factory.mktemp("abuse")
-    env = {
-        "DATABASE_URL": pg_url,
-        "REDIS_URL": REDIS_URL,
-        "AUTHSIDECAR_REDIS_KEY_PREFIX": redis_prefix,
-        "AUTHSIDECAR_RATE_LIMIT_ENABLED": "true",
-        "AUTHSIDECAR_LOGIN_FAILURES_PER_ACCOUNT": "8/1h",
-        "AUTHSIDECAR_LOGIN_SLOWDOWN": "0.5",
-    }
+def _limited_server(folder: Path, pg_url: str, redis_prefix: str, **settings: str) -> Iterator[Server]:
+    """A server on Postgres and Redis (counters shared) with limits on, and ``settings`` (AUTHSIDECAR_ names)."""
+    env = {"DATABASE_URL": pg_url, "REDIS_URL": REDIS_URL, "AUTHSIDECAR_REDIS_KEY_PREFIX": redis_prefix}
+    env |= {"AUTHSIDECAR_RATE_LIMIT_ENABLED": "true"} | {f"AUTHSIDECAR_{k.upper()}": v for k, v in settings.items()}
     server = start_server(folder, env)
     server.wait_for(SERVING)
     yield server
     assert server.stop() == 0, server.log()
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory, pg_url: str, redis_prefix: str) -> Iterator[Server]:
+    """The default limits, counters in Redis."""
+    yield from _limited_server(tmp_path_factory.mktemp("abuse"), pg_url, redis_prefix)
 
 
 @pytest.fixture
@@ -110,16 +108,7 @@ async def test_without_a_client_ip_only_identifier_limits_apply(stubs: Stubs) ->
 @pytest.fixture
 def guarded(tmp_path: Path, pg_url: str, redis_prefix: str) -> Iterator[Server]:
     """The default limits, with a short account-wide slowdown after 8 failures."""
-    env = {"DATABASE_URL": pg_url, "REDIS_URL": REDIS_URL, "AUTHSIDECAR_REDIS_KEY_PREFIX": redis_prefix}
-    env |= {
-        "AUTHSIDECAR_RATE_LIMIT_ENABLED": "true",
-        "AUTHSIDECAR_LOGIN_FAILURES_PER_ACCOUNT": "8/1h",
-        "AUTHSIDECAR_LOGIN_SLOWDOWN": "0.5",
-    }
-    server = start_server(tmp_path, env)
-    server.wait_for(SERVING)
-    yield server
-    assert server.stop() == 0, server.log()
+    yield from _limited_server(tmp_path, pg_url, redis_prefix, login_failures_per_account="8/1h", login_slowdown="0.5")
 
 
 async def test_brute_force_cannot_lock_the_owner_out(guarded: Server) -> None:
@@ -153,12 +142,7 @@ async def test_brute_force_cannot_lock_the_owner_out(guarded: Server) -> None:
 @pytest.fixture
 def unthrottled_ip(tmp_path: Path, pg_url: str, redis_prefix: str) -> Iterator[Server]:
     """The brute-force guard alone: sign-in's per-IP limit off."""
-    env = {"DATABASE_URL": pg_url, "REDIS_URL": REDIS_URL, "AUTHSIDECAR_REDIS_KEY_PREFIX": redis_prefix}
-    env |= {"AUTHSIDECAR_RATE_LIMIT_ENABLED": "true", "AUTHSIDECAR_RATE_LIMITS": json.dumps({"SignIn": {"ip": "off"}})}
-    server = start_server(tmp_path, env)
-    server.wait_for(SERVING)
-    yield server
-    assert server.stop() == 0, server.log()
+    yield from _limited_server(tmp_path, pg_url, redis_prefix, rate_limits=json.dumps({"SignIn": {"ip": "off"}}))
 
 
 async def test_concurrent_guesses_cannot_overshoot_the_guard(unthrottled_ip: Server) -> None:
@@ -192,16 +176,10 @@ async def test_one_reset_message_per_interval_and_newest_link_only(limited: Serv
 
 @pytest.fixture
 def hygiene(tmp_path: Path, pg_url: str, redis_prefix: str) -> Iterator[Server]:
-    """Limits on, but no mail interval: every request sends its message."""
-    env = {"DATABASE_URL": pg_url, "REDIS_URL": REDIS_URL, "AUTHSIDECAR_REDIS_KEY_PREFIX": redis_prefix}
-    env |= {
-        "AUTHSIDECAR_MAIL_INTERVAL": "0",
-        "AUTHSIDECAR_RATE_LIMITS": json.dumps({"RequestPasswordReset": {"identifier": "off"}}),
-    }
-    server = start_server(tmp_path, env)
-    server.wait_for(SERVING)
-    yield server
-    assert server.stop() == 0, server.log()
+    """Limits on, but no mail interval (every request sends its message), no per-address reset limit and no
+    per-user email-change limit (the tests run several flows in a row)."""
+    rules = json.dumps({"RequestPasswordReset": {"identifier": "off"}, "ChangeEmail": {"identifier": "off"}})
+    yield from _limited_server(tmp_path, pg_url, redis_prefix, mail_interval="0", rate_limits=rules)
 
 
 async def _reset_token(server: Server, stubs: Stubs, email: str) -> str:

@@ -243,18 +243,22 @@ async def _python_client(address: str, pki: Pki, key: str) -> None:
         assert info.value.reason == "CALLER_NOT_ALLOWED"
 
 
-def test_plaintext_on_a_public_address_is_refused(tmp_path: Path) -> None:
-    env = {**clean_env(), "AUTHSIDECAR_LISTEN": f"0.0.0.0:{free_port()}"}
+def _refused_at_start(tmp_path: Path, env: dict[str, str]) -> str:
+    """``serve`` with ``env`` must exit 2 with one clean line; that line."""
     out = subprocess.run(
         [sys.executable, "-m", "authsidecar", "serve"],
-        env=env,
+        env={**clean_env(), **env},
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert out.returncode == 2 and "AUTHSIDECAR_ALLOW_INSECURE" in out.stderr, out.stderr
-    assert "Traceback" not in out.stderr
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    return out.stderr
+
+
+def test_plaintext_on_a_public_address_is_refused(tmp_path: Path) -> None:
+    assert "AUTHSIDECAR_ALLOW_INSECURE" in _refused_at_start(tmp_path, {"AUTHSIDECAR_LISTEN": f"0.0.0.0:{free_port()}"})
 
 
 def test_unix_socket_mode(tmp_path: Path) -> None:
@@ -273,13 +277,5 @@ def test_unix_socket_mode(tmp_path: Path) -> None:
 
 
 def test_rate_limit_rules_are_validated(tmp_path: Path) -> None:
-    env = {**clean_env(), "AUTHSIDECAR_RATE_LIMITS": json.dumps({"SignIn": {"ip": "3 per second"}})}
-    out = subprocess.run(
-        [sys.executable, "-m", "authsidecar", "serve"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 2 and "AUTHSIDECAR_RATE_LIMITS" in out.stderr, out.stderr
+    rules = json.dumps({"SignIn": {"ip": "3 per second"}})
+    assert "AUTHSIDECAR_RATE_LIMITS" in _refused_at_start(tmp_path, {"AUTHSIDECAR_RATE_LIMITS": rules})

@@ -27,6 +27,25 @@ class PasswordChanged:
     token: str | None = None
 
 
+async def verify_current_password(
+    db: Database, hasher: PasswordHasher, guard: LoginGuard, user: User, password: str, ip: str | None
+) -> Account:
+    """The user's credential account, once ``password`` is verified against it: under the brute-force guard (a
+    stolen session must not become a password oracle), in a hashing slot of the client's share. Raises
+    InvalidPassword, or CredentialAccountNotFound when the user has no password."""
+    await guard.before(user.email, ip)
+    with hasher.admitted(client_key(ip) if ip else ""):
+        async with db.transaction(autocommit=True) as tx:
+            account = await tx.get_credential_account(user.id)
+        if account is None or account.password is None:
+            raise CredentialAccountNotFound()
+        if not await hasher.verify(account.password, password):
+            await guard.failed(user.email, ip)
+            raise InvalidPassword()
+    await guard.succeeded(user.email, ip)
+    return account
+
+
 class ProfileService:
     """Self-service account operations; each starts by validating the caller's session token."""
 
@@ -51,19 +70,7 @@ class ProfileService:
         self._clock = clock
 
     async def _check_password(self, user: User, password: str, ip: str | None) -> Account:
-        """The credential account, once ``password`` is verified against it, under the brute-force guard (a stolen
-        session must not become a password oracle) and in a hashing slot of the client's share."""
-        await self._guard.before(user.email, ip)
-        with self._hasher.admitted(client_key(ip) if ip else ""):
-            async with self._db.transaction(autocommit=True) as tx:
-                account = await tx.get_credential_account(user.id)
-            if account is None or account.password is None:
-                raise CredentialAccountNotFound()
-            if not await self._hasher.verify(account.password, password):
-                await self._guard.failed(user.email, ip)
-                raise InvalidPassword()
-        await self._guard.succeeded(user.email, ip)
-        return account
+        return await verify_current_password(self._db, self._hasher, self._guard, user, password, ip)
 
     async def change_password(
         self, token: str, current_password: str, new_password: str, revoke_other_sessions: bool, client: ClientInfo

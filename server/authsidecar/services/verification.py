@@ -32,6 +32,7 @@ from authsidecar.domain.models import CREDENTIAL_PROVIDER, Account, User, Verifi
 from authsidecar.domain.ports import Database, UnitOfWork
 from authsidecar.errors import (
     Conflict,
+    CredentialAccountNotFound,
     InvalidEmail,
     InvalidPassword,
     InvalidToken,
@@ -45,7 +46,8 @@ from authsidecar.security.passwords import PasswordHasher
 from authsidecar.security.tokens import alphanumeric
 from authsidecar.services.accounts import AuthResult
 from authsidecar.services.clock import Clock, utc_now
-from authsidecar.services.limits import OUTSTANDING_LINKS, Limits, LoginGuard, MailThrottle, client_key
+from authsidecar.services.limits import OUTSTANDING_LINKS, Limits, LoginGuard, MailThrottle
+from authsidecar.services.profile import verify_current_password
 from authsidecar.services.rules import CredentialRules, normalize_email
 from authsidecar.services.sessions import ClientInfo, SessionManager
 
@@ -310,15 +312,11 @@ class AccountFlows:
         self._outbox.submit_message(self._message(APPROVE_EMAIL_CHANGE, user.email, user, token, expires))
 
     async def _password_ok(self, user: User, password: str, ip: str | None) -> bool:
-        """Check the current password under the brute-force guard (raises InvalidPassword when wrong)."""
-        await self._guard.before(user.email, ip)
-        with self._hasher.admitted(client_key(ip) if ip else ""):
-            async with self._db.transaction(autocommit=True) as tx:
-                account = await tx.get_credential_account(user.id)
-            if account is None or account.password is None or not await self._hasher.verify(account.password, password):
-                await self._guard.failed(user.email, ip)
-                raise InvalidPassword()
-        await self._guard.succeeded(user.email, ip)
+        """Check the current password (raises InvalidPassword when wrong or when the user has none)."""
+        try:
+            await verify_current_password(self._db, self._hasher, self._guard, user, password, ip)
+        except CredentialAccountNotFound:
+            raise InvalidPassword() from None
         return True
 
     async def _confirm_new_address(self, tx: UnitOfWork, user: User, new_email: str, throttled: bool = True) -> None:
