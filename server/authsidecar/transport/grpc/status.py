@@ -111,8 +111,9 @@ def tolerant(deserializer: Callable[[bytes], Any], fallback: Callable[[], Any] |
 
 
 def rpc(method: Handler[Self, Req, Resp]) -> Handler[Self, Req, Resp]:
-    """Wrap a servicer method: domain errors become their status; anything else becomes INTERNAL with a
-    request id that is logged with the traceback (never sent to the client)."""
+    """Wrap a servicer method: the caller is checked (when callers are configured) and a malformed request
+    refused; domain errors become their status; anything else becomes INTERNAL with a request id that is logged
+    with the traceback (never sent to the client)."""
 
     name = method.__name__
 
