@@ -65,6 +65,9 @@ class RecordingSender:
     async def send(self, message: Message) -> None:
         self.messages.append(message)
 
+    async def close(self) -> None:
+        pass
+
 
 @dataclass
 class Backend:

@@ -73,6 +73,7 @@ class DeliveryQueue:
         with contextlib.suppress(asyncio.CancelledError):
             await self._worker
         self._worker = None
+        await self._sender.close()
 
     async def _run(self) -> None:
         while True:
