@@ -279,6 +279,7 @@ def build_sender(settings: Settings) -> Sender:
             settings.mail_body_template,
             settings.smtp_timeout,
             settings.mail_notice_template,
+            settings.smtp_ca_file,
         )
     if settings.delivery == "webhook":
         if not (settings.webhook_url and settings.webhook_secret):

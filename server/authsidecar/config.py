@@ -210,6 +210,9 @@ class Settings(BaseSettings):
     smtp_password: SecretStr | None = None
     smtp_from: str = "authsidecar <no-reply@localhost>"
     smtp_timeout: Annotated[float, Field(gt=0, le=120)] = 10.0
+    smtp_ca_file: str | None = Field(
+        None, description="PEM CA bundle the SMTP server's certificate must chain to (default: the system's)"
+    )
     mail_subject_verify_email: str = "Verify your email address"
     mail_subject_change_email: str = "Confirm your new email address"
     mail_subject_approve_email_change: str = "Approve the change of your email address"

@@ -62,7 +62,9 @@ class SmtpSender:
         body_template: str,
         timeout: float,
         notice_template: str = "Hello {name},\n\nthe email address of your account is now {detail}.\n",
+        ca_file: str | None = None,
     ) -> None:
+        self._ca_file = ca_file
         self._host, self._port, self._security = host, port, security
         self._username, self._password = username, password
         self._sender, self._subjects, self._body = sender, subjects, body_template
@@ -103,7 +105,7 @@ class SmtpSender:
                 password=self._password if self._username else None,
                 use_tls=self._security == "ssl",
                 start_tls=self._security == "starttls",
-                tls_context=ssl.create_default_context() if self._security != "none" else None,
+                tls_context=ssl.create_default_context(cafile=self._ca_file) if self._security != "none" else None,
                 timeout=self._timeout,
             )
         except (OSError, aiosmtplib.SMTPException, TimeoutError) as exc:
