@@ -41,6 +41,7 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 PASSWORD = "correct horse battery"
 NEW_PASSWORD = "another horse battery"
 MODES = {"sql+redis": (True, True), "redis-only": (True, False), "sql-only": (False, True)}
+REDIS_MODES = ["sql+redis", "redis-only"]  # the modes with Redis documents
 
 
 @dataclass
@@ -415,11 +416,10 @@ async def test_sliding_refresh_is_shared(mode: str, tmp_path: Path) -> None:
             await stubs.channel.close()
 
 
+@pytest.mark.parametrize("pair", REDIS_MODES, indirect=True)
 async def test_a_document_written_back_after_a_revocation_is_deleted_again(pair: Pair, stubs: Stubs) -> None:
     """Better Auth refreshes a session by reading its document and writing it back; a sign-out here that lands in
     between would be undone. The document is deleted again shortly after, so the revocation holds."""
-    if not pair.redis:
-        pytest.skip("no Redis documents in this mode")
     email = _email()
     _app_sign_up(pair, email)
     ours = await stubs.auth.SignIn(auth_pb.SignInRequest(email=email, password=PASSWORD))
@@ -521,10 +521,9 @@ async def _set_hash(url: str, email: str, encoded: str) -> None:
         await conn.close()
 
 
+@pytest.mark.parametrize("pair", REDIS_MODES, indirect=True)
 async def test_profile_change_written_back_by_the_app_is_rewritten(pair: Pair, stubs: Stubs) -> None:
     """The app's refresh can write an old user snapshot back after a profile change; it is rewritten again."""
-    if not pair.redis:
-        pytest.skip("no Redis documents in this mode")
     email = _email()
     _, cookie = _app_sign_up(pair, email)
     ours = await stubs.auth.SignIn(auth_pb.SignInRequest(email=email, password=PASSWORD))

@@ -17,10 +17,9 @@ from grpc_health.v1 import health_pb2
 from authsidecar_client.v1 import auth_service_pb2 as auth_pb
 from tests.e2e.conftest import Server, clean_env, free_port, start_server, stubs_for
 from tests.e2e.test_delivery import Mailbox
-from tests.e2e.test_transport_security import OPENSSL, Pki
+from tests.e2e.test_transport_security import Pki
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
-pytestmark = pytest.mark.skipif(OPENSSL is None, reason="openssl makes the test certificates")
 
 
 @pytest.fixture
