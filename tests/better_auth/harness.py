@@ -54,6 +54,8 @@ class BetterAuthApp:
     """The Node process and its HTTP API."""
 
     def __init__(self, port: int, env: dict[str, str], log_path: Path) -> None:
+        if not installed():  # a missing app is a failure, not a skip: the tests exist to run against it
+            raise RuntimeError("better-auth is not installed in .tools/: run `make test`, which installs it (npm)")
         self.port = port
         self.base = f"http://127.0.0.1:{port}"
         self.log_path = log_path

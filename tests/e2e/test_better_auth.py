@@ -26,7 +26,7 @@ from grpc_health.v1 import health_pb2
 from authsidecar_client import AuthClient, AuthSidecarError
 from authsidecar_client.v1 import auth_service_pb2 as auth_pb
 from authsidecar_client.v1 import session_service_pb2 as session_pb
-from tests.better_auth.harness import SCRYPT_HASH, SECRET, BetterAuthApp, installed, token_in_log
+from tests.better_auth.harness import SCRYPT_HASH, SECRET, BetterAuthApp, token_in_log
 from tests.conftest import REDIS_URL, create_pg_database, drop_pg_database, migrate
 from tests.e2e.conftest import RedisProcess, Server, Stubs, error_details, free_port, start_server, stubs_for
 from tests.e2e.test_grpcurl import grpcurl
@@ -34,7 +34,6 @@ from tests.e2e.test_grpcurl import grpcurl
 pytestmark = [
     pytest.mark.postgres,
     pytest.mark.redis,
-    pytest.mark.skipif(not installed(), reason="better-auth is installed by `make test` into .tools/"),
 ]
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
