@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import IO
 
+import httpx
+
 from authsidecar.cache import MemorySessionCache, NullSessionCache, RedisSessionCache, ResilientSessionCache
 from authsidecar.cache.better_auth import BetterAuthRedis
 from authsidecar.cache.integrity import DocumentSigner, derive_key
@@ -19,8 +21,15 @@ from authsidecar.cache.redis import connect_redis
 from authsidecar.cache.resp import PipelinedGetClient
 from authsidecar.config import ConfigError, Settings
 from authsidecar.delivery import DeliveryQueue, LogSender, Sender, SmtpSender, WebhookSender
+from authsidecar.delivery.senders import http_client
 from authsidecar.domain.ports import Database, SessionCache
 from authsidecar.errors import AuthSidecarError, BackendUnavailable
+from authsidecar.hooks.context import tracking
+from authsidecar.hooks.database import HookedDatabase
+from authsidecar.hooks.dispatcher import OutboxDispatcher
+from authsidecar.hooks.payloads import Payloads
+from authsidecar.hooks.setup import HookSetup, build_hooks
+from authsidecar.plugins.base import PluginHost
 from authsidecar.security.cookie_cache import CookieCache
 from authsidecar.security.cookies import SessionCookies
 from authsidecar.security.ids import id_generator
@@ -41,6 +50,7 @@ from authsidecar.storage.better_auth import BetterAuthDatabase
 from authsidecar.storage.database import SqlDatabase, create_database
 from authsidecar.storage.errors import translate_error
 from authsidecar.storage.migrate import schema_status
+from authsidecar.storage.outbox import SqlOutbox
 from authsidecar.storage.schema import Schema
 from authsidecar.storage.urls import DatabaseTarget, resolve_database_url
 from authsidecar.transport.grpc.callers import Caller, CallerPolicy
@@ -259,7 +269,7 @@ def lock_sqlite(settings: Settings) -> IO[bytes] | None:
     return handle
 
 
-def build_sender(settings: Settings) -> Sender:
+def build_sender(settings: Settings, client: httpx.AsyncClient | None = None) -> Sender:
     """The configured message delivery."""
     if settings.delivery == "smtp":
         return SmtpSender(
@@ -286,7 +296,9 @@ def build_sender(settings: Settings) -> Sender:
             raise ConfigError(
                 "invalid configuration: AUTHSIDECAR_WEBHOOK_URL: webhook delivery needs a URL and a secret"
             )
-        return WebhookSender(settings.webhook_url, settings.webhook_secret.get_secret_value(), settings.webhook_timeout)
+        return WebhookSender(
+            settings.webhook_url, settings.webhook_secret.get_secret_value(), settings.webhook_timeout, client
+        )
     return LogSender()
 
 
@@ -316,6 +328,9 @@ class App:
     shared_redis: BetterAuthRedis | None = None
     better_auth_store: BetterAuthDatabase | None = None
     limits: Limits | None = None
+    http: httpx.AsyncClient | None = None
+    hooks: HookSetup | None = None
+    dispatcher: OutboxDispatcher | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -324,8 +339,17 @@ class App:
         policy = build_session_policy(settings)
         database = build_database(settings)
         hasher = build_hasher(settings)
-        outbox = DeliveryQueue(build_sender(settings), settings.delivery_queue_size, settings.delivery_attempts)
+        http = http_client()  # every outgoing HTTP call of this process: delivery webhooks and hooks
+        outbox = DeliveryQueue(build_sender(settings, http), settings.delivery_queue_size, settings.delivery_attempts)
         registry = database.schema.registry
+        hooks = build_hooks(settings, http)
+
+        def hooked(store: Database) -> Database:
+            if not hooks.runner:
+                return store
+            tracking.on = True
+            return HookedDatabase(store, hooks.runner, Payloads(registry))
+
         session_fields = ExtraFieldRules(registry.session).for_create({})
         try:
             ids = id_generator(str(settings.db_schema.generate_id))
@@ -345,6 +369,7 @@ class App:
             store = better_auth_store = BetterAuthDatabase(
                 database, shared, in_sql, settings.store_verification_in_database or shared is None, utc_now
             )
+            store = hooked(store)
             cache: SessionCache = NullSessionCache()
             tokens: TokenPolicy = PlainTokenPolicy()
             coherence = CacheCoherence(
@@ -376,9 +401,8 @@ class App:
             coherence = CacheCoherence(
                 cache, tokens, settings.cache_trust_seconds, settings.invalidation_bound, settings.outage_grace
             )
-            sessions = SessionManager(
-                database, cache, tokens, policy, coherence, session_fields=session_fields, ids=ids
-            )
+            store = hooked(database)
+            sessions = SessionManager(store, cache, tokens, policy, coherence, session_fields=session_fields, ids=ids)
         database.add_commit_listener(coherence.committed)
         rules = CredentialRules(settings.password_min_length, settings.password_max_length)
         limits, guard, mail = build_limits(settings)
@@ -417,7 +441,28 @@ class App:
         convert = Converter(registry)
         auth_servicer = AuthServicer(accounts, sessions, flows, profile, convert)
         session_servicer = SessionServicer(sessions, convert)
-        auth_servicer.callers = session_servicer.callers = build_callers(settings)
+        callers = build_callers(settings)
+        auth_servicer.callers = session_servicer.callers = callers
+        host = PluginHost(
+            settings,
+            store,
+            database,
+            sessions,
+            hasher,
+            limits,
+            guard,
+            hooks.runner,
+            {"convert": convert, "callers": callers, "accounts": accounts, "profile": profile},
+        )
+        extra = []
+        for name, plugin in settings.enabled_plugins():
+            try:
+                parts = plugin.setup(host)
+            except ValueError as exc:
+                raise ConfigError(f"invalid configuration: plugins.{name}: {exc}") from None
+            extra += [(service.name, service.add, service.servicer) for service in parts.services]
+            if parts.sign_in_gate is not None:
+                accounts.gate = parts.sign_in_gate
         server = GrpcServer(
             auth_servicer,
             session_servicer,
@@ -425,8 +470,32 @@ class App:
             reuse_port=settings.reuse_port,
             tls=build_tls(settings),
             socket_mode=int(settings.socket_mode, 8),
+            extra=extra,
         )
-        return cls(settings, database, cache, hasher, server, outbox, coherence, shared, better_auth_store, limits)
+        dispatcher = None
+        if hooks.targets:
+            dispatcher = OutboxDispatcher(
+                SqlOutbox(database),
+                hooks.targets,
+                settings.outbox_max_attempts,
+                settings.outbox_poll_interval,
+            )
+            database.add_outbox_listener(dispatcher.wake)
+        return cls(
+            settings,
+            database,
+            cache,
+            hasher,
+            server,
+            outbox,
+            coherence,
+            shared,
+            better_auth_store,
+            limits,
+            http,
+            hooks,
+            dispatcher,
+        )
 
     async def start(self) -> None:
         """Start serving; health follows the database's reachability.
@@ -462,6 +531,8 @@ class App:
             self._tasks.append(asyncio.create_task(self.coherence.follow(self.database), name="invalidations"))
         if self.settings.cleanup_interval:
             self._tasks.append(asyncio.create_task(self._cleanup_periodically(), name="cleanup"))
+        if self.dispatcher is not None:
+            self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="outbox"))
 
     def _unsupported_ids(self) -> str | None:
         """Database-made UUIDs are read back with INSERT ... RETURNING, which MySQL (unlike MariaDB) lacks."""
@@ -519,6 +590,9 @@ class App:
         await self.server.stop(self.settings.shutdown_grace)
         self.coherence.stop()
         await self._stop_tasks(("invalidations",), cancel=False)
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+            await self._stop_tasks(("outbox",), cancel=False)
         await self._stop_tasks()
         await self.outbox.stop(self.settings.shutdown_grace)
         await self.close_resources()
@@ -550,6 +624,10 @@ class App:
             await self.shared_redis.close()
         if self.limits is not None:
             await self.limits.close()
+        if self.hooks is not None and self.hooks.stream is not None:
+            await self.hooks.stream.close()
+        if self.http is not None:
+            await self.http.aclose()
         await self.database.close()
         self.hasher.close()
 

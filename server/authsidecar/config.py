@@ -10,7 +10,16 @@ from __future__ import annotations
 import os
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -20,7 +29,9 @@ from pydantic_settings import (
 
 from authsidecar.cache.ratelimit import Limit
 from authsidecar.domain.fields import Registry
-from authsidecar.schema_config import SchemaSettings
+from authsidecar.plugins.base import Plugin
+from authsidecar.plugins.loader import extend_registry, load_plugin
+from authsidecar.schema_config import ModelSchema, SchemaSettings
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
@@ -66,6 +77,57 @@ class CallerSettings(BaseModel):
         if unknown:
             raise ValueError(f"unknown RPC {unknown[0]!r}")
         return value
+
+
+class HookSettings(BaseModel):
+    """One hook (``[[hooks]]``): a Python callable (``call``) or a webhook (``url``), run before or after the
+    changes its ``events`` name ("user.create", "session.*", "*.delete", "*")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    events: list[str] = Field(min_length=1)
+    when: Literal["before", "after"]
+    call: str | None = Field(None, description='"package.module:function", async or sync')
+    url: str | None = Field(None, description="webhook URL (http or https)")
+    secret: SecretStr | None = Field(None, description="webhook HMAC key (default: AUTHSIDECAR_WEBHOOK_SECRET)")
+    timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
+    on_failure: Literal["reject", "continue"] = Field(
+        "reject", description="before hooks that cannot be run: refuse the change (reject) or go on"
+    )
+
+    @field_validator("events")
+    @classmethod
+    def _check_events(cls, value: list[str]) -> list[str]:
+        from authsidecar.hooks.runner import check_pattern
+
+        return [check_pattern(pattern) for pattern in value]
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> HookSettings:
+        if (self.call is None) == (self.url is None):
+            raise ValueError("set exactly one of call (a Python function) and url (a webhook)")
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError("url must be http:// or https://")
+        if self.call is not None:
+            from authsidecar.hooks.runner import import_callable
+
+            import_callable(self.call)  # every command refuses a hook that cannot be imported
+        return self
+
+
+class PluginSettings(BaseModel):
+    """``[plugins.<name>]``: a plugin is on when its table is present (``enabled = false`` turns it off); its
+    ``[plugins.<name>.schema.<model>]`` tables rename its tables and columns like ``[schema.<model>]``; every
+    other key is the plugin's own option."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+
+    enabled: bool = True
+    plugin_schema: dict[str, ModelSchema] = Field(default_factory=dict, alias="schema")
+
+    def options(self) -> dict[str, Any]:
+        """The plugin's own options."""
+        return dict(self.model_extra or {})
 
 
 class Settings(BaseSettings):
@@ -287,6 +349,28 @@ class Settings(BaseSettings):
         description="named calling services and the RPCs each may call ([callers.<name>]); none: no caller checks",
     )
     reuse_port: bool = Field(False, description="SO_REUSEPORT: several server processes may share the port")
+    hooks: list[HookSettings] = Field(
+        default_factory=list,
+        description="database hooks ([[hooks]]: events, when, call or url); see the README's Hooks section",
+    )
+    event_stream: Literal["off", "redis"] = Field(
+        "off", description='"redis": publish every after event to a Redis Stream (needs REDIS_URL)'
+    )
+    event_stream_key: str = Field(
+        "events", min_length=1, max_length=128, description="the stream's key, after redis_key_prefix"
+    )
+    event_stream_max_length: Annotated[int, Field(ge=100, le=100_000_000)] = Field(
+        100_000, description="the stream is trimmed to about this many entries"
+    )
+    outbox_max_attempts: Annotated[int, Field(ge=1, le=1000)] = Field(
+        50, description="failed deliveries of an after event before it is given up (back-off up to 5 minutes)"
+    )
+    outbox_poll_interval: Annotated[float, Field(gt=0, le=60)] = Field(
+        1.0, description="seconds between outbox reads when nothing new was committed by this instance"
+    )
+    plugins: dict[str, PluginSettings] = Field(
+        default_factory=dict, description="plugins to load, by entry point name ([plugins.two_factor])"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("secret")
@@ -365,8 +449,28 @@ class Settings(BaseSettings):
         )
 
     def registry(self) -> Registry:
-        """The field registry of the configured schema."""
-        return self.db_schema.registry()
+        """The field registry of the configured schema, with the enabled plugins' fields and tables."""
+        registry = self.db_schema.registry()
+        for name, plugin in self.enabled_plugins():
+            try:
+                registry = extend_registry(
+                    registry, name, plugin.schema(), self.plugins[name].plugin_schema, self.db_schema.use_plural
+                )
+            except ValueError as exc:
+                raise ConfigError(f"invalid configuration: plugins.{name}: {exc}") from None
+        return registry
+
+    def enabled_plugins(self) -> list[tuple[str, Plugin]]:
+        """The enabled plugins, built with their options, in configuration order; raises ConfigError."""
+        plugins = []
+        for name, conf in self.plugins.items():
+            if not conf.enabled:
+                continue
+            try:
+                plugins.append((name, load_plugin(name, conf.options())))
+            except ValueError as exc:
+                raise ConfigError(f"invalid configuration: plugins.{name}: {exc}") from None
+        return plugins
 
     @property
     def effective_hash_max_pending(self) -> int:
@@ -422,4 +526,5 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError("invalid configuration: AUTHSIDECAR_LINK_URL_TEMPLATE: must contain {token}")
     if settings.password_min_length > settings.password_max_length:
         raise ConfigError("invalid configuration: AUTHSIDECAR_PASSWORD_MIN_LENGTH: greater than password_max_length")
+    settings.registry()  # every command refuses a plugin that is missing or misconfigured
     return settings

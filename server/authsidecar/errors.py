@@ -26,6 +26,8 @@ Every class has a stable machine ``reason`` (the ErrorInfo.reason clients switch
     │   └── UserNotFound                USER_NOT_FOUND
     ├── TooManyRequests                 TOO_MANY_REQUESTS      (carries retry_after)
     ├── BackendUnavailable              BACKEND_UNAVAILABLE    (carries retry_after)
+    │   └── HookFailed                  HOOK_FAILED
+    ├── HookRejected                    HOOK_REJECTED          (its gRPC status is the hook's choice)
     └── Conflict                        INTERNAL (storage: unique constraint violated; services translate it,
                                                   so one reaching a client is a bug)
 """
@@ -35,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "HOOK_STATUSES",
     "AlreadyExists",
     "AuthSidecarError",
     "BackendUnavailable",
@@ -46,6 +49,8 @@ __all__ = [
     "FailedPrecondition",
     "FieldNotAllowed",
     "FieldViolation",
+    "HookFailed",
+    "HookRejected",
     "InvalidArgument",
     "InvalidCredentials",
     "InvalidEmail",
@@ -305,3 +310,37 @@ class Conflict(AuthSidecarError):
     def __init__(self, constraint: str | None = None) -> None:
         self.constraint = constraint
         super().__init__(f"unique constraint violated: {constraint or 'unknown'}")
+
+
+# The statuses a hook may answer with: those a client can act on (never OK, INTERNAL, UNKNOWN, ...).
+HOOK_STATUSES = frozenset(
+    {
+        "INVALID_ARGUMENT",
+        "FAILED_PRECONDITION",
+        "PERMISSION_DENIED",
+        "UNAUTHENTICATED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "RESOURCE_EXHAUSTED",
+        "ABORTED",
+        "UNAVAILABLE",
+    }
+)
+
+
+class HookRejected(AuthSidecarError):
+    """A before hook refused the change; ``status`` is the gRPC status name it chose (one of HOOK_STATUSES)."""
+
+    reason = "HOOK_REJECTED"
+    default_message = "rejected by a hook"
+
+    def __init__(self, message: str | None = None, status: str = "PERMISSION_DENIED") -> None:
+        self.status = status if status in HOOK_STATUSES else "PERMISSION_DENIED"
+        super().__init__(message)
+
+
+class HookFailed(BackendUnavailable):
+    """A before hook could not be run and hooks fail closed; retry later."""
+
+    reason = "HOOK_FAILED"
+    default_message = "a hook could not be run; nothing was changed, retry later"

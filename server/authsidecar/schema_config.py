@@ -242,5 +242,10 @@ class SchemaSettings(BaseModel):
 
     def registry(self) -> Registry:
         """The field registry for this configuration."""
-        models = {name: self.model(name) for name in BUILTIN_MODELS}
-        return Registry(**models, generate_id=str(self.generate_id))
+        return Registry(
+            user=self.model("user"),
+            session=self.model("session"),
+            account=self.model("account"),
+            verification=self.model("verification"),
+            generate_id=str(self.generate_id),
+        )

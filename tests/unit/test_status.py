@@ -81,6 +81,8 @@ CASES: list[tuple[errors.AuthSidecarError, grpc.StatusCode, str]] = [
     (errors.CallerNotAuthenticated(), Code.UNAUTHENTICATED, "CALLER_NOT_AUTHENTICATED"),
     (errors.PermissionDenied(), Code.PERMISSION_DENIED, "PERMISSION_DENIED"),
     (errors.CallerNotAllowed(), Code.PERMISSION_DENIED, "CALLER_NOT_ALLOWED"),
+    (errors.HookRejected("not from this domain", "INVALID_ARGUMENT"), Code.INVALID_ARGUMENT, "HOOK_REJECTED"),
+    (errors.HookFailed(), Code.UNAVAILABLE, "HOOK_FAILED"),
 ]
 
 

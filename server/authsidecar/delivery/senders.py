@@ -17,7 +17,16 @@ import httpx
 from authsidecar.cache.codec import iso
 from authsidecar.delivery.messages import Message
 
-__all__ = ["DeliveryError", "LogSender", "Sender", "SmtpSender", "WebhookSender", "webhook_signature"]
+__all__ = [
+    "DeliveryError",
+    "LogSender",
+    "Sender",
+    "SmtpSender",
+    "WebhookSender",
+    "http_client",
+    "signed_post",
+    "webhook_signature",
+]
 
 log = logging.getLogger("authsidecar.delivery")
 
@@ -120,17 +129,42 @@ def webhook_signature(secret: bytes, timestamp: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
+def http_client(max_connections: int = 32) -> httpx.AsyncClient:
+    """The pooled async HTTP client every outgoing call of a process shares (keep-alive; each call passes its
+    own timeout, which bounds connect, read and write; no redirects: a signed body goes where it was sent)."""
+    return httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections // 2),
+        follow_redirects=False,
+    )
+
+
+async def signed_post(
+    client: httpx.AsyncClient, url: str, secret: bytes, body: bytes, time_limit: float, event_id: str | None = None
+) -> httpx.Response:
+    """POST a JSON body signed like every webhook of ours (X-Authsidecar-Timestamp / -Signature)."""
+    timestamp = str(int(time.time()))
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "authsidecar-webhook",
+        "X-Authsidecar-Timestamp": timestamp,
+        "X-Authsidecar-Signature": webhook_signature(secret, timestamp, body),
+    }
+    if event_id:
+        headers["X-Authsidecar-Event-Id"] = event_id
+    return await client.post(url, content=body, headers=headers, timeout=time_limit)
+
+
 class WebhookSender:
     """HTTP POST of a JSON event, signed with HMAC-SHA256 (headers X-Authsidecar-Timestamp/-Signature), through
     one pooled httpx client."""
 
-    def __init__(self, url: str, secret: str, timeout: float) -> None:
+    def __init__(self, url: str, secret: str, timeout: float, client: httpx.AsyncClient | None = None) -> None:
         self._url = url
         self._secret = secret.encode()
-        # One pooled async client for every delivery (keep-alive; the timeout bounds connect, read and write).
-        self._client = httpx.AsyncClient(
-            timeout=timeout, limits=httpx.Limits(max_connections=8, max_keepalive_connections=4), follow_redirects=False
-        )
+        self._timeout = timeout
+        # The process's pooled HTTP client (shared with the hooks), or one of its own.
+        self._own = client is None
+        self._client = client or http_client()
 
     def payload(self, message: Message) -> bytes:
         """The event body."""
@@ -151,20 +185,14 @@ class WebhookSender:
     async def send(self, message: Message) -> None:
         """POST; any non-2xx answer is a failure."""
         body = self.payload(message)
-        timestamp = str(int(time.time()))
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": "authsidecar-webhook",
-            "X-Authsidecar-Timestamp": timestamp,
-            "X-Authsidecar-Signature": webhook_signature(self._secret, timestamp, body),
-        }
         try:
-            response = await self._client.post(self._url, content=body, headers=headers)
+            response = await signed_post(self._client, self._url, self._secret, body, self._timeout)
         except httpx.HTTPError as exc:
             raise DeliveryError(f"webhook: {type(exc).__name__}") from exc
         if not response.is_success:
             raise DeliveryError(f"webhook answered {response.status_code}")
 
     async def close(self) -> None:
-        """Close the pooled connections."""
-        await self._client.aclose()
+        """Close the pooled connections (when the client is this sender's own)."""
+        if self._own:
+            await self._client.aclose()

@@ -188,13 +188,14 @@ BUILTIN_MODELS: dict[str, ModelDef] = {
 
 @dataclass(frozen=True, slots=True)
 class Registry:
-    """The four models as configured."""
+    """The four models as configured, and the tables of enabled plugins (``plugin_models``)."""
 
     user: ModelDef = BUILTIN_MODELS["user"]
     session: ModelDef = BUILTIN_MODELS["session"]
     account: ModelDef = BUILTIN_MODELS["account"]
     verification: ModelDef = BUILTIN_MODELS["verification"]
     generate_id: str = "random"
+    plugin_models: tuple[ModelDef, ...] = ()
 
     @property
     def uuid_ids(self) -> bool:
@@ -202,10 +203,15 @@ class Registry:
         return self.generate_id in ("uuid", "uuid7", "false")
 
     def models(self) -> tuple[ModelDef, ...]:
-        """In creation order (referenced tables first)."""
-        return (self.user, self.session, self.account, self.verification)
+        """In creation order (referenced tables first): the core models, then the plugins'."""
+        return (self.user, self.session, self.account, self.verification, *self.plugin_models)
 
     def model(self, name: str) -> ModelDef:
-        """A model by logical name."""
-        model: ModelDef = getattr(self, name)
-        return model
+        """A model by logical name (core or plugin)."""
+        if name in BUILTIN_MODELS:
+            model: ModelDef = getattr(self, name)
+            return model
+        for model in self.plugin_models:
+            if model.name == name:
+                return model
+        raise KeyError(name)

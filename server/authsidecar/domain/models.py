@@ -16,6 +16,8 @@ __all__ = [
     "Account",
     "Extra",
     "Invalidations",
+    "OutboxEntry",
+    "OutboxRow",
     "Session",
     "SessionWithUser",
     "User",
@@ -156,3 +158,28 @@ class Verification:
     expires_at: datetime
     created_at: datetime
     updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """An after event bound for one target (a hook, the event stream), written in the transaction of the change.
+
+    ``key`` orders delivery: entries with the same key reach a target in commit order (the user's id, so a
+    user's events arrive in order). ``payload`` is the event's JSON text, with no secret in it.
+    """
+
+    target: str
+    key: str
+    payload: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A stored outbox entry awaiting delivery."""
+
+    seq: int
+    target: str
+    key: str
+    payload: str
+    attempts: int
+    next_attempt_at: datetime

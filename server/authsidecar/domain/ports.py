@@ -7,9 +7,18 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Protocol
 
-from authsidecar.domain.models import Account, Invalidations, Session, SessionWithUser, User, Verification
+from authsidecar.domain.models import (
+    Account,
+    Invalidations,
+    OutboxEntry,
+    OutboxRow,
+    Session,
+    SessionWithUser,
+    User,
+    Verification,
+)
 
-__all__ = ["Database", "InvalidationLog", "SessionCache", "UnitOfWork"]
+__all__ = ["Database", "InvalidationLog", "Outbox", "SessionCache", "UnitOfWork"]
 
 
 class UnitOfWork(Protocol):
@@ -20,9 +29,10 @@ class UnitOfWork(Protocol):
     listeners afterwards. Services never invalidate caches by hand.
     """
 
-    async def insert_user(self, user: User) -> str:
-        """Insert a user; raises Conflict on a duplicate email. Returns its id: ``user.id``, or the one the
-        database assigned when ``user.id`` is empty (``generate_id`` false / "serial"); likewise below."""
+    async def insert_user(self, user: User) -> User:
+        """Insert a user; raises Conflict on a duplicate email. Returns the user as stored: with the id the
+        database assigned when ``user.id`` is empty (``generate_id`` false / "serial"), and whatever a before
+        hook changed; likewise for sessions."""
 
     async def get_user_with_credential(self, email: str) -> tuple[User, Account | None] | None:
         """The user with that (normalised) email and their credential account, if any."""
@@ -72,17 +82,20 @@ class UnitOfWork(Protocol):
     async def get_credential_account(self, user_id: str) -> Account | None:
         """The user's email/password account."""
 
-    async def update_account_password(self, account_id: str, password_hash: str, now: datetime) -> None:
+    async def update_account_password(self, account: Account, password_hash: str, now: datetime) -> None:
         """Replace an account's password hash."""
 
     async def lock_credential(self, account_id: str, password_hash: str) -> bool:
         """Lock the account row until the transaction ends; True if its password hash is still ``password_hash``."""
 
-    async def insert_session(self, session: Session) -> str:
-        """Insert a session row; returns its id."""
+    async def insert_session(self, session: Session) -> Session:
+        """Insert a session row; returns it as stored."""
 
-    async def refresh_session(self, stored_token: str, expires_at: datetime, now: datetime) -> bool:
+    async def refresh_session(self, session: Session, expires_at: datetime, now: datetime) -> bool:
         """Extend a session; False when it no longer exists."""
+
+    async def get_session(self, stored_token: str) -> Session | None:
+        """The session with that stored token (expired or not)."""
 
     async def delete_session_by_token(self, stored_token: str) -> Session | None:
         """Delete one session by token; returns what was deleted."""
@@ -95,6 +108,9 @@ class UnitOfWork(Protocol):
 
     async def list_user_sessions(self, user_id: str, now: datetime) -> list[Session]:
         """The user's unexpired sessions, newest first."""
+
+    def record_event(self, entry: OutboxEntry) -> None:
+        """Write an outbox entry in this transaction (at its end, numbered in commit order)."""
 
 
 class InvalidationLog(Protocol):
@@ -114,11 +130,36 @@ class InvalidationLog(Protocol):
         cannot announce entries (then polling alone applies)."""
 
 
+class Outbox(Protocol):
+    """The delivery side of the transactional outbox."""
+
+    async def pending(self, limit: int) -> list[OutboxRow]:
+        """The oldest undelivered, live entries, in commit order (due or not)."""
+
+    async def delivered(self, seqs: list[int]) -> None:
+        """Remove delivered entries."""
+
+    async def failed(self, seq: int, attempts: int, next_attempt_at: datetime, error: str, dead: bool) -> None:
+        """Record a failed attempt; ``dead``: give up on the entry (it stays, for inspection)."""
+
+    async def acquire_lease(self, holder: str, now: datetime, until: datetime) -> bool:
+        """Take or renew the delivery lease until ``until``; False when another holder's lease is live."""
+
+    async def release_lease(self, holder: str) -> None:
+        """Give the lease up (at shutdown)."""
+
+    async def backlog(self) -> tuple[int, int]:
+        """(live entries, dead entries)."""
+
+
 class Database(InvalidationLog, Protocol):
     """The store of record."""
 
     def add_commit_listener(self, listener: Callable[[Invalidations], Awaitable[None]]) -> None:
         """Call ``listener`` after every commit of this process that logged invalidations."""
+
+    def add_outbox_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after every commit of this process that wrote outbox entries."""
 
     def transaction(self, autocommit: bool = False) -> AbstractAsyncContextManager[UnitOfWork]:
         """Open a transaction; commits when the block exits cleanly, rolls back otherwise.

@@ -11,7 +11,8 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol
 
 from authsidecar.domain.models import CREDENTIAL_PROVIDER, Account, Session, SessionWithUser, User
 from authsidecar.domain.ports import Database
@@ -31,7 +32,7 @@ from authsidecar.services.limits import Limits, LoginGuard, client_key
 from authsidecar.services.rules import CredentialRules, normalize_email
 from authsidecar.services.sessions import ClientInfo, SessionManager
 
-__all__ = ["AccountService", "AuthResult", "VerificationPolicy"]
+__all__ = ["AccountService", "AuthResult", "Challenge", "SignInGate", "VerificationPolicy"]
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +48,30 @@ class VerificationPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class Challenge:
+    """A sign-in that needs one more step (a second factor): ``token`` completes it with one of ``methods``."""
+
+    kind: str
+    token: str
+    methods: tuple[str, ...]
+    expires_at: datetime
+
+
+class SignInGate(Protocol):
+    """Decides, once the password is right, whether the sign-in needs one more step (plugins provide it)."""
+
+    async def challenge(self, user: User, client: ClientInfo, remember_me: bool) -> Challenge | None:
+        """A challenge instead of a session, or None to sign in now."""
+
+
+@dataclass(frozen=True, slots=True)
 class AuthResult:
-    """A user and, when one was created, a session with its bearer token."""
+    """A user and, when one was created, a session with its bearer token; or a challenge (no session yet)."""
 
     user: User
     session: Session | None = None
     token: str | None = None
+    challenge: Challenge | None = None
 
 
 class AccountService:
@@ -83,6 +102,7 @@ class AccountService:
         self._clock = clock
         self._verification = verification or VerificationPolicy()
         self._user_fields = user_fields or ExtraFieldRules.none()
+        self.gate: SignInGate | None = None  # a plugin's second step after the password (two_factor)
 
     async def sign_up(
         self,
@@ -132,11 +152,11 @@ class AccountService:
         written_at = time.time()
         try:
             async with self._db.transaction() as tx:  # ids may be the database's own (generate_id false / serial)
-                user = replace(user, id=await tx.insert_user(user))
+                user = await tx.insert_user(user)
                 await tx.insert_account(replace(account, account_id=user.id, user_id=user.id))
                 if session is not None:
                     session = replace(session, user_id=user.id)
-                    session = replace(session, id=await tx.insert_session(session))
+                    session = await tx.insert_session(session)
         except Conflict as exc:
             raise self._user_fields.taken(exc.constraint) or UserAlreadyExists() from exc
         if session is not None:
@@ -178,6 +198,10 @@ class AccountService:
             if self._verification.send_on_sign_in and self._verification.send is not None:
                 self._verification.send(user.email)
             raise EmailNotVerified()
+        if self.gate is not None:
+            challenge = await self.gate.challenge(user, client, remember_me)
+            if challenge is not None:
+                return AuthResult(user, challenge=challenge)
         now = self._clock()
         session, token = self._sessions.new_session(user.id, client, remember_me, now)
         async with self._db.transaction() as tx:
@@ -185,9 +209,9 @@ class AccountService:
             # change that committed since must win, or its revocation would miss this new session.
             if not await tx.lock_credential(account.id, account.password):
                 raise InvalidCredentials()
-            session = replace(session, id=await tx.insert_session(session))
+            session = await tx.insert_session(session)
             if new_hash is not None:
-                await tx.update_account_password(account.id, new_hash, now)
+                await tx.update_account_password(account, new_hash, now)
         await self._sessions.remember(SessionWithUser(session, user, read_at))
         return AuthResult(user, session, token)
 

@@ -26,6 +26,7 @@ from authsidecar.domain.fields import Registry
 from authsidecar.domain.models import NO_EXTRA, Extra, Session, SessionWithUser
 from authsidecar.domain.ports import Database
 from authsidecar.errors import BackendUnavailable, InvalidToken, SessionExpired
+from authsidecar.hooks.context import note_actor
 from authsidecar.security.cookie_cache import CookieCache
 from authsidecar.security.cookies import SessionCookies
 from authsidecar.security.ids import IdGenerator
@@ -140,6 +141,7 @@ class BetterAuthSessionManager(SessionManager):
         session = entry.session
         if session.expires_at <= now:
             raise SessionExpired()
+        note_actor(entry)  # hooks: this call acts as that session
         if self._policy.needs_refresh(session, now):
             entry = await self._refresh(entry, now)
         return entry
@@ -147,7 +149,7 @@ class BetterAuthSessionManager(SessionManager):
     async def _refresh(self, entry: SessionWithUser, now: datetime) -> SessionWithUser:
         session = replace(entry.session, expires_at=self._policy.refreshed(entry.session, now), updated_at=now)
         async with self._db.transaction(autocommit=True) as tx:
-            alive = await tx.refresh_session(session.stored_token, session.expires_at, now)
+            alive = await tx.refresh_session(session, session.expires_at, now)
         if not alive:
             raise InvalidToken()
         refreshed = SessionWithUser(session, entry.user, entry.checked_at)

@@ -86,7 +86,7 @@ class ProfileService:
             new_hash = await self._hasher.hash(new_password)
         now = self._clock()
         async with self._db.transaction() as tx:
-            await tx.update_account_password(account.id, new_hash, now)
+            await tx.update_account_password(account, new_hash, now)
             await tx.delete_user_verifications(current.user.id, OUTSTANDING_LINKS)
             if revoke_other_sessions:
                 await tx.delete_user_sessions(current.user.id)

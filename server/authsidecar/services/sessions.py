@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from authsidecar.domain.models import NO_EXTRA, Extra, Session, SessionWithUser, User
 from authsidecar.domain.ports import Database, SessionCache
 from authsidecar.errors import InvalidArgument, InvalidToken, SessionExpired, SessionNotFound, SessionNotFresh
+from authsidecar.hooks.context import note_actor
 from authsidecar.security.ids import IdGenerator, id_generator
 from authsidecar.security.tokens import TokenPolicy
 from authsidecar.services.clock import Clock, utc_now
@@ -123,7 +124,7 @@ class SessionManager:
         (Unix seconds); returns the session with its bearer token."""
         session, token = self.new_session(user.id, client, remember_me, self._clock())
         async with self._db.transaction(autocommit=True) as tx:
-            session = replace(session, id=await tx.insert_session(session))
+            session = await tx.insert_session(session)
         await self.remember(SessionWithUser(session, user, checked_at))
         return session, token
 
@@ -175,6 +176,7 @@ class SessionManager:
         if session.expires_at <= now:
             await self._coherence.drop(key, session.user_id)
             raise SessionExpired()
+        note_actor(entry)  # hooks: this call acts as that session
         if self._policy.needs_refresh(session, now):
             entry = await self._refresh(entry, now)
         elif not from_cache and not self._coherence.revoked(stored):
@@ -184,7 +186,7 @@ class SessionManager:
     async def _refresh(self, entry: SessionWithUser, now: datetime) -> SessionWithUser:
         session = replace(entry.session, expires_at=self._policy.refreshed(entry.session, now), updated_at=now)
         async with self._db.transaction(autocommit=True) as tx:
-            alive = await tx.refresh_session(session.stored_token, session.expires_at, now)
+            alive = await tx.refresh_session(session, session.expires_at, now)
         if not alive:  # revoked between the read and the refresh
             raise InvalidToken()
         refreshed = SessionWithUser(session, entry.user, entry.checked_at)

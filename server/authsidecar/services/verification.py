@@ -373,7 +373,7 @@ class AccountFlows:
             user_id = payload["userId"]
             account = await tx.get_credential_account(user_id)
             if account is not None:
-                await tx.update_account_password(account.id, password_hash, now)
+                await tx.update_account_password(account, password_hash, now)
             elif await tx.get_user_by_id(user_id) is not None:
                 await tx.insert_account(
                     Account(

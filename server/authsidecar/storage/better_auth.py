@@ -22,12 +22,20 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from authsidecar.cache.better_auth import BetterAuthRedis
-from authsidecar.domain.models import Account, Invalidations, Session, SessionWithUser, User, Verification
+from authsidecar.domain.models import (
+    Account,
+    Invalidations,
+    OutboxEntry,
+    Session,
+    SessionWithUser,
+    User,
+    Verification,
+)
 from authsidecar.domain.ports import Database, UnitOfWork
 from authsidecar.errors import AuthSidecarError
 from authsidecar.security.tokens import alphanumeric
@@ -75,7 +83,7 @@ class _UnitOfWork:
             self.changed_users[user.id] = user
         return user
 
-    async def insert_user(self, user: User) -> str:
+    async def insert_user(self, user: User) -> User:
         """Insert a user."""
         return await self._sql.insert_user(user)
 
@@ -120,9 +128,9 @@ class _UnitOfWork:
         """The credential account."""
         return await self._sql.get_credential_account(user_id)
 
-    async def update_account_password(self, account_id: str, password_hash: str, now: datetime) -> None:
+    async def update_account_password(self, account: Account, password_hash: str, now: datetime) -> None:
         """Replace a password hash."""
-        await self._sql.update_account_password(account_id, password_hash, now)
+        await self._sql.update_account_password(account, password_hash, now)
 
     async def lock_credential(self, account_id: str, password_hash: str) -> bool:
         """Lock the credential row."""
@@ -168,17 +176,29 @@ class _UnitOfWork:
 
     # -- sessions --------------------------------------------------------------------------------------------
 
-    async def insert_session(self, session: Session) -> str:
+    async def insert_session(self, session: Session) -> Session:
         """Insert the row (when sessions live in SQL); the Redis document is written after commit."""
         if self._sessions_in_sql:
             return await self._sql.insert_session(session)
-        return session.id or alphanumeric(32)  # Better Auth's own fallback when ids come from the database
+        return replace(session, id=session.id or alphanumeric(32))  # Better Auth's fallback: database-made ids
 
-    async def refresh_session(self, stored_token: str, expires_at: datetime, now: datetime) -> bool:
+    async def refresh_session(self, session: Session, expires_at: datetime, now: datetime) -> bool:
         """Extend the row (when sessions live in SQL); the document is refreshed by the session manager."""
         if self._sessions_in_sql:
-            return await self._sql.refresh_session(stored_token, expires_at, now)
+            return await self._sql.refresh_session(session, expires_at, now)
         return True
+
+    async def get_session(self, stored_token: str) -> Session | None:
+        """The session by stored token, from where Better Auth keeps it."""
+        if self._sessions_in_sql:
+            return await self._sql.get_session(stored_token)
+        assert self._redis is not None
+        entry = await self._redis.get(stored_token)
+        return entry.session if entry is not None else None
+
+    def record_event(self, entry: OutboxEntry) -> None:
+        """An outbox entry of the SQL transaction."""
+        self._sql.record_event(entry)
 
     async def _redis_sessions(self, user_id: str) -> list[Session]:
         if self._redis is None:
@@ -297,6 +317,10 @@ class BetterAuthDatabase:
     def add_commit_listener(self, listener: Callable[[Invalidations], Awaitable[None]]) -> None:
         """Listeners of the inner database."""
         self._inner.add_commit_listener(listener)
+
+    def add_outbox_listener(self, listener: Callable[[], None]) -> None:
+        """Listeners of the inner database."""
+        self._inner.add_outbox_listener(listener)
 
     async def ping(self, within: float = 2.0) -> None:
         """The inner database's ping."""

@@ -19,6 +19,7 @@ from authsidecar.domain.models import (
     CREDENTIAL_PROVIDER,
     Account,
     Invalidations,
+    OutboxEntry,
     Session,
     SessionWithUser,
     User,
@@ -30,7 +31,7 @@ from authsidecar.errors import AuthSidecarError, BackendUnavailable
 from authsidecar.storage.errors import translate_error
 from authsidecar.storage.invalidations import decode_payload, encode_payload
 from authsidecar.storage.rows import record, values
-from authsidecar.storage.schema import Schema
+from authsidecar.storage.schema import SEEDED, Schema
 from authsidecar.storage.urls import DatabaseTarget
 
 __all__ = ["NOTIFY_CHANNEL", "CommitListener", "SqlDatabase", "SqlUnitOfWork", "create_database"]
@@ -125,6 +126,15 @@ class _Statements:
             .where(log.c.created_at > p("l_since"), log.c.seq <= p("l_upto"))
             .order_by(log.c.seq)
         )
+        ob, ob_seq = schema.outbox, schema.outbox_seq
+        self.next_outbox_seq = (
+            sa.update(ob_seq)
+            .where(ob_seq.c.id == 1)
+            .values(last_seq=ob_seq.c.last_seq + p("o_count"))
+            .returning(ob_seq.c.last_seq)
+        )
+        self.insert_outbox = sa.insert(ob)
+        self.session_by_token = sa.select(s).where(s.c.token == p("s_token"))
         # Batched removals of old rows, by the column that says how old they are.
         self.aged = {"session": s.c.expires_at, "verification": v.c.expires_at, "invalidation": log.c.created_at}
         self.list_sessions = (
@@ -150,6 +160,7 @@ class SqlUnitOfWork:
         self._autocommit = autocommit
         self._revoked: dict[str, str] = {}  # stored token -> user id
         self._changed: dict[str, str] = {}  # user id -> version
+        self.events: list[OutboxEntry] = []
 
     def _expect_effects(self) -> None:
         if self._autocommit:
@@ -179,6 +190,23 @@ class SqlUnitOfWork:
         if self._conn.dialect.name == "postgresql":
             await self._execute(self._q.notify, {"channel": NOTIFY_CHANNEL, "seq": str(seq)})
         return seq
+
+    def record_event(self, entry: OutboxEntry) -> None:
+        """Queue an outbox entry; written at the end of the transaction (``write_events``)."""
+        if self._autocommit:
+            raise RuntimeError("outbox entries need transaction(autocommit=False)")
+        self.events.append(entry)
+
+    async def write_events(self) -> None:
+        """Write the queued outbox entries, numbered from the outbox counter (whose row stays locked until COMMIT,
+        so entries become visible in commit order)."""
+        count = len(self.events)
+        last = int((await self._execute(self._q.next_outbox_seq, {"o_count": count})).scalar_one())
+        rows = [
+            {"seq": last - count + 1 + i, "target": e.target, "ordering_key": e.key, "payload": e.payload}
+            for i, e in enumerate(self.events)
+        ]
+        await self._conn.execute(self._q.insert_outbox, rows)
 
     async def _execute(self, stmt: sa.Executable, params: dict[str, Any]) -> sa.Result[Any]:
         if self._emulate_returning and isinstance(stmt, sa.Update | sa.Delete) and stmt._returning:
@@ -216,9 +244,9 @@ class SqlUnitOfWork:
             raise RuntimeError("the database returned no id: generate_id = false needs INSERT ... RETURNING")
         return str(key[0])
 
-    async def insert_user(self, user: User) -> str:
-        """Insert a user row; returns its id."""
-        return await self._insert(self._q.insert_user, values(self._q.registry.user, user))
+    async def insert_user(self, user: User) -> User:
+        """Insert a user row; returns it with its id."""
+        return replace(user, id=await self._insert(self._q.insert_user, values(self._q.registry.user, user)))
 
     async def get_user_with_credential(self, email: str) -> tuple[User, Account | None] | None:
         """The user with that email and their credential account, in one round trip (LEFT JOIN)."""
@@ -327,18 +355,25 @@ class SqlUnitOfWork:
         params = {"a_id": account_id, "a_password": password_hash}
         return (await self._conn.execute(self._q.lock_credential, params)).rowcount > 0
 
-    async def update_account_password(self, account_id: str, password_hash: str, now: datetime) -> None:
+    async def update_account_password(self, account: Account, password_hash: str, now: datetime) -> None:
         """Replace an account's password hash."""
-        await self._execute(self._q.update_password, {"a_id": account_id, "a_password": password_hash, "a_now": now})
+        await self._execute(self._q.update_password, {"a_id": account.id, "a_password": password_hash, "a_now": now})
 
-    async def insert_session(self, session: Session) -> str:
-        """Insert a session row; returns its id."""
-        return await self._insert(self._q.insert_session, values(self._q.registry.session, session))
+    async def insert_session(self, session: Session) -> Session:
+        """Insert a session row; returns it with its id."""
+        return replace(
+            session, id=await self._insert(self._q.insert_session, values(self._q.registry.session, session))
+        )
 
-    async def refresh_session(self, stored_token: str, expires_at: datetime, now: datetime) -> bool:
+    async def refresh_session(self, session: Session, expires_at: datetime, now: datetime) -> bool:
         """Extend a session; False when it no longer exists."""
-        params = {"s_token": stored_token, "s_expires": expires_at, "s_now": now}
+        params = {"s_token": session.stored_token, "s_expires": expires_at, "s_now": now}
         return (await self._conn.execute(self._q.refresh_session, params)).rowcount > 0
+
+    async def get_session(self, stored_token: str) -> Session | None:
+        """The session with that stored token."""
+        row = (await self._execute(self._q.session_by_token, {"s_token": stored_token})).first()
+        return record(Session, self._q.registry.session, row._mapping) if row else None
 
     async def _delete_sessions(self, stmt: sa.Executable, params: dict[str, Any]) -> list[Session]:
         self._expect_effects()
@@ -375,6 +410,7 @@ class SqlDatabase:
     def __init__(self, engine: AsyncEngine, schema: Schema) -> None:
         self.engine = engine
         self._listeners: list[CommitListener] = []
+        self._outbox_listeners: list[Callable[[], None]] = []
         # Single statements need no explicit transaction: no BEGIN/COMMIT round trips around them.
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.schema = schema
@@ -397,10 +433,14 @@ class SqlDatabase:
         ONE write, or of reads that need no common snapshot.
         """
         invalidations = Invalidations()
+        events = False
         try:
             async with (self._autocommit if autocommit else self.engine).begin() as conn:
                 uow = SqlUnitOfWork(conn, self._statements, autocommit)
                 yield uow
+                if uow.events:
+                    await uow.write_events()
+                    events = True
                 invalidations = uow.invalidations()
                 if invalidations:
                     invalidations = replace(invalidations, seq=await uow.log_invalidations(invalidations))
@@ -408,6 +448,9 @@ class SqlDatabase:
             raise
         except Exception as exc:
             _raise_translated(exc)
+        if events:
+            for wake in self._outbox_listeners:
+                wake()
         if invalidations:
             # Committed: the listeners (cache coherence) run even if the caller is cancelled meanwhile.
             await asyncio.shield(self._notify(invalidations))
@@ -416,9 +459,36 @@ class SqlDatabase:
         """Call ``listener`` after every commit that invalidated cached snapshots, in this process."""
         self._listeners.append(listener)
 
+    def add_outbox_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after every commit of this process that wrote outbox entries."""
+        self._outbox_listeners.append(listener)
+
     async def _notify(self, invalidations: Invalidations) -> None:
         for listener in self._listeners:
             await listener(invalidations)
+
+    @asynccontextmanager
+    async def autocommit_connection(self) -> AsyncIterator[AsyncConnection]:
+        """A pooled connection whose statements commit one by one; driver errors leave as domain errors."""
+        try:
+            async with self._autocommit.connect() as conn:
+                yield conn
+        except AuthSidecarError:
+            raise
+        except Exception as exc:
+            _raise_translated(exc)
+
+    @asynccontextmanager
+    async def transaction_connection(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in a transaction (committed when the block exits cleanly), for statements on tables the
+        unit of work does not know (plugins' own); driver errors leave as domain errors."""
+        try:
+            async with self.engine.begin() as conn:
+                yield conn
+        except AuthSidecarError:
+            raise
+        except Exception as exc:
+            _raise_translated(exc)
 
     async def _read(self, stmt: sa.Executable, params: dict[str, Any]) -> list[Any]:
         """One statement outside any transaction; every row."""
@@ -453,17 +523,18 @@ class SqlDatabase:
             await lost.wait()
 
     async def ensure_invalidation_counter(self) -> None:
-        """Create the invalidation log's counter row if a schema made elsewhere (drizzle-kit, by hand) lacks it."""
-        seq = self.schema.invalidation_seq
-        missing = sa.insert(seq).from_select(
-            ["id", "last_seq"],
-            sa.select(sa.literal(1), sa.literal(0)).where(~sa.exists().where(seq.c.id == 1)),
-        )
-        try:
-            async with self._autocommit.connect() as conn:
-                await conn.execute(missing)
-        except sa.exc.IntegrityError:
-            pass  # another instance created it at the same moment
+        """Create the rows of the counters (invalidation log, outbox) and of the outbox lease if a schema made
+        elsewhere (drizzle-kit, by hand) lacks them."""
+        for table in (self.schema.invalidation_seq, self.schema.outbox_seq, self.schema.outbox_lease):
+            row = SEEDED[table.name]
+            missing = sa.insert(table).from_select(
+                list(row), sa.select(*(sa.literal(v) for v in row.values())).where(~sa.exists().where(table.c.id == 1))
+            )
+            try:
+                async with self._autocommit.connect() as conn:
+                    await conn.execute(missing)
+            except sa.exc.IntegrityError:
+                pass  # another instance created it at the same moment
 
     async def invalidation_cursor(self) -> int:
         """The sequence number of the last committed invalidation log entry (0: none yet)."""

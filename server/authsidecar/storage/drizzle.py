@@ -94,6 +94,8 @@ def _default(column: sa.Column[Any], dialect: str, imports: set[str]) -> str:
     arg = default.arg
     if isinstance(arg, sa.sql.elements.False_):
         return ".default(false)"
+    if isinstance(arg, sa.sql.elements.TextClause):  # a literal number (the outbox's attempt counter)
+        return f".default({arg.text})"
     if isinstance(arg, new_uuid_default):
         if dialect == "postgresql":
             return ".defaultRandom()"

@@ -23,6 +23,10 @@ from authsidecar.domain.fields import FieldDef, ModelDef, Registry
 __all__ = [
     "INVALIDATION_SEQ_TABLE",
     "INVALIDATION_TABLE",
+    "OUTBOX_LEASE_TABLE",
+    "OUTBOX_SEQ_TABLE",
+    "OUTBOX_TABLE",
+    "SEEDED",
     "Schema",
     "UTCDateTime",
     "column_type",
@@ -32,6 +36,17 @@ __all__ = [
 # follows, and the one-row counter that numbers its entries in commit order.
 INVALIDATION_TABLE = "authsidecar_invalidation"
 INVALIDATION_SEQ_TABLE = "authsidecar_invalidation_seq"
+# The transactional outbox of after hooks and events: entries numbered in commit order by their own counter, and
+# the lease that lets one instance at a time deliver them.
+OUTBOX_TABLE = "authsidecar_outbox"
+OUTBOX_SEQ_TABLE = "authsidecar_outbox_seq"
+OUTBOX_LEASE_TABLE = "authsidecar_outbox_lease"
+# The one row each of these tables must hold (created by migrate, and at start-up if a schema made elsewhere lacks it).
+SEEDED: dict[str, dict[str, object]] = {
+    INVALIDATION_SEQ_TABLE: {"id": 1, "last_seq": 0},
+    OUTBOX_SEQ_TABLE: {"id": 1, "last_seq": 0},
+    OUTBOX_LEASE_TABLE: {"id": 1},
+}
 
 
 _NAIVE = ("sqlite", "mysql")  # databases without time zones: naive UTC is stored (MariaDB's dialect is "mysql")
@@ -201,6 +216,8 @@ class Schema:
         self.session = self._table(self.registry.session)
         self.account = self._table(self.registry.account)
         self.verification = self._table(self.registry.verification)
+        # Tables of enabled plugins, by model name (created by migrate like the core ones).
+        self.plugin_tables = {model.name: self._table(model) for model in self.registry.plugin_models}
         now = utc_now_default()
         # The invalidation log: ``seq`` comes from the counter row, whose lock is held until commit, so entries
         # become visible in ``seq`` order with no gaps; ``payload`` is JSON (see storage/invalidations.py).
@@ -217,6 +234,34 @@ class Schema:
             self.metadata,
             sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
             sa.Column("lastSeq", sa.BigInteger(), nullable=False, key="last_seq"),
+        )
+        # The outbox: one row per (event, target), ``seq`` from its counter row (locked until commit, like the
+        # invalidation log's), so entries become visible in commit order; delivered rows are deleted.
+        self.outbox = sa.Table(
+            OUTBOX_TABLE,
+            self.metadata,
+            sa.Column("seq", sa.BigInteger(), primary_key=True, autoincrement=False),
+            sa.Column("target", _KEY_STRING, nullable=False),
+            sa.Column("orderingKey", _KEY_STRING, nullable=False, key="ordering_key"),
+            sa.Column("payload", sa.Text(), nullable=False),
+            sa.Column("attempts", sa.Integer(), nullable=False, server_default=sa.text("0")),
+            sa.Column("nextAttemptAt", UTCDateTime(), nullable=False, server_default=now, key="next_attempt_at"),
+            sa.Column("createdAt", UTCDateTime(), nullable=False, server_default=now, key="created_at"),
+            sa.Column("lastError", sa.Text(), nullable=True, key="last_error"),
+            sa.Column("dead", sa.Boolean(), nullable=False, server_default=sa.false()),
+        )
+        self.outbox_seq = sa.Table(
+            OUTBOX_SEQ_TABLE,
+            self.metadata,
+            sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
+            sa.Column("lastSeq", sa.BigInteger(), nullable=False, key="last_seq"),
+        )
+        self.outbox_lease = sa.Table(
+            OUTBOX_LEASE_TABLE,
+            self.metadata,
+            sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
+            sa.Column("holder", sa.Text(), nullable=True),
+            sa.Column("leaseUntil", UTCDateTime(), nullable=True, key="lease_until"),
         )
 
     def _table(self, model: ModelDef) -> sa.Table:

@@ -20,6 +20,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.schema import CreateColumn, CreateIndex, CreateTable
 
+from authsidecar.storage.schema import SEEDED
+
 __all__ = ["Plan", "SchemaProblem", "Step", "apply", "create_script", "plan", "sync_tables"]
 
 
@@ -87,19 +89,19 @@ def _default_sql(column: sa.Column[Any], dialect: Dialect) -> str | None:
     return arg if isinstance(arg, str) else _compile(arg, dialect)
 
 
-_COUNTER = "authsidecar_invalidation_seq"
 # (wanted, reflected family, reflected type) that are the same type: MySQL reports BOOLEAN as TINYINT, MariaDB
 # reports JSON as LONGTEXT.
 _SAME = {("boolean", "integer", "TINYINT"), ("json", "string", "LONGTEXT")}
 
 
 def _seed(table: sa.Table, dialect: Dialect) -> list[Step]:
-    """Rows a table needs (the invalidation log's counter row)."""
-    if table.name != _COUNTER:
+    """The row a table needs (the counters of the invalidation log and the outbox, the outbox's lease)."""
+    row = SEEDED.get(table.name)
+    if row is None:
         return []
-    insert = sa.insert(table).values(id=1, last_seq=0)
+    insert = sa.insert(table).values(**row)
     sql = str(insert.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
-    return [Step("the invalidation log's counter row", sql)]
+    return [Step(f"the row of {table.name}", sql)]
 
 
 def _create_table(table: sa.Table, dialect: Dialect) -> list[Step]:

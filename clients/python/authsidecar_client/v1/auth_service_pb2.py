@@ -24,59 +24,62 @@ _sym_db = _symbol_database.Default()
 
 from authsidecar_client.v1 import resources_pb2 as authsidecar_dot_v1_dot_resources__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!authsidecar/v1/auth_service.proto\x12\x0e\x61uthsidecar.v1\x1a\x1e\x61uthsidecar/v1/resources.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xda\x01\n\rSignUpRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05image\x18\x04 \x01(\t\x12-\n\x06\x63lient\x18\x05 \x01(\x0b\x32\x1d.authsidecar.v1.ClientContext\x12\x18\n\x0bremember_me\x18\x06 \x01(\x08H\x00\x88\x01\x01\x12\x32\n\x11\x61\x64\x64itional_fields\x18\x07 \x01(\x0b\x32\x17.google.protobuf.StructB\x0e\n\x0c_remember_me\"\xa3\x01\n\x0eSignUpResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.authsidecar.v1.User\x12(\n\x07session\x18\x02 \x01(\x0b\x32\x17.authsidecar.v1.Session\x12\r\n\x05token\x18\x03 \x01(\t\x12\x16\n\x0esession_cookie\x18\x04 \x01(\t\x12\x1c\n\x14\x64ont_remember_cookie\x18\x05 \x01(\t\"\x89\x01\n\rSignInRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12-\n\x06\x63lient\x18\x03 \x01(\x0b\x32\x1d.authsidecar.v1.ClientContext\x12\x18\n\x0bremember_me\x18\x04 \x01(\x08H\x00\x88\x01\x01\x42\x0e\n\x0c_remember_me\"\xa3\x01\n\x0eSignInResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.authsidecar.v1.User\x12(\n\x07session\x18\x02 \x01(\x0b\x32\x17.authsidecar.v1.Session\x12\r\n\x05token\x18\x03 \x01(\t\x12\x16\n\x0esession_cookie\x18\x04 \x01(\t\x12\x1c\n\x14\x64ont_remember_cookie\x18\x05 \x01(\t\"\x1f\n\x0eSignOutRequest\x12\r\n\x05token\x18\x01 \x01(\t\"\x11\n\x0fSignOutResponse\"\\\n\x1cSendVerificationEmailRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12-\n\x06\x63lient\x18\x02 \x01(\x0b\x32\x1d.authsidecar.v1.ClientContext\"\x1f\n\x1dSendVerificationEmailResponse\"R\n\x12VerifyEmailRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12-\n\x06\x63lient\x18\x02 \x01(\x0b\x32\x1d.authsidecar.v1.ClientContext\"\x8a\x01\n\x13VerifyEmailResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.authsidecar.v1.User\x12(\n\x07session\x18\x02 \x01(\x0b\x32\x17.authsidecar.v1.Session\x12\r\n\x05token\x18\x03 \x01(\t\x12\x16\n\x0esession_cookie\x18\x04 \x01(\t\"[\n\x1bRequestPasswordResetRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12-\n\x06\x63lient\x18\x02 \x01(\x0b\x32\x1d.authsidecar.v1.ClientContext\"\x1e\n\x1cRequestPasswordResetResponse\"j\n\x14ResetPasswordRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x14\n\x0cnew_password\x18\x02 \x01(\t\x12-\n\x06\x63lient\x18\x03 \x01(\x0b\x32\x1d.authsidecar.v1.ClientContext\"\x17\n\x15ResetPasswordResponse\"\xa4\x01\n\x15\x43hangePasswordRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x18\n\x10\x63urrent_password\x18\x02 \x01(\t\x12\x14\n\x0cnew_password\x18\x03 \x01(\t\x12\x1d\n\x15revoke_other_sessions\x18\x04 \x01(\x08\x12-\n\x06\x63lient\x18\x05 \x01(\x0b\x32\x1d.authsidecar.v1.ClientContext\"i\n\x16\x43hangePasswordResponse\x12(\n\x07session\x18\x01 \x01(\x0b\x32\x17.authsidecar.v1.Session\x12\r\n\x05token\x18\x02 \x01(\t\x12\x16\n\x0esession_cookie\x18\x03 \x01(\t\"\x7f\n\x12\x43hangeEmailRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x11\n\tnew_email\x18\x02 \x01(\t\x12-\n\x06\x63lient\x18\x03 \x01(\x0b\x32\x1d.authsidecar.v1.ClientContext\x12\x18\n\x10\x63urrent_password\x18\x04 \x01(\t\"\x15\n\x13\x43hangeEmailResponse\"\x90\x01\n\x11UpdateUserRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x11\n\x04name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05image\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x32\n\x11\x61\x64\x64itional_fields\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructB\x07\n\x05_nameB\x08\n\x06_image\"8\n\x12UpdateUserResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.authsidecar.v1.User\"c\n\x11\x44\x65leteUserRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12-\n\x06\x63lient\x18\x03 \x01(\x0b\x32\x1d.authsidecar.v1.ClientContext\"\x14\n\x12\x44\x65leteUserResponse2\xed\x07\n\x0b\x41uthService\x12G\n\x06SignUp\x12\x1d.authsidecar.v1.SignUpRequest\x1a\x1e.authsidecar.v1.SignUpResponse\x12G\n\x06SignIn\x12\x1d.authsidecar.v1.SignInRequest\x1a\x1e.authsidecar.v1.SignInResponse\x12J\n\x07SignOut\x12\x1e.authsidecar.v1.SignOutRequest\x1a\x1f.authsidecar.v1.SignOutResponse\x12t\n\x15SendVerificationEmail\x12,.authsidecar.v1.SendVerificationEmailRequest\x1a-.authsidecar.v1.SendVerificationEmailResponse\x12V\n\x0bVerifyEmail\x12\".authsidecar.v1.VerifyEmailRequest\x1a#.authsidecar.v1.VerifyEmailResponse\x12q\n\x14RequestPasswordReset\x12+.authsidecar.v1.RequestPasswordResetRequest\x1a,.authsidecar.v1.RequestPasswordResetResponse\x12\\\n\rResetPassword\x12$.authsidecar.v1.ResetPasswordRequest\x1a%.authsidecar.v1.ResetPasswordResponse\x12_\n\x0e\x43hangePassword\x12%.authsidecar.v1.ChangePasswordRequest\x1a&.authsidecar.v1.ChangePasswordResponse\x12V\n\x0b\x43hangeEmail\x12\".authsidecar.v1.ChangeEmailRequest\x1a#.authsidecar.v1.ChangeEmailResponse\x12S\n\nUpdateUser\x12!.authsidecar.v1.UpdateUserRequest\x1a\".authsidecar.v1.UpdateUserResponse\x12S\n\nDeleteUser\x12!.authsidecar.v1.DeleteUserRequest\x1a\".authsidecar.v1.DeleteUserResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!authsidecar/v1/auth_service.proto\x12\x0e\x61uthsidecar.v1\x1a\x1e\x61uthsidecar/v1/resources.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xda\x01\n\rSignUpRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05image\x18\x04 \x01(\t\x12-\n\x06\x63lient\x18\x05 \x01(\x0b\x32\x1d.authsidecar.v1.ClientContext\x12\x18\n\x0bremember_me\x18\x06 \x01(\x08H\x00\x88\x01\x01\x12\x32\n\x11\x61\x64\x64itional_fields\x18\x07 \x01(\x0b\x32\x17.google.protobuf.StructB\x0e\n\x0c_remember_me\"\xa3\x01\n\x0eSignUpResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.authsidecar.v1.User\x12(\n\x07session\x18\x02 \x01(\x0b\x32\x17.authsidecar.v1.Session\x12\r\n\x05token\x18\x03 \x01(\t\x12\x16\n\x0esession_cookie\x18\x04 \x01(\t\x12\x1c\n\x14\x64ont_remember_cookie\x18\x05 \x01(\t\"\x89\x01\n\rSignInRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12-\n\x06\x63lient\x18\x03 \x01(\x0b\x32\x1d.authsidecar.v1.ClientContext\x12\x18\n\x0bremember_me\x18\x04 \x01(\x08H\x00\x88\x01\x01\x42\x0e\n\x0c_remember_me\"\xd7\x01\n\x0eSignInResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.authsidecar.v1.User\x12(\n\x07session\x18\x02 \x01(\x0b\x32\x17.authsidecar.v1.Session\x12\r\n\x05token\x18\x03 \x01(\t\x12\x16\n\x0esession_cookie\x18\x04 \x01(\t\x12\x1c\n\x14\x64ont_remember_cookie\x18\x05 \x01(\t\x12\x32\n\tchallenge\x18\x06 \x01(\x0b\x32\x1f.authsidecar.v1.SignInChallenge\"o\n\x0fSignInChallenge\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07methods\x18\x03 \x03(\t\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1f\n\x0eSignOutRequest\x12\r\n\x05token\x18\x01 \x01(\t\"\x11\n\x0fSignOutResponse\"\\\n\x1cSendVerificationEmailRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12-\n\x06\x63lient\x18\x02 \x01(\x0b\x32\x1d.authsidecar.v1.ClientContext\"\x1f\n\x1dSendVerificationEmailResponse\"R\n\x12VerifyEmailRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12-\n\x06\x63lient\x18\x02 \x01(\x0b\x32\x1d.authsidecar.v1.ClientContext\"\x8a\x01\n\x13VerifyEmailResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.authsidecar.v1.User\x12(\n\x07session\x18\x02 \x01(\x0b\x32\x17.authsidecar.v1.Session\x12\r\n\x05token\x18\x03 \x01(\t\x12\x16\n\x0esession_cookie\x18\x04 \x01(\t\"[\n\x1bRequestPasswordResetRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12-\n\x06\x63lient\x18\x02 \x01(\x0b\x32\x1d.authsidecar.v1.ClientContext\"\x1e\n\x1cRequestPasswordResetResponse\"j\n\x14ResetPasswordRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x14\n\x0cnew_password\x18\x02 \x01(\t\x12-\n\x06\x63lient\x18\x03 \x01(\x0b\x32\x1d.authsidecar.v1.ClientContext\"\x17\n\x15ResetPasswordResponse\"\xa4\x01\n\x15\x43hangePasswordRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x18\n\x10\x63urrent_password\x18\x02 \x01(\t\x12\x14\n\x0cnew_password\x18\x03 \x01(\t\x12\x1d\n\x15revoke_other_sessions\x18\x04 \x01(\x08\x12-\n\x06\x63lient\x18\x05 \x01(\x0b\x32\x1d.authsidecar.v1.ClientContext\"i\n\x16\x43hangePasswordResponse\x12(\n\x07session\x18\x01 \x01(\x0b\x32\x17.authsidecar.v1.Session\x12\r\n\x05token\x18\x02 \x01(\t\x12\x16\n\x0esession_cookie\x18\x03 \x01(\t\"\x7f\n\x12\x43hangeEmailRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x11\n\tnew_email\x18\x02 \x01(\t\x12-\n\x06\x63lient\x18\x03 \x01(\x0b\x32\x1d.authsidecar.v1.ClientContext\x12\x18\n\x10\x63urrent_password\x18\x04 \x01(\t\"\x15\n\x13\x43hangeEmailResponse\"\x90\x01\n\x11UpdateUserRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x11\n\x04name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05image\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x32\n\x11\x61\x64\x64itional_fields\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructB\x07\n\x05_nameB\x08\n\x06_image\"8\n\x12UpdateUserResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.authsidecar.v1.User\"c\n\x11\x44\x65leteUserRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12-\n\x06\x63lient\x18\x03 \x01(\x0b\x32\x1d.authsidecar.v1.ClientContext\"\x14\n\x12\x44\x65leteUserResponse2\xed\x07\n\x0b\x41uthService\x12G\n\x06SignUp\x12\x1d.authsidecar.v1.SignUpRequest\x1a\x1e.authsidecar.v1.SignUpResponse\x12G\n\x06SignIn\x12\x1d.authsidecar.v1.SignInRequest\x1a\x1e.authsidecar.v1.SignInResponse\x12J\n\x07SignOut\x12\x1e.authsidecar.v1.SignOutRequest\x1a\x1f.authsidecar.v1.SignOutResponse\x12t\n\x15SendVerificationEmail\x12,.authsidecar.v1.SendVerificationEmailRequest\x1a-.authsidecar.v1.SendVerificationEmailResponse\x12V\n\x0bVerifyEmail\x12\".authsidecar.v1.VerifyEmailRequest\x1a#.authsidecar.v1.VerifyEmailResponse\x12q\n\x14RequestPasswordReset\x12+.authsidecar.v1.RequestPasswordResetRequest\x1a,.authsidecar.v1.RequestPasswordResetResponse\x12\\\n\rResetPassword\x12$.authsidecar.v1.ResetPasswordRequest\x1a%.authsidecar.v1.ResetPasswordResponse\x12_\n\x0e\x43hangePassword\x12%.authsidecar.v1.ChangePasswordRequest\x1a&.authsidecar.v1.ChangePasswordResponse\x12V\n\x0b\x43hangeEmail\x12\".authsidecar.v1.ChangeEmailRequest\x1a#.authsidecar.v1.ChangeEmailResponse\x12S\n\nUpdateUser\x12!.authsidecar.v1.UpdateUserRequest\x1a\".authsidecar.v1.UpdateUserResponse\x12S\n\nDeleteUser\x12!.authsidecar.v1.DeleteUserRequest\x1a\".authsidecar.v1.DeleteUserResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'authsidecar_client.v1.auth_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SIGNUPREQUEST']._serialized_start=116
-  _globals['_SIGNUPREQUEST']._serialized_end=334
-  _globals['_SIGNUPRESPONSE']._serialized_start=337
-  _globals['_SIGNUPRESPONSE']._serialized_end=500
-  _globals['_SIGNINREQUEST']._serialized_start=503
-  _globals['_SIGNINREQUEST']._serialized_end=640
-  _globals['_SIGNINRESPONSE']._serialized_start=643
-  _globals['_SIGNINRESPONSE']._serialized_end=806
-  _globals['_SIGNOUTREQUEST']._serialized_start=808
-  _globals['_SIGNOUTREQUEST']._serialized_end=839
-  _globals['_SIGNOUTRESPONSE']._serialized_start=841
-  _globals['_SIGNOUTRESPONSE']._serialized_end=858
-  _globals['_SENDVERIFICATIONEMAILREQUEST']._serialized_start=860
-  _globals['_SENDVERIFICATIONEMAILREQUEST']._serialized_end=952
-  _globals['_SENDVERIFICATIONEMAILRESPONSE']._serialized_start=954
-  _globals['_SENDVERIFICATIONEMAILRESPONSE']._serialized_end=985
-  _globals['_VERIFYEMAILREQUEST']._serialized_start=987
-  _globals['_VERIFYEMAILREQUEST']._serialized_end=1069
-  _globals['_VERIFYEMAILRESPONSE']._serialized_start=1072
-  _globals['_VERIFYEMAILRESPONSE']._serialized_end=1210
-  _globals['_REQUESTPASSWORDRESETREQUEST']._serialized_start=1212
-  _globals['_REQUESTPASSWORDRESETREQUEST']._serialized_end=1303
-  _globals['_REQUESTPASSWORDRESETRESPONSE']._serialized_start=1305
-  _globals['_REQUESTPASSWORDRESETRESPONSE']._serialized_end=1335
-  _globals['_RESETPASSWORDREQUEST']._serialized_start=1337
-  _globals['_RESETPASSWORDREQUEST']._serialized_end=1443
-  _globals['_RESETPASSWORDRESPONSE']._serialized_start=1445
-  _globals['_RESETPASSWORDRESPONSE']._serialized_end=1468
-  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=1471
-  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=1635
-  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=1637
-  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=1742
-  _globals['_CHANGEEMAILREQUEST']._serialized_start=1744
-  _globals['_CHANGEEMAILREQUEST']._serialized_end=1871
-  _globals['_CHANGEEMAILRESPONSE']._serialized_start=1873
-  _globals['_CHANGEEMAILRESPONSE']._serialized_end=1894
-  _globals['_UPDATEUSERREQUEST']._serialized_start=1897
-  _globals['_UPDATEUSERREQUEST']._serialized_end=2041
-  _globals['_UPDATEUSERRESPONSE']._serialized_start=2043
-  _globals['_UPDATEUSERRESPONSE']._serialized_end=2099
-  _globals['_DELETEUSERREQUEST']._serialized_start=2101
-  _globals['_DELETEUSERREQUEST']._serialized_end=2200
-  _globals['_DELETEUSERRESPONSE']._serialized_start=2202
-  _globals['_DELETEUSERRESPONSE']._serialized_end=2222
-  _globals['_AUTHSERVICE']._serialized_start=2225
-  _globals['_AUTHSERVICE']._serialized_end=3230
+  _globals['_SIGNUPREQUEST']._serialized_start=149
+  _globals['_SIGNUPREQUEST']._serialized_end=367
+  _globals['_SIGNUPRESPONSE']._serialized_start=370
+  _globals['_SIGNUPRESPONSE']._serialized_end=533
+  _globals['_SIGNINREQUEST']._serialized_start=536
+  _globals['_SIGNINREQUEST']._serialized_end=673
+  _globals['_SIGNINRESPONSE']._serialized_start=676
+  _globals['_SIGNINRESPONSE']._serialized_end=891
+  _globals['_SIGNINCHALLENGE']._serialized_start=893
+  _globals['_SIGNINCHALLENGE']._serialized_end=1004
+  _globals['_SIGNOUTREQUEST']._serialized_start=1006
+  _globals['_SIGNOUTREQUEST']._serialized_end=1037
+  _globals['_SIGNOUTRESPONSE']._serialized_start=1039
+  _globals['_SIGNOUTRESPONSE']._serialized_end=1056
+  _globals['_SENDVERIFICATIONEMAILREQUEST']._serialized_start=1058
+  _globals['_SENDVERIFICATIONEMAILREQUEST']._serialized_end=1150
+  _globals['_SENDVERIFICATIONEMAILRESPONSE']._serialized_start=1152
+  _globals['_SENDVERIFICATIONEMAILRESPONSE']._serialized_end=1183
+  _globals['_VERIFYEMAILREQUEST']._serialized_start=1185
+  _globals['_VERIFYEMAILREQUEST']._serialized_end=1267
+  _globals['_VERIFYEMAILRESPONSE']._serialized_start=1270
+  _globals['_VERIFYEMAILRESPONSE']._serialized_end=1408
+  _globals['_REQUESTPASSWORDRESETREQUEST']._serialized_start=1410
+  _globals['_REQUESTPASSWORDRESETREQUEST']._serialized_end=1501
+  _globals['_REQUESTPASSWORDRESETRESPONSE']._serialized_start=1503
+  _globals['_REQUESTPASSWORDRESETRESPONSE']._serialized_end=1533
+  _globals['_RESETPASSWORDREQUEST']._serialized_start=1535
+  _globals['_RESETPASSWORDREQUEST']._serialized_end=1641
+  _globals['_RESETPASSWORDRESPONSE']._serialized_start=1643
+  _globals['_RESETPASSWORDRESPONSE']._serialized_end=1666
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=1669
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=1833
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=1835
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=1940
+  _globals['_CHANGEEMAILREQUEST']._serialized_start=1942
+  _globals['_CHANGEEMAILREQUEST']._serialized_end=2069
+  _globals['_CHANGEEMAILRESPONSE']._serialized_start=2071
+  _globals['_CHANGEEMAILRESPONSE']._serialized_end=2092
+  _globals['_UPDATEUSERREQUEST']._serialized_start=2095
+  _globals['_UPDATEUSERREQUEST']._serialized_end=2239
+  _globals['_UPDATEUSERRESPONSE']._serialized_start=2241
+  _globals['_UPDATEUSERRESPONSE']._serialized_end=2297
+  _globals['_DELETEUSERREQUEST']._serialized_start=2299
+  _globals['_DELETEUSERREQUEST']._serialized_end=2398
+  _globals['_DELETEUSERRESPONSE']._serialized_start=2400
+  _globals['_DELETEUSERRESPONSE']._serialized_end=2420
+  _globals['_AUTHSERVICE']._serialized_start=2423
+  _globals['_AUTHSERVICE']._serialized_end=3428
 # @@protoc_insertion_point(module_scope)

@@ -1,8 +1,12 @@
+import datetime
+
 from authsidecar_client.v1 import resources_pb2 as _resources_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -52,18 +56,32 @@ class SignInRequest(_message.Message):
     def __init__(self, email: _Optional[str] = ..., password: _Optional[str] = ..., client: _Optional[_Union[_resources_pb2.ClientContext, _Mapping]] = ..., remember_me: _Optional[bool] = ...) -> None: ...
 
 class SignInResponse(_message.Message):
-    __slots__ = ("user", "session", "token", "session_cookie", "dont_remember_cookie")
+    __slots__ = ("user", "session", "token", "session_cookie", "dont_remember_cookie", "challenge")
     USER_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     SESSION_COOKIE_FIELD_NUMBER: _ClassVar[int]
     DONT_REMEMBER_COOKIE_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGE_FIELD_NUMBER: _ClassVar[int]
     user: _resources_pb2.User
     session: _resources_pb2.Session
     token: str
     session_cookie: str
     dont_remember_cookie: str
-    def __init__(self, user: _Optional[_Union[_resources_pb2.User, _Mapping]] = ..., session: _Optional[_Union[_resources_pb2.Session, _Mapping]] = ..., token: _Optional[str] = ..., session_cookie: _Optional[str] = ..., dont_remember_cookie: _Optional[str] = ...) -> None: ...
+    challenge: SignInChallenge
+    def __init__(self, user: _Optional[_Union[_resources_pb2.User, _Mapping]] = ..., session: _Optional[_Union[_resources_pb2.Session, _Mapping]] = ..., token: _Optional[str] = ..., session_cookie: _Optional[str] = ..., dont_remember_cookie: _Optional[str] = ..., challenge: _Optional[_Union[SignInChallenge, _Mapping]] = ...) -> None: ...
+
+class SignInChallenge(_message.Message):
+    __slots__ = ("kind", "token", "methods", "expires_at")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    token: str
+    methods: _containers.RepeatedScalarFieldContainer[str]
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, kind: _Optional[str] = ..., token: _Optional[str] = ..., methods: _Optional[_Iterable[str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class SignOutRequest(_message.Message):
     __slots__ = ("token",)

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -91,6 +91,7 @@ class GrpcServer:
         reuse_port: bool = False,
         tls: TlsFiles | None = None,
         socket_mode: int = 0o660,
+        extra: Sequence[tuple[str, Callable[[Any, Any], None], object]] = (),
     ) -> None:
         self._tls = tls
         self._socket_mode = socket_mode
@@ -102,13 +103,16 @@ class GrpcServer:
         )
         _add_tolerant(auth_service_pb2_grpc.add_AuthServiceServicer_to_server, auth, self._server)
         _add_tolerant(session_service_pb2_grpc.add_SessionServiceServicer_to_server, sessions, self._server)
+        for _, add, servicer in extra:  # plugins' services: the same malformed-request handling
+            _add_tolerant(add, servicer, self._server)
+        self._services = (*_SERVICES, *(name for name, _, _ in extra))
         self.health = HealthServicer()
         # Health checks answer whatever they are sent (a malformed probe asks for the server's overall status).
         _add_tolerant(
             health_pb2_grpc.add_HealthServicer_to_server, self.health, self._server, health_pb2.HealthCheckRequest
         )
         reflection.enable_server_reflection(
-            (*_SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            (*self._services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self._server,
         )
         self.listen = listen
@@ -142,7 +146,7 @@ class GrpcServer:
     async def set_serving(self, serving: bool) -> None:
         """Report SERVING / NOT_SERVING for the server as a whole and for each service."""
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for name in ("", *_SERVICES):
+        for name in ("", *self._services):
             await self.health.set(name, status)
 
     async def stop(self, grace: float) -> None:

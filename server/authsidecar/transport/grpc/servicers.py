@@ -97,6 +97,11 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         check.done()
         remember = request.remember_me if request.HasField("remember_me") else True
         result = await self._accounts.sign_in(email, password, client, remember)
+        if result.challenge is not None:  # a second factor is needed: no user, no session yet
+            c = result.challenge
+            challenge = auth_pb.SignInChallenge(kind=c.kind, token=c.token, methods=list(c.methods))
+            challenge.expires_at.FromDatetime(c.expires_at)
+            return auth_pb.SignInResponse(challenge=challenge)
         return auth_pb.SignInResponse(**_auth_parts(self._convert, self._sessions, result))
 
     @rpc

@@ -14,6 +14,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from authsidecar import errors
+from authsidecar.hooks.context import begin_call, tracking
 
 __all__ = ["DOMAIN", "STARTED", "grpc_code", "rpc", "to_status"]
 
@@ -34,7 +35,9 @@ _CODES: dict[type[errors.AuthSidecarError], grpc.StatusCode] = {
 
 
 def grpc_code(error: errors.AuthSidecarError) -> grpc.StatusCode:
-    """The canonical code of a domain error (most specific class wins)."""
+    """The canonical code of a domain error (most specific class wins; a hook's rejection carries its own)."""
+    if isinstance(error, errors.HookRejected):
+        return grpc.StatusCode[error.status]
     for cls in type(error).__mro__:
         code = _CODES.get(cls)
         if code is not None:
@@ -127,6 +130,9 @@ def rpc(method: Handler[Self, Req, Resp]) -> Handler[Self, Req, Resp]:
             if request is MALFORMED:
                 log.info("%s: refused a request that is not a valid %sRequest message", name, name)
                 raise errors.MalformedRequest()
+            if tracking.on:  # hooks read the call's context
+                client = getattr(request, "client", None)
+                begin_call(name, getattr(client, "ip_address", None), getattr(client, "user_agent", None))
             return await method(self, request, context)
         except grpc.aio.AbortError:
             raise

@@ -1,0 +1,89 @@
+"""Builds the hook runner and the outbox's delivery targets from the settings (part of the composition root)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from authsidecar.cache.redis import connect_redis
+from authsidecar.cache.stream import RedisEventStream
+from authsidecar.config import ConfigError, Settings
+from authsidecar.delivery.hook_webhooks import WebhookHook
+from authsidecar.hooks.context import HookContext
+from authsidecar.hooks.dispatcher import Deliver
+from authsidecar.hooks.runner import HookRunner, PythonHook
+
+__all__ = ["STREAM_TARGET", "HookSetup", "build_hooks"]
+
+STREAM_TARGET = "stream:redis"
+
+
+@dataclass
+class HookSetup:
+    """The runner (before hooks, and which targets get which after events) and the targets' delivery functions."""
+
+    runner: HookRunner = field(default_factory=HookRunner)
+    targets: dict[str, Deliver] = field(default_factory=dict)
+    stream: RedisEventStream | None = None
+
+
+def _after_python(hook: PythonHook) -> Deliver:
+    async def deliver(event: dict[str, Any]) -> None:
+        context = HookContext.of(
+            str(event["model"]),
+            str(event["event"]),
+            "after",
+            event.get("context") or {},
+            event_id=str(event["id"]),
+            occurred_at=str(event.get("occurredAt", "")),
+        )
+        await hook.call(event["data"], context)
+
+    return deliver
+
+
+def build_hooks(settings: Settings, client: httpx.AsyncClient) -> HookSetup:
+    """Every configured hook, and the event stream when it is on; raises ConfigError on an unusable one."""
+    setup = HookSetup()
+    for index, spec in enumerate(settings.hooks):
+        patterns = tuple(spec.events)
+        where = f"hooks[{index}]"
+        if spec.call is not None:
+            try:
+                python = PythonHook(spec.call)
+            except ValueError as exc:
+                raise ConfigError(f"invalid configuration: {where}.call: {exc}") from None
+            if spec.when == "before":
+                setup.runner.add_before(patterns, python, spec.on_failure == "continue")
+            else:
+                target = f"python:{spec.call}"
+                setup.targets.setdefault(target, _after_python(python))
+                setup.runner.add_after(patterns, target)
+            continue
+        assert spec.url is not None
+        secret = spec.secret or settings.webhook_secret
+        if secret is None or not secret.get_secret_value():
+            raise ConfigError(
+                f"invalid configuration: {where}.secret: a webhook hook needs a secret (or AUTHSIDECAR_WEBHOOK_SECRET)"
+            )
+        webhook = WebhookHook(spec.url, secret.get_secret_value(), spec.timeout, client)
+        if spec.when == "before":
+            setup.runner.add_before(patterns, webhook, spec.on_failure == "continue")
+        else:
+            target = f"webhook:{spec.url}"
+            setup.targets.setdefault(target, webhook.deliver)
+            setup.runner.add_after(patterns, target)
+    if settings.event_stream == "redis":
+        if settings.redis_url is None:
+            raise ConfigError("invalid configuration: AUTHSIDECAR_EVENT_STREAM: redis needs REDIS_URL")
+        try:
+            redis = connect_redis(settings.redis_url.get_secret_value(), max(settings.redis_timeout, 2.0))
+        except ValueError as exc:
+            raise ConfigError(f"invalid configuration: REDIS_URL: {exc}") from None
+        key = settings.effective_redis_key_prefix + settings.event_stream_key
+        setup.stream = RedisEventStream(redis, key, settings.event_stream_max_length)
+        setup.targets[STREAM_TARGET] = setup.stream.publish
+        setup.runner.add_after(("*",), STREAM_TARGET)
+    return setup

@@ -1,0 +1,1 @@
+"""Optional Better Auth plugins."""

@@ -1,0 +1,88 @@
+"""The plugin interface.
+
+A plugin is a class published under the ``authsidecar.plugins`` entry point group and enabled by name in the
+configuration (``[plugins.<name>]``, whose other keys are its options). It is built with its options, then:
+
+- ``schema()`` says what it adds to the database: fields on core models (``user``, ``session``) and tables of its
+  own. They are created by ``authsidecar migrate``, shown by ``generate``, checked by ``migrate --check`` and at
+  start-up, and renamed by ``[plugins.<name>.schema.<model>]`` (``model_name``, ``fields``) like the core tables.
+- ``setup(host)``, at start-up, gets what it may use (the store of record with hooks and outbox, the SQL tables
+  of its own, the session manager, the hasher, the limits, the hook runner to add hooks to) and returns its parts:
+  gRPC services (served with reflection, health and the same error model; wrap handlers with
+  ``authsidecar.transport.grpc.status.rpc``) and, optionally, a sign-in gate that may turn a password sign-in
+  into a challenge (a second factor).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from authsidecar.domain.fields import FieldDef, ModelDef
+
+if TYPE_CHECKING:
+    from authsidecar.config import Settings
+    from authsidecar.domain.ports import Database
+    from authsidecar.hooks.runner import HookRunner
+    from authsidecar.security.passwords import PasswordHasher
+    from authsidecar.services.accounts import SignInGate
+    from authsidecar.services.limits import Limits, LoginGuard
+    from authsidecar.services.sessions import SessionManager
+    from authsidecar.storage.database import SqlDatabase
+
+__all__ = ["GrpcService", "Plugin", "PluginHost", "PluginParts", "PluginSchema"]
+
+
+@dataclass(frozen=True, slots=True)
+class PluginSchema:
+    """What a plugin adds: ``fields`` on core models (additional fields: ``builtin=False``, by core model name) and
+    ``models`` of its own (their ``references`` may name core models)."""
+
+    fields: Mapping[str, tuple[FieldDef, ...]] = field(default_factory=dict)
+    models: tuple[ModelDef, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcService:
+    """A gRPC service of a plugin: its full name (for reflection and health), the generated
+    ``add_<Service>Servicer_to_server`` function and the servicer."""
+
+    name: str
+    add: Callable[[Any, Any], None]
+    servicer: Any
+
+
+@dataclass
+class PluginHost:
+    """What a plugin may use, built by the composition root."""
+
+    settings: Settings
+    store: Database  # units of work with hooks and the outbox: write core records through it
+    database: SqlDatabase  # the plugin's own tables: database.schema.plugin_tables[<model>]
+    sessions: SessionManager
+    hasher: PasswordHasher
+    limits: Limits
+    guard: LoginGuard
+    hooks: HookRunner
+    services: dict[str, Any] = field(default_factory=dict)  # other components by name (accounts, profile)
+
+
+@dataclass
+class PluginParts:
+    """What a plugin contributes at start-up."""
+
+    services: list[GrpcService] = field(default_factory=list)
+    sign_in_gate: SignInGate | None = None
+
+
+class Plugin(Protocol):
+    """A plugin class: ``Plugin(options)`` raises ValueError for bad options."""
+
+    name: str
+
+    def schema(self) -> PluginSchema:
+        """Fields and tables the plugin adds."""
+
+    def setup(self, host: PluginHost) -> PluginParts:
+        """Build the plugin's components; raise ValueError when it cannot run with this configuration."""

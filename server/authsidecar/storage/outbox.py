@@ -1,0 +1,95 @@
+"""The delivery side of the transactional outbox (entries are written by the unit of work, storage/database.py).
+
+One instance at a time delivers: it holds the lease row (``holder``, ``leaseUntil``), renewed while it works and
+taken over by another instance once it lapses (a crashed holder's entries are delivered again: at least once).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from authsidecar.domain.models import OutboxRow
+from authsidecar.domain.ports import Outbox
+from authsidecar.storage.database import SqlDatabase
+
+__all__ = ["SqlOutbox"]
+
+
+class SqlOutbox:
+    """Outbox reads and updates over the database's autocommit engine (one statement each)."""
+
+    def __init__(self, database: SqlDatabase) -> None:
+        self._db = database
+        schema = database.schema
+        o, lease = schema.outbox, schema.outbox_lease
+        p = sa.bindparam
+        self._pending = sa.select(o).where(o.c.dead == sa.false()).order_by(o.c.seq).limit(p("limit"))
+        self._delete = sa.delete(o).where(o.c.seq.in_(p("seqs", expanding=True)))
+        self._failed = (
+            sa.update(o)
+            .where(o.c.seq == p("o_seq"))
+            .values(attempts=p("o_attempts"), next_attempt_at=p("o_next"), last_error=p("o_error"), dead=p("o_dead"))
+        )
+        self._acquire = (
+            sa.update(lease)
+            .where(
+                lease.c.id == 1,
+                sa.or_(lease.c.holder.is_(None), lease.c.holder == p("l_holder"), lease.c.lease_until < p("l_now")),
+            )
+            .values(holder=p("l_holder"), lease_until=p("l_until"))
+        )
+        self._release = (
+            sa.update(lease)
+            .where(lease.c.id == 1, lease.c.holder == p("l_holder"))
+            .values(holder=None, lease_until=None)
+        )
+        self._backlog = sa.select(o.c.dead, sa.func.count()).group_by(o.c.dead)
+
+    async def _run(self, stmt: sa.Executable, params: dict[str, Any]) -> sa.CursorResult[Any]:
+        async with self._db.autocommit_connection() as conn:
+            result: sa.CursorResult[Any] = await conn.execute(stmt, params)
+            return result
+
+    async def pending(self, limit: int) -> list[OutboxRow]:
+        """The oldest live entries, in commit order."""
+        async with self._db.autocommit_connection() as conn:
+            rows = (await conn.execute(self._pending, {"limit": limit})).all()
+        return [OutboxRow(r.seq, r.target, r.ordering_key, r.payload, r.attempts, r.next_attempt_at) for r in rows]
+
+    async def delivered(self, seqs: list[int]) -> None:
+        """Delete delivered entries."""
+        if seqs:
+            await self._run(self._delete, {"seqs": seqs})
+
+    async def failed(self, seq: int, attempts: int, next_attempt_at: datetime, error: str, dead: bool) -> None:
+        """Record a failed attempt."""
+        params = {
+            "o_seq": seq,
+            "o_attempts": attempts,
+            "o_next": next_attempt_at,
+            "o_error": error[:500],
+            "o_dead": dead,
+        }
+        await self._run(self._failed, params)
+
+    async def acquire_lease(self, holder: str, now: datetime, until: datetime) -> bool:
+        """Take the lease if it is free, lapsed or already ours."""
+        result = await self._run(self._acquire, {"l_holder": holder, "l_now": now, "l_until": until})
+        return result.rowcount > 0
+
+    async def release_lease(self, holder: str) -> None:
+        """Free the lease if it is ours."""
+        await self._run(self._release, {"l_holder": holder})
+
+    async def backlog(self) -> tuple[int, int]:
+        """(live, dead) entry counts."""
+        async with self._db.autocommit_connection() as conn:
+            counts = {bool(dead): int(n) for dead, n in (await conn.execute(self._backlog)).all()}
+        return counts.get(False, 0), counts.get(True, 0)
+
+
+def _check(outbox: SqlOutbox) -> Outbox:
+    return outbox
