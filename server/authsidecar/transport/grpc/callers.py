@@ -14,13 +14,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from authsidecar.errors import CallerNotAllowed, CallerNotAuthenticated
-from authsidecar_client.v1 import auth_service_pb2, session_service_pb2
+from authsidecar_client.v1 import auth_service_pb2, session_service_pb2, two_factor_service_pb2
 
 __all__ = ["RPC_NAMES", "Caller", "CallerPolicy"]
 
 RPC_NAMES = frozenset(
     method.name
-    for module, service in ((auth_service_pb2, "AuthService"), (session_service_pb2, "SessionService"))
+    for module, service in (
+        (auth_service_pb2, "AuthService"),
+        (session_service_pb2, "SessionService"),
+        (two_factor_service_pb2, "TwoFactorService"),  # the two_factor plugin's
+    )
     for method in module.DESCRIPTOR.services_by_name[service].methods
 )
 

@@ -1,0 +1,1 @@
+"""Better Auth's two-factor plugin."""
