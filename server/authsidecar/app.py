@@ -343,9 +343,10 @@ class App:
         outbox = DeliveryQueue(build_sender(settings, http), settings.delivery_queue_size, settings.delivery_attempts)
         registry = database.schema.registry
         hooks = build_hooks(settings, http)
+        plugins = settings.enabled_plugins()
 
         def hooked(store: Database) -> Database:
-            if not hooks.runner:
+            if not hooks.runner and not plugins:  # plugins may add hooks at set-up
                 return store
             tracking.on = True
             return HookedDatabase(store, hooks.runner, Payloads(registry))
@@ -452,17 +453,18 @@ class App:
             limits,
             guard,
             hooks.runner,
+            hooks.targets,
             {"convert": convert, "callers": callers, "accounts": accounts, "profile": profile},
         )
         extra = []
-        for name, plugin in settings.enabled_plugins():
+        for name, plugin in plugins:
             try:
                 parts = plugin.setup(host)
             except ValueError as exc:
                 raise ConfigError(f"invalid configuration: plugins.{name}: {exc}") from None
             extra += [(service.name, service.add, service.servicer) for service in parts.services]
             if parts.sign_in_gate is not None:
-                accounts.gate = parts.sign_in_gate
+                accounts.gate = flows.gate = parts.sign_in_gate
         server = GrpcServer(
             auth_servicer,
             session_servicer,

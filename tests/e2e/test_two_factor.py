@@ -4,6 +4,7 @@ tables renamed by configuration, created by migrate, shown by generate, checked 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -26,6 +27,7 @@ from authsidecar_client.v1 import auth_service_pb2 as auth_pb
 from authsidecar_client.v1 import session_service_pb2 as session_pb
 from authsidecar_client.v1 import two_factor_service_pb2 as tf_pb
 from authsidecar_client.v1 import two_factor_service_pb2_grpc as tf_grpc
+from tests.better_auth.harness import token_in_log
 from tests.conftest import REDIS_URL, create_pg_database, drop_pg_database, run_sync
 from tests.e2e.conftest import Server, Stubs, clean_env, error_details, start_server, stubs_for
 
@@ -92,6 +94,7 @@ def server(database: tuple[str, Path], tmp_path_factory: pytest.TempPathFactory,
         "REDIS_URL": REDIS_URL,
         "AUTHSIDECAR_REDIS_KEY_PREFIX": redis_prefix,
         "AUTHSIDECAR_CONFIG": str(config),
+        "AUTHSIDECAR_AUTO_SIGN_IN_AFTER_VERIFICATION": "true",  # links must not bypass the second factor
     }
     srv = start_server(tmp_path_factory.mktemp("two-factor-server"), env)
     srv.wait_for(SERVING)
@@ -238,6 +241,29 @@ async def test_disabling_restores_password_sign_in(stubs: TwoFactorStubs) -> Non
     assert (await _fails(codes))[1] == "TWO_FACTOR_NOT_ENABLED"
 
 
+async def _verify_link(server: Server, email: str) -> str:
+    """The token of the verification link the server logged for ``email`` (delivery is in the background)."""
+    for _ in range(200):
+        if f"verify-email message for {email}" in server.log():
+            break
+        await asyncio.sleep(0.05)
+    return token_in_log(server.log(), "verify-email", email)
+
+
+async def test_a_verification_link_does_not_sign_a_two_factor_user_in(server: Server, stubs: TwoFactorStubs) -> None:
+    user = await _enrolled(stubs)  # enrolled before verifying the address
+    await stubs.base.auth.SendVerificationEmail(auth_pb.SendVerificationEmailRequest(email=user.email))
+    verified = await stubs.base.auth.VerifyEmail(
+        auth_pb.VerifyEmailRequest(token=await _verify_link(server, user.email))
+    )
+    assert verified.user.email_verified and not verified.token and not verified.HasField("session")
+    plain = f"plain-{secrets.token_hex(5)}@example.com"  # without two-factor authentication, the link signs in
+    await stubs.base.auth.SignUp(auth_pb.SignUpRequest(email=plain, password=PASSWORD, name="Plain"))
+    await stubs.base.auth.SendVerificationEmail(auth_pb.SendVerificationEmailRequest(email=plain))
+    signed_in = await stubs.base.auth.VerifyEmail(auth_pb.VerifyEmailRequest(token=await _verify_link(server, plain)))
+    assert signed_in.token
+
+
 async def test_bad_requests_get_invalid_argument(stubs: TwoFactorStubs) -> None:
     empty = stubs.two_factor.VerifyTotp(tf_pb.VerifyTotpRequest(challenge="", code=""))
     assert (await _fails(empty))[:2] == (grpc.StatusCode.INVALID_ARGUMENT, "MISSING_FIELD")
@@ -325,3 +351,25 @@ async def _renamed_flow(address: str) -> None:
         assert reply.challenge.token
     finally:
         await base.channel.close()
+
+
+async def test_the_python_client_signs_in_with_a_second_factor(server: Server) -> None:
+    from authsidecar_client import AuthClient, AuthSidecarError
+
+    email = f"client-{secrets.token_hex(5)}@example.com"
+    async with AuthClient(server.address) as auth:
+        token = (await auth.sign_up(email, PASSWORD, name="Client")).token
+        enrolment = await auth.enable_two_factor(token, PASSWORD, issuer="Py")
+        secret = parse_qs(urlsplit(enrolment.totp_uri).query)["secret"][0]
+        assert (await auth.confirm_two_factor(token, totp(secret))).additional_fields["twoFactorEnabled"] is True
+        signed_in = await auth.sign_in(email, PASSWORD)
+        assert signed_in.HasField("challenge")
+        with pytest.raises(AuthSidecarError) as wrong:
+            await auth.verify_totp(signed_in.challenge.token, "000000")
+        assert wrong.value.reason == "INVALID_TWO_FACTOR_CODE"
+        done = await auth.verify_totp(signed_in.challenge.token, totp(secret, step=1))
+        assert (await auth.validate_session(done.token)).user.email == email
+        codes = await auth.generate_backup_codes(done.token, PASSWORD)
+        again = await auth.sign_in(email, PASSWORD)
+        assert (await auth.verify_backup_code(again.challenge.token, codes[0])).token
+        assert (await auth.disable_two_factor(done.token, PASSWORD)).additional_fields["twoFactorEnabled"] is False

@@ -20,6 +20,8 @@ from authsidecar_client.v1 import auth_service_pb2_grpc as auth_grpc
 from authsidecar_client.v1 import resources_pb2
 from authsidecar_client.v1 import session_service_pb2 as session_pb
 from authsidecar_client.v1 import session_service_pb2_grpc as session_grpc
+from authsidecar_client.v1 import two_factor_service_pb2 as tf_pb
+from authsidecar_client.v1 import two_factor_service_pb2_grpc as tf_grpc
 
 __all__ = ["AuthClient", "AuthSidecarError", "fields_of"]
 
@@ -60,7 +62,8 @@ class AuthSidecarError(Exception):
 
 
 class AuthClient:
-    """Async client for AuthService and SessionService over one channel."""
+    """Async client for AuthService, SessionService and (with the two_factor plugin) TwoFactorService over one
+    channel."""
 
     def __init__(
         self,
@@ -78,6 +81,7 @@ class AuthClient:
         self._metadata = (("authorization", f"Bearer {service_key}"),) if service_key else None
         self._auth = auth_grpc.AuthServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._sessions = session_grpc.SessionServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._two_factor = tf_grpc.TwoFactorServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._timeout = timeout
 
     async def __aenter__(self) -> AuthClient:
@@ -125,7 +129,8 @@ class AuthClient:
     async def sign_in(
         self, email: str, password: str, remember_me: bool = True, ip_address: str = "", user_agent: str = ""
     ) -> auth_pb.SignInResponse:
-        """Check a password; returns user, session and token."""
+        """Check a password; returns user, session and token, or (two_factor plugin) ``reply.challenge`` to
+        complete with ``verify_totp`` / ``verify_backup_code``."""
         client = resources_pb2.ClientContext(ip_address=ip_address, user_agent=user_agent)
         request = auth_pb.SignInRequest(email=email, password=password, client=client, remember_me=remember_me)
         return await self._call(self._auth.SignIn, request, auth_pb.SignInResponse)
@@ -230,3 +235,44 @@ class AuthClient:
         """Delete the account (password, or a fresh session)."""
         request = auth_pb.DeleteUserRequest(token=token, password=password, client=_client(ip_address))
         await self._call(self._auth.DeleteUser, request, auth_pb.DeleteUserResponse)
+
+    # -- two_factor plugin -----------------------------------------------------------------------------------
+
+    async def enable_two_factor(
+        self, token: str, password: str, issuer: str = "", ip_address: str = ""
+    ) -> tf_pb.EnableTwoFactorResponse:
+        """Start enrolment: ``reply.totp_uri`` (show it as a QR code) and ``reply.backup_codes`` (show once)."""
+        request = tf_pb.EnableTwoFactorRequest(
+            token=token, password=password, issuer=issuer, client=_client(ip_address)
+        )
+        return await self._call(self._two_factor.EnableTwoFactor, request, tf_pb.EnableTwoFactorResponse)
+
+    async def confirm_two_factor(self, token: str, code: str) -> resources_pb2.User:
+        """Finish enrolment with a code from the authenticator app; two-factor authentication is then on."""
+        request = tf_pb.ConfirmTwoFactorRequest(token=token, code=code)
+        reply = await self._call(self._two_factor.ConfirmTwoFactor, request, tf_pb.ConfirmTwoFactorResponse)
+        return reply.user
+
+    async def verify_totp(self, challenge: str, code: str, ip_address: str = "") -> tf_pb.VerifyTotpResponse:
+        """Complete a sign-in challenge with a TOTP code; returns user, session and token."""
+        request = tf_pb.VerifyTotpRequest(challenge=challenge, code=code, client=_client(ip_address))
+        return await self._call(self._two_factor.VerifyTotp, request, tf_pb.VerifyTotpResponse)
+
+    async def verify_backup_code(
+        self, challenge: str, code: str, ip_address: str = ""
+    ) -> tf_pb.VerifyBackupCodeResponse:
+        """Complete a sign-in challenge with a backup code (each works once)."""
+        request = tf_pb.VerifyBackupCodeRequest(challenge=challenge, code=code, client=_client(ip_address))
+        return await self._call(self._two_factor.VerifyBackupCode, request, tf_pb.VerifyBackupCodeResponse)
+
+    async def disable_two_factor(self, token: str, password: str, ip_address: str = "") -> resources_pb2.User:
+        """Turn two-factor authentication off."""
+        request = tf_pb.DisableTwoFactorRequest(token=token, password=password, client=_client(ip_address))
+        reply = await self._call(self._two_factor.DisableTwoFactor, request, tf_pb.DisableTwoFactorResponse)
+        return reply.user
+
+    async def generate_backup_codes(self, token: str, password: str, ip_address: str = "") -> list[str]:
+        """Replace the backup codes; returns the new ones."""
+        request = tf_pb.GenerateBackupCodesRequest(token=token, password=password, client=_client(ip_address))
+        reply = await self._call(self._two_factor.GenerateBackupCodes, request, tf_pb.GenerateBackupCodesResponse)
+        return list(reply.backup_codes)

@@ -305,8 +305,9 @@ class HookedDatabase:
 
     @asynccontextmanager
     async def transaction(self, autocommit: bool = False) -> AsyncIterator[UnitOfWork]:
-        """Always a real transaction: outbox entries commit with the change, and a rejection rolls it back."""
-        async with self._inner.transaction(False) as inner:
+        """A real transaction whenever a hook is configured: outbox entries commit with the change, and a
+        rejection rolls it back."""
+        async with self._inner.transaction(autocommit and not self._hooks) as inner:
             yield _HookedUnitOfWork(inner, self._hooks, self._payloads)
 
     async def find_session(self, stored_token: str) -> SessionWithUser | None:

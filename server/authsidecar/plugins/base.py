@@ -24,6 +24,7 @@ from authsidecar.domain.fields import FieldDef, ModelDef
 if TYPE_CHECKING:
     from authsidecar.config import Settings
     from authsidecar.domain.ports import Database
+    from authsidecar.hooks.dispatcher import Deliver
     from authsidecar.hooks.runner import HookRunner
     from authsidecar.security.passwords import PasswordHasher
     from authsidecar.services.accounts import SignInGate
@@ -64,8 +65,16 @@ class PluginHost:
     hasher: PasswordHasher
     limits: Limits
     guard: LoginGuard
-    hooks: HookRunner
+    hooks: HookRunner  # add_before(patterns, hook): a before hook (an object with ``name`` and ``before()``)
+    targets: dict[str, Deliver]  # the outbox's delivery targets (see on_after)
     services: dict[str, Any] = field(default_factory=dict)  # other components by name (accounts, profile)
+
+    def on_after(self, patterns: tuple[str, ...], name: str, deliver: Deliver) -> None:
+        """Deliver the after events matching ``patterns`` ("user.create", "session.*", ...) to ``deliver(event)``
+        through the outbox: at least once, in order per user, retried while it raises. ``name`` identifies the
+        target in the outbox (keep it stable across releases)."""
+        self.targets[name] = deliver
+        self.hooks.add_after(patterns, name)
 
 
 @dataclass

@@ -60,6 +60,9 @@ class Challenge:
 class SignInGate(Protocol):
     """Decides, once the password is right, whether the sign-in needs one more step (plugins provide it)."""
 
+    def guards(self, user: User) -> bool:
+        """Whether a new session of this user needs the gate's step (then no flow may open one without it)."""
+
     async def challenge(self, user: User, client: ClientInfo, remember_me: bool) -> Challenge | None:
         """A challenge instead of a session, or None to sign in now."""
 

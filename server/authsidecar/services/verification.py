@@ -44,7 +44,7 @@ from authsidecar.security.ids import IdGenerator, id_generator
 from authsidecar.security.jwt import JwtError, JwtExpired, sign_hs256, verify_hs256
 from authsidecar.security.passwords import PasswordHasher
 from authsidecar.security.tokens import alphanumeric
-from authsidecar.services.accounts import AuthResult
+from authsidecar.services.accounts import AuthResult, SignInGate
 from authsidecar.services.clock import Clock, utc_now
 from authsidecar.services.limits import OUTSTANDING_LINKS, Limits, LoginGuard, MailThrottle
 from authsidecar.services.profile import verify_current_password
@@ -146,6 +146,7 @@ class AccountFlows:
         self._settings = settings
         self._clock = clock
         self._tokens = VerificationTokens(clock, sessions.ids, better_auth=jwt_secret is not None)
+        self.gate: SignInGate | None = None  # a plugin's second factor: links never bypass it
 
     def _message(self, purpose: str, to: str, user: User, token: str, expires_at: datetime) -> Message:
         url = render_link(self._settings.link_template, purpose, token)
@@ -198,6 +199,8 @@ class AccountFlows:
         except Conflict as exc:  # the new address was taken meanwhile; the token stays usable
             raise UserAlreadyExists() from exc
         if not self._settings.auto_sign_in_after_verification:
+            return AuthResult(user)
+        if self.gate is not None and self.gate.guards(user):  # a second factor first: no session from a link
             return AuthResult(user)
         session, session_token = await self._sessions.open_session(user, client, read_at)
         return AuthResult(user, session, session_token)

@@ -168,9 +168,13 @@ class TwoFactorService:
 
     # -- sign-in ---------------------------------------------------------------------------------------------
 
+    def guards(self, user: User) -> bool:
+        """Whether the user's new sessions need a second factor."""
+        return bool(user.additional.get(ENABLED_FIELD))
+
     async def challenge(self, user: User, client: ClientInfo, remember_me: bool) -> Challenge | None:
         """The sign-in gate: a challenge for a user with two-factor authentication on."""
-        if not user.additional.get(ENABLED_FIELD):
+        if not self.guards(user):
             return None
         token = generate_id()
         now = self._clock()
