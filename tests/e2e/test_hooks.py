@@ -120,18 +120,30 @@ def _serve(folder: Path, env: dict[str, str]) -> Server:
 # ------------------------------------------------------------------------------------------------ Python hooks
 
 
-def _python_hooks_server(folder: Path, backend: str, pg_url: str, redis_prefix: str) -> tuple[Server, Path]:
+def _hooks_server(
+    folder: Path, backend: str, db_url: str, redis_prefix: str, receiver: Receiver
+) -> tuple[Server, Path]:
+    """Python hooks and webhooks, before and after, on every event."""
     (folder / "hookmod.py").write_text(HOOK_MODULE)  # the server runs in ``folder``: importable from there
     log = folder / "hook-calls.jsonl"
     log.write_text("")
     config = _write_config(
         folder,
         '[[hooks]]\nevents = ["*"]\nwhen = "before"\ncall = "hookmod:before"\n\n'
-        '[[hooks]]\nevents = ["*"]\nwhen = "after"\ncall = "hookmod:after"\n',
+        '[[hooks]]\nevents = ["*"]\nwhen = "after"\ncall = "hookmod:after"\n\n'
+        f'[[hooks]]\nevents = ["*"]\nwhen = "before"\nurl = "{receiver.url}"\n\n'
+        f'[[hooks]]\nevents = ["*"]\nwhen = "after"\nurl = "{receiver.url}"\n',
     )
-    env = {"AUTHSIDECAR_CONFIG": str(config), "HOOK_TEST_LOG": str(log), "AUTHSIDECAR_SESSION_UPDATE_AGE": "0"}
+    env = {
+        "AUTHSIDECAR_CONFIG": str(config),
+        "HOOK_TEST_LOG": str(log),
+        "AUTHSIDECAR_SESSION_UPDATE_AGE": "0",
+        "AUTHSIDECAR_WEBHOOK_SECRET": HOOK_SECRET,
+    }
     if backend == "postgres+redis":
-        env |= {"DATABASE_URL": pg_url, "REDIS_URL": REDIS_URL, "AUTHSIDECAR_REDIS_KEY_PREFIX": redis_prefix}
+        env |= {"DATABASE_URL": db_url, "REDIS_URL": REDIS_URL, "AUTHSIDECAR_REDIS_KEY_PREFIX": redis_prefix}
+    elif backend == "mariadb":
+        env |= {"DATABASE_URL": db_url}
     else:
         subprocess.run([sys.executable, "-m", "authsidecar", "migrate"], cwd=folder, env=clean_env(), check=True)
         env |= {"AUTHSIDECAR_SQLITE_PATH": str(folder / "authsidecar.db")}
@@ -151,11 +163,24 @@ async def _wait_for(check: Callable[[], bool], what: str, within: float = 20.0) 
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.fixture(scope="module", params=["postgres+redis", "sqlite+memory"])
+@pytest.fixture(scope="module")
+def hook_receiver() -> Iterator[Receiver]:
+    r = Receiver(free_port())
+    r.start()
+    yield r
+    r.stop()
+
+
+@pytest.fixture(scope="module", params=["postgres+redis", "sqlite+memory", "mariadb"])
 def python_hooks(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pg_url: str, redis_prefix: str
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_prefix: str,
+    hook_receiver: Receiver,
 ) -> Iterator[tuple[Server, Path]]:
-    server, log = _python_hooks_server(tmp_path_factory.mktemp("pyhooks"), request.param, pg_url, redis_prefix)
+    url = request.getfixturevalue("mariadb_url" if request.param == "mariadb" else "pg_url")
+    folder = tmp_path_factory.mktemp("pyhooks")
+    server, log = _hooks_server(folder, request.param, url, redis_prefix, hook_receiver)
     yield server, log
     assert server.stop() == 0, server.log()
 
@@ -167,8 +192,8 @@ async def py_stubs(python_hooks: tuple[Server, Path]) -> AsyncIterator[Stubs]:
     await stubs.channel.close()
 
 
-async def test_python_hooks_see_every_model_and_event_with_context_and_no_secrets(
-    python_hooks: tuple[Server, Path], py_stubs: Stubs
+async def test_hooks_of_both_kinds_see_every_model_and_event_with_context_and_no_secrets(
+    python_hooks: tuple[Server, Path], py_stubs: Stubs, hook_receiver: Receiver
 ) -> None:
     server, log = python_hooks
     email = _email()
@@ -203,6 +228,17 @@ async def test_python_hooks_see_every_model_and_event_with_context_and_no_secret
         seen = {(c["model"], c["event"]) for c in calls if c["when"] == when}
         assert seen >= ALL_EVENTS, f"{when}: missing {ALL_EVENTS - seen}"
     _no_secrets(calls)
+    # The webhooks saw the same, signed.
+    await _wait_for(
+        lambda: (
+            {(e["model"], e["event"]) for e in hook_receiver.received if e["when"] == "after" and mine(e)} >= ALL_EVENTS
+        ),
+        "an after webhook of every model and event",
+    )
+    hooked = [e for e in hook_receiver.received if mine(e)]
+    assert {(e["model"], e["event"]) for e in hooked if e["when"] == "before"} >= ALL_EVENTS
+    assert hook_receiver.bad_signatures == 0
+    _no_secrets(hooked)
     after = [c for c in calls if c["when"] == "after"]
     assert len({c["event_id"] for c in after}) == len({json.dumps(c, sort_keys=True) for c in after})
     assert all(c["event_id"] for c in after) and not any(c["event_id"] for c in calls if c["when"] == "before")
