@@ -109,11 +109,12 @@ def _cleanup(settings: Settings) -> int:
     from authsidecar.app import build_database
     from authsidecar.errors import AuthSidecarError
     from authsidecar.services.cleanup import remove_expired
+    from authsidecar.storage.outbox import SqlOutbox
 
     async def run() -> dict[str, int]:
         database = build_database(settings)
         try:
-            return await remove_expired(database, settings.cleanup_batch_size)
+            return await remove_expired(database, settings.cleanup_batch_size, outbox=SqlOutbox(database))
         finally:
             await database.close()
 
@@ -123,8 +124,9 @@ def _cleanup(settings: Settings) -> int:
         log.error("cleanup failed: %s", exc.message)
         return 1
     print(
-        f"removed {removed['session']} expired sessions, {removed['verification']} expired verifications and"
-        f" {removed['invalidation']} old invalidation log entries"
+        f"removed {removed['session']} expired sessions, {removed['verification']} expired verifications,"
+        f" {removed['invalidation']} old invalidation log entries and {removed.get('outbox', 0)} outbox entries"
+        " given up more than a week ago"
     )
     return 0
 

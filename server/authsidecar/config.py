@@ -79,6 +79,9 @@ class CallerSettings(BaseModel):
         return value
 
 
+MAX_BEFORE_TIMEOUT = 10.0  # before hooks run inside a transaction, which Postgres ends after 15 s idle
+
+
 class HookSettings(BaseModel):
     """One hook (``[[hooks]]``): a Python callable (``call``) or a webhook (``url``), run before or after the
     changes its ``events`` name ("user.create", "session.*", "*.delete", "*")."""
@@ -108,6 +111,10 @@ class HookSettings(BaseModel):
             raise ValueError("set exactly one of call (a Python function) and url (a webhook)")
         if self.url is not None and not self.url.startswith(("http://", "https://")):
             raise ValueError("url must be http:// or https://")
+        if self.when == "before" and self.timeout > MAX_BEFORE_TIMEOUT:
+            raise ValueError(
+                f"timeout: at most {MAX_BEFORE_TIMEOUT:g} s for a before hook (it runs inside the change's transaction)"
+            )
         if self.call is not None:
             from authsidecar.hooks.runner import import_callable
 

@@ -63,6 +63,8 @@ async def before(data, context):
             raise HookAbort("blocked names are not allowed", "INVALID_ARGUMENT")
         if data.get("name") == "Shout":
             return {"name": "SHOUT"}
+    if (context.model, context.event) == ("user", "update") and data.get("name") == "Escalate":
+        return {"email": "attacker@example.com", "emailVerified": True}  # not a field a hook may set
     return None
 
 
@@ -271,6 +273,13 @@ async def test_a_python_before_hook_rejects_with_its_status_or_rewrites_the_data
     assert loud.user.name == "SHOUT"
     validated = await py_stubs.sessions.ValidateSession(session_pb.ValidateSessionRequest(token=loud.token))
     assert validated.user.name == "SHOUT"  # stored and cached as the hook left it
+    with pytest.raises(grpc.aio.AioRpcError) as misbehaved:  # a hook's answer beyond what it may set: refused
+        await py_stubs.auth.UpdateUser(auth_pb.UpdateUserRequest(token=loud.token, name="Escalate"))
+    details = error_details(misbehaved.value)
+    assert (details.code, details.metadata.keys()) == (grpc.StatusCode.INTERNAL, {"request_id"})
+    assert "attacker" not in details.message
+    unchanged = await py_stubs.sessions.ValidateSession(session_pb.ValidateSessionRequest(token=loud.token))
+    assert (unchanged.user.name, unchanged.user.email) == ("SHOUT", loud.user.email)
 
 
 # ------------------------------------------------------------------------------------------------ webhooks
@@ -298,13 +307,18 @@ class Receiver:
                 event = json.loads(body)
                 owner.received.append(event)
                 status, reply, delay = owner.answer(event)
-                time.sleep(delay)
+                time.sleep(max(delay, 0.0))
                 data = json.dumps(reply).encode() if reply is not None else b""
                 try:
                     self.send_response(status)
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
-                    self.wfile.write(data)
+                    for n in range(len(data)):  # delay < 0: trickle the body, one byte every -delay seconds
+                        self.wfile.write(data[n : n + 1] if delay < 0 else data[n:])
+                        self.wfile.flush()
+                        if delay >= 0:
+                            break
+                        time.sleep(-delay)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
@@ -356,6 +370,8 @@ async def test_a_before_webhook_rejects_rewrites_and_fails_closed_on_timeout(
             return 200, None, 2.0
         if email.startswith("aborted"):
             return 200, {"abort": True}, 0.0
+        if email.startswith("trickle"):
+            return 200, {"data": {"name": "Trickled in"}}, -0.2  # each read within the timeout, the whole not
         return 200, None, 0.0
 
     receiver.answer = answer
@@ -398,6 +414,11 @@ async def test_a_before_webhook_rejects_rewrites_and_fails_closed_on_timeout(
             await stubs.auth.SignUp(auth_pb.SignUpRequest(email=slow, password=PASSWORD, name="S"))
         assert time.monotonic() - started < 1.9  # the hook's timeout, not the receiver's delay
         assert (exc.value.code(), error_details(exc.value).reason) == (grpc.StatusCode.UNAVAILABLE, "HOOK_FAILED")
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            await stubs.auth.SignUp(auth_pb.SignUpRequest(email=_email("trickle"), password=PASSWORD, name="T"))
+        assert time.monotonic() - started < 1.9  # the timeout bounds the whole exchange
+        assert error_details(exc.value).reason == "HOOK_FAILED"
         receiver.answer = lambda event: (200, None, 0.0)
         for email in (refused, slow):  # nothing was written: the address is still free
             again = await stubs.auth.SignUp(auth_pb.SignUpRequest(email=email, password=PASSWORD, name="Later"))
@@ -467,8 +488,9 @@ async def test_events_committed_before_a_sigkill_are_delivered_after_the_restart
     receiver.start()
     restarted = _serve(tmp_path, env)
     try:
+        # The killed instance's lease lapses first: delivery timeout + 5 s (15 s here).
         await _wait_for(
-            lambda: _story(receiver.received, user_id) == ["create:v0", "update:v1", "update:v2"], "redelivery"
+            lambda: _story(receiver.received, user_id) == ["create:v0", "update:v1", "update:v2"], "redelivery", 45
         )
     finally:
         assert restarted.stop() == 0, restarted.log()

@@ -109,6 +109,18 @@ async def test_the_readme_plugin_adds_its_schema_and_gets_after_events(tmp_path:
             '[plugins.two_factor.schema.user]\nfields = { nothing = "x" }\n',
             "the plugin adds no field 'nothing' to user",
         ),
+        (
+            '[plugins.two_factor.schema.user]\nfields = { twoFactorEnabled = "email" }\n',
+            "column 'email' is used by email and twoFactorEnabled",
+        ),
+        (
+            '[plugins.two_factor.schema.two_factor]\nfields = { secret = "backupCodes" }\n',
+            "column 'backupCodes' is used by",
+        ),
+        (
+            '[plugins.two_factor.schema.two_factor]\nmodel_name = "authsidecar_outbox"\n',
+            "table 'authsidecar_outbox' is already used",
+        ),
     ],
 )
 def test_bad_plugin_configurations_stop_every_command(tmp_path: Path, toml: str, message: str) -> None:

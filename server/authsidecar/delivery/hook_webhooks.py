@@ -12,6 +12,7 @@ hooks need only a 2xx; anything else is retried.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -19,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from authsidecar.delivery.senders import DeliveryError, signed_post
+from authsidecar.delivery.senders import DeliveryError, signed_post, signed_request
 from authsidecar.errors import HOOK_STATUSES, HookFailed, HookRejected
 from authsidecar.hooks.context import HookContext
 
@@ -50,23 +51,39 @@ class WebhookHook:
             "data": data,
             "context": call,
         }
-        try:
-            response = await signed_post(self._client, self._url, self._secret, _encode(body), self._timeout)
-        except httpx.HTTPError as exc:
+        try:  # the timeout bounds the whole exchange (a trickling answer too): the change's transaction is open
+            async with asyncio.timeout(self._timeout):
+                status, content = await self._exchange(_encode(body))
+        except (httpx.HTTPError, TimeoutError) as exc:
             log.warning("before hook %s: %s", self._url, type(exc).__name__)
             raise HookFailed() from None
-        if not response.is_success:
-            log.warning("before hook %s answered %d", self._url, response.status_code)
+        if not 200 <= status < 300:
+            log.warning("before hook %s answered %d", self._url, status)
             raise HookFailed()
-        return _answer(self._url, response.content)
+        return _answer(self._url, content)
+
+    async def _exchange(self, body: bytes) -> tuple[int, bytes]:
+        """POST and read at most MAX_ANSWER + 1 bytes of the answer."""
+        request = signed_request(self._client, self._url, self._secret, body, self._timeout)
+        response = await self._client.send(request, stream=True)
+        try:
+            content = b""
+            async for chunk in response.aiter_bytes():
+                content += chunk
+                if len(content) > MAX_ANSWER:
+                    break
+            return response.status_code, content
+        finally:
+            await response.aclose()
 
     async def deliver(self, event: dict[str, Any]) -> None:
         """POST an after event; raises DeliveryError unless the answer is 2xx."""
         try:
-            response = await signed_post(
-                self._client, self._url, self._secret, _encode(event), self._timeout, event_id=str(event.get("id", ""))
-            )
-        except httpx.HTTPError as exc:
+            async with asyncio.timeout(self._timeout):
+                response = await signed_post(
+                    self._client, self._url, self._secret, _encode(event), self._timeout, str(event.get("id", ""))
+                )
+        except (httpx.HTTPError, TimeoutError) as exc:
             raise DeliveryError(f"{type(exc).__name__}") from exc
         if not response.is_success:
             raise DeliveryError(f"answered {response.status_code}")

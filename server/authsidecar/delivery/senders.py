@@ -25,6 +25,7 @@ __all__ = [
     "WebhookSender",
     "http_client",
     "signed_post",
+    "signed_request",
     "webhook_signature",
 ]
 
@@ -138,10 +139,10 @@ def http_client(max_connections: int = 32) -> httpx.AsyncClient:
     )
 
 
-async def signed_post(
+def signed_request(
     client: httpx.AsyncClient, url: str, secret: bytes, body: bytes, time_limit: float, event_id: str | None = None
-) -> httpx.Response:
-    """POST a JSON body signed like every webhook of ours (X-Authsidecar-Timestamp / -Signature)."""
+) -> httpx.Request:
+    """A POST of a JSON body signed like every webhook of ours (X-Authsidecar-Timestamp / -Signature)."""
     timestamp = str(int(time.time()))
     headers = {
         "Content-Type": "application/json",
@@ -151,7 +152,14 @@ async def signed_post(
     }
     if event_id:
         headers["X-Authsidecar-Event-Id"] = event_id
-    return await client.post(url, content=body, headers=headers, timeout=time_limit)
+    return client.build_request("POST", url, content=body, headers=headers, timeout=time_limit)
+
+
+async def signed_post(
+    client: httpx.AsyncClient, url: str, secret: bytes, body: bytes, time_limit: float, event_id: str | None = None
+) -> httpx.Response:
+    """Send a signed POST (see signed_request) and read the answer."""
+    return await client.send(signed_request(client, url, secret, body, time_limit, event_id))
 
 
 class WebhookSender:

@@ -53,6 +53,7 @@ class FieldDef:
     returned: bool = True  # additional fields: sent to clients
     builtin: bool = True
     bigint: bool = False
+    plugin: str = ""  # the plugin that added it (its own state: hooks may not set it)
 
     def __post_init__(self) -> None:
         if not self.key:

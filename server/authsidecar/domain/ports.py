@@ -133,8 +133,9 @@ class InvalidationLog(Protocol):
 class Outbox(Protocol):
     """The delivery side of the transactional outbox."""
 
-    async def pending(self, limit: int) -> list[OutboxRow]:
-        """The oldest undelivered, live entries, in commit order (due or not)."""
+    async def pending(self, limit: int, now: datetime) -> list[OutboxRow]:
+        """The oldest deliverable entries in commit order: live, due at ``now``, and with no earlier live entry of
+        their (target, key) waiting for a retry."""
 
     async def delivered(self, seqs: list[int]) -> None:
         """Remove delivered entries."""
@@ -150,6 +151,9 @@ class Outbox(Protocol):
 
     async def backlog(self) -> tuple[int, int]:
         """(live entries, dead entries)."""
+
+    async def delete_dead(self, before: datetime, limit: int) -> int:
+        """Remove up to ``limit`` dead entries written before ``before``."""
 
 
 class Database(InvalidationLog, Protocol):

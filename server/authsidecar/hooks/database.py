@@ -16,6 +16,7 @@ verification tokens when a flow supersedes them (neither is a change anybody ask
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -34,7 +35,7 @@ from authsidecar.domain.models import (
     Verification,
 )
 from authsidecar.domain.ports import Database, UnitOfWork
-from authsidecar.errors import HookFailed
+from authsidecar.errors import AuthSidecarError
 from authsidecar.hooks.context import call_context
 from authsidecar.hooks.payloads import Payloads
 from authsidecar.hooks.runner import HookRunner
@@ -42,6 +43,8 @@ from authsidecar.hooks.runner import HookRunner
 __all__ = ["HookedDatabase"]
 
 _LONG_AGO = datetime(1970, 1, 1, tzinfo=UTC)
+_UNSET = object()
+log = logging.getLogger("authsidecar.hooks")
 
 
 class _HookedUnitOfWork:
@@ -66,9 +69,10 @@ class _HookedUnitOfWork:
     async def _before_fixed(self, model: str, event: str, data: dict[str, Any]) -> None:
         """Before hooks of a change whose data they may not replace (only refuse)."""
         answer = await self._before(model, event, data)
-        changed = sorted(key for key, value in answer.items() if data.get(key, answer) != value)
+        changed = sorted(key for key, value in answer.items() if data.get(key, _UNSET) != value)
         if changed:
-            raise HookFailed(f"a hook may not set {model}.{changed[0]} on this {event}")
+            log.error("a hook may not set %s.%s on this %s; the change was refused", model, changed[0], event)
+            raise AuthSidecarError("a hook answered data it may not set; see the server log")
 
     def _after(self, model: str, event: str, data: dict[str, Any], key: str) -> None:
         targets = self._hooks.after_targets(model, event)
@@ -145,13 +149,16 @@ class _HookedUnitOfWork:
     async def delete_user(self, user_id: str) -> bool:
         """user.delete, after session.delete for each of the user's sessions and account.delete for the
         credential account."""
+        # Every before hook runs before anything is written (some writes, in Redis, cannot be rolled back).
         user = await self._inner.get_user_by_id(user_id) if self._wants("user", "delete") else None
         if user is not None:
             await self._before("user", "delete", self._payloads.user(user))
-        await self.delete_user_sessions(user_id)
+        if self._hooks.has_before("session", "delete"):
+            await self._deleting(await self._inner.list_user_sessions(user_id, _LONG_AGO))
         account = await self._inner.get_credential_account(user_id) if self._wants("account", "delete") else None
         if account is not None:
             await self._before("account", "delete", self._payloads.account(account))
+        self._deleted(await self._inner.delete_user_sessions(user_id))
         deleted = await self._inner.delete_user(user_id)
         if deleted and account is not None:
             self._after("account", "delete", self._payloads.account(account), user_id)
@@ -269,8 +276,9 @@ class _HookedUnitOfWork:
         return verification_id
 
     async def consume_verification(self, identifier: str, now: datetime) -> str | None:
-        """verification.delete (a token used): the before hooks run once the value is taken, inside the
-        transaction, and a rejection puts it back (rolls back)."""
+        """verification.delete (a token used): the before hooks run once the value is taken (they are told whose
+        it is), inside the transaction, and a rejection puts it back by rolling back; except where Better Auth
+        keeps verification values in Redis alone, where a rejected token stays used up."""
         value = await self._inner.consume_verification(identifier, now)
         if value is not None:
             data = Payloads.verification_parts(identifier, value)

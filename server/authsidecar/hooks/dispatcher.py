@@ -1,10 +1,12 @@
 """Delivers outbox entries to their targets: at least once, in commit order per (target, user), retried with
 exponential back-off, surviving restarts (entries are rows; a crash before an entry is deleted delivers it again).
 
-One instance at a time delivers (the outbox lease, renewed while it works; another instance takes over once it
-lapses). Each round reads the oldest live entries; for each (target, key) group it delivers from the head until an
-entry fails or is not due yet (later entries of that group wait for it); groups run concurrently. After
-``max_attempts`` failures an entry is marked dead (kept for inspection, logged) and the group goes on.
+One instance at a time delivers: it holds the outbox lease, renewed before every delivery and longer than any
+delivery may take; another instance takes over once it lapses. Each round reads the oldest deliverable entries:
+due, with no earlier live entry of their (target, key) group waiting for a retry. Each group is delivered from its
+head until an entry fails (later entries of the group wait for it); groups run concurrently. A delivered entry is
+deleted at once. After ``max_attempts`` failures an entry is marked dead (kept for inspection, logged, removed by
+``cleanup`` after a week) and its group goes on; so is an entry whose target is no longer configured.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class OutboxDispatcher:
         poll_interval: float = 1.0,
         batch: int = 200,
         concurrency: int = 16,
-        lease_seconds: float = 15.0,
+        delivery_timeout: float = 10.0,
         clock: Callable[[], datetime] = _utc_now,
     ) -> None:
         self._outbox = outbox
@@ -59,7 +61,8 @@ class OutboxDispatcher:
         self._poll = poll_interval
         self._batch = batch
         self._slots = asyncio.Semaphore(concurrency)
-        self._lease = timedelta(seconds=lease_seconds)
+        self._timeout = delivery_timeout  # no delivery takes longer; the lease, renewed before each, outlasts one
+        self._lease = timedelta(seconds=delivery_timeout + 5)
         self._clock = clock
         self._holder = uuid.uuid4().hex
         self._wake = asyncio.Event()
@@ -87,9 +90,13 @@ class OutboxDispatcher:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._poll)
+        await self.release()
+
+    async def release(self) -> None:
+        """Give the lease up, if held (another instance may deliver at once)."""
         try:
             await self._outbox.release_lease(self._holder)
-        except Exception:
+        except Exception:  # it lapses by itself
             log.info("outbox lease not released (it lapses by itself)")
 
     def stop(self) -> None:
@@ -97,40 +104,46 @@ class OutboxDispatcher:
         self._stopping = True
         self._wake.set()
 
-    async def round(self) -> bool:
-        """One pass; True when a full batch was read (more may be waiting)."""
+    async def _holding(self) -> bool:
+        """Take or renew the lease for another ``lease_seconds`` (renewed before every delivery, so a holder that
+        stalls or dies loses it; the lease is longer than any delivery may take)."""
         now = self._clock()
-        if not await self._outbox.acquire_lease(self._holder, now, now + self._lease):
+        return await self._outbox.acquire_lease(self._holder, now, now + self._lease)
+
+    async def round(self) -> bool:
+        """One pass over the deliverable entries; True when a full batch was read and some were delivered (more
+        may be waiting now)."""
+        if not await self._holding():
             return False
-        rows = await self._outbox.pending(self._batch)
+        rows = await self._outbox.pending(self._batch, self._clock())
         groups: dict[tuple[str, str], list[OutboxRow]] = {}
         for row in rows:
             groups.setdefault((row.target, row.key), []).append(row)
+        before = self.delivered
         await asyncio.gather(*(self._group(group) for group in groups.values()))
-        return len(rows) == self._batch
+        return len(rows) == self._batch and self.delivered > before
 
     async def _group(self, rows: list[OutboxRow]) -> None:
+        """A (target, key) group from its head, in order, until an entry fails or the lease is lost."""
         async with self._slots:
-            done: list[int] = []
-            try:
-                for row in rows:
-                    if row.next_attempt_at > self._clock():
-                        break
-                    outcome = await self._one(row)
-                    if outcome == "wait":
-                        break
-                    if outcome == "delivered":
-                        done.append(row.seq)
-            finally:
-                await self._outbox.delivered(done)
+            for row in rows:
+                if self._stopping or not await self._holding():
+                    return
+                outcome = await self._one(row)
+                if outcome == "wait":
+                    return
 
     async def _one(self, row: OutboxRow) -> str:
-        """Deliver one entry: "delivered", "wait" (it failed; the group waits for its retry) or "dead"."""
+        """Deliver one entry: "delivered" (and deleted), "wait" (it failed; the group waits for its retry) or
+        "dead"."""
         deliver = self._targets.get(row.target)
+        if deliver is None:  # its target was removed from the configuration: nothing will ever take it
+            log.error("outbox entry %d: no target %r is configured any more; marked dead", row.seq, row.target)
+            await self._outbox.failed(row.seq, row.attempts, self._clock(), "no such target configured", True)
+            return "dead"
         try:
-            if deliver is None:
-                raise LookupError(f"no target {row.target!r} is configured any more")
-            await deliver(json.loads(row.payload))
+            async with asyncio.timeout(self._timeout):
+                await deliver(json.loads(row.payload))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -145,5 +158,6 @@ class OutboxDispatcher:
                 return "dead"  # the group goes on without it
             log.warning("outbox entry %d to %s failed (attempt %d): %s", row.seq, row.target, attempts, error)
             return "wait"
+        await self._outbox.delivered([row.seq])  # at once: a holder that dies now repeats this one entry only
         self.delivered += 1
         return "delivered"

@@ -9,6 +9,7 @@ fields a hook may write, and check each value against the field's type.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, TypeVar
@@ -16,11 +17,13 @@ from typing import Any, TypeVar
 from authsidecar.cache.codec import iso
 from authsidecar.domain.fields import FieldDef, ModelDef, Registry
 from authsidecar.domain.models import Account, Extra, Session, SessionWithUser, User, Verification
-from authsidecar.errors import HookFailed
+from authsidecar.errors import AuthSidecarError
 from authsidecar.hooks.context import CallContext
 from authsidecar.schema_config import accepts, as_date
 
 __all__ = ["SECRET_FIELDS", "WRITABLE", "Payloads"]
+
+log = logging.getLogger("authsidecar.hooks")
 
 # Fields never put in a payload.
 SECRET_FIELDS = {
@@ -115,8 +118,9 @@ class Payloads:
     # -- replacement data from before hooks ------------------------------------------------------------------
 
     def _writable(self, model: str, event: str, answer: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
-        """The answer's changed values by logical name, checked; raises HookFailed for a field a hook may not set
-        or a value of the wrong type (a hook's bug: the change is refused, as when the hook cannot be run)."""
+        """The answer's changed values by logical name, checked. A field a hook may not set (built-in fields
+        outside WRITABLE, plugins' own fields) or a value of the wrong type is a bug of the hook: the change is
+        refused with INTERNAL (the details go to the log, not to the client)."""
         definition = self._registry.model(model)
         allowed = WRITABLE.get((model, event), frozenset())
         by_key = {f.key: f for f in definition}
@@ -125,13 +129,14 @@ class Payloads:
             f = by_key.get(key)
             if f is not None and current.get(key, _MISSING) == value:
                 continue  # handed back unchanged
-            if f is None or not (f.name in allowed or (not f.builtin and model in ("user", "session"))):
-                raise HookFailed(f"a hook may not set {model}.{key} on {event}")
+            extra = f is not None and not f.builtin and not f.plugin and model in ("user", "session")
+            if f is None or not (f.name in allowed or extra):
+                raise _misbehaved(f"a hook may not set {model}.{key} on {event}")
             if value is None:
                 if f.required and f.default is None:
-                    raise HookFailed(f"a hook set the required field {model}.{key} to null")
+                    raise _misbehaved(f"a hook set the required field {model}.{key} to null")
             elif not accepts(f.type, value, f.bigint):
-                raise HookFailed(f"a hook set {model}.{key} to a value that is not a {f.type}")
+                raise _misbehaved(f"a hook set {model}.{key} to a value that is not a {f.type}")
             out[f.name] = as_date(value) if f.type == "date" and value is not None else value
         return out
 
@@ -141,8 +146,11 @@ class Payloads:
         return _merged(user, self._registry.user, changes)
 
     def apply_session(self, session: Session, answer: dict[str, Any]) -> Session:
-        """A new session with a before hook's replacement data merged in."""
+        """A new session with a before hook's replacement data merged in (its expiry may only come earlier: the
+        lifetime rules, absolute lifetime included, stay the upper bound)."""
         changes = self._writable("session", "create", answer, self.session(session))
+        if "expires_at" in changes and not session.created_at < changes["expires_at"] <= session.expires_at:
+            raise _misbehaved("a hook may only bring session.expiresAt earlier (after createdAt)")
         return _merged(session, self._registry.session, changes)
 
     def apply_changes(
@@ -156,6 +164,12 @@ class Payloads:
 
 
 _MISSING = object()
+
+
+def _misbehaved(detail: str) -> AuthSidecarError:
+    """A hook answered what it may not: logged; the client gets INTERNAL with a request id, nothing is written."""
+    log.error("%s; the change was refused", detail)
+    return AuthSidecarError("a hook answered data it may not set; see the server log")
 
 
 R = TypeVar("R", User, Session)

@@ -78,8 +78,9 @@ class BeforeHook(Protocol):
 class PythonHook:
     """A Python callable ``fn(data, context)``, async or sync (a sync one runs in a worker thread)."""
 
-    def __init__(self, path: str, function: Callable[..., Any] | None = None) -> None:
+    def __init__(self, path: str, function: Callable[..., Any] | None = None, timeout: float = 10.0) -> None:
         self.name = path
+        self._timeout = timeout  # before hooks: the change's transaction is open meanwhile
         self._function = function or import_callable(path)
         self._is_async = inspect.iscoroutinefunction(self._function)
 
@@ -95,9 +96,15 @@ class PythonHook:
     async def before(self, data: dict[str, Any], context: HookContext, call: dict[str, Any]) -> dict[str, Any] | None:
         """None, replacement data, or HookRejected from a HookAbort; anything else it raises is HookFailed."""
         try:
-            result = await self.call(data, context)
+            async with asyncio.timeout(self._timeout):
+                result = await self.call(data, context)
         except HookAbort as abort:
             raise HookRejected(_message(abort.message), abort.code) from None
+        except TimeoutError:
+            log.warning(
+                "before hook %s took more than %gs on %s.%s", self.name, self._timeout, context.model, context.event
+            )
+            raise HookFailed() from None
         except Exception:
             log.exception("before hook %s failed on %s.%s", self.name, context.model, context.event)
             raise HookFailed() from None

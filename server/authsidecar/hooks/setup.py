@@ -52,7 +52,7 @@ def build_hooks(settings: Settings, client: httpx.AsyncClient) -> HookSetup:
         where = f"hooks[{index}]"
         if spec.call is not None:
             try:
-                python = PythonHook(spec.call)
+                python = PythonHook(spec.call, timeout=spec.timeout)
             except ValueError as exc:
                 raise ConfigError(f"invalid configuration: {where}.call: {exc}") from None
             if spec.when == "before":

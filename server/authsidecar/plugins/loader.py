@@ -34,6 +34,19 @@ def load_plugin(name: str, options: dict[str, Any]) -> Plugin:
     return plugin
 
 
+RESERVED_PREFIX = "authsidecar_"  # authsidecar's own tables (invalidation log, outbox)
+
+
+def _distinct_columns(model: ModelDef, where: str) -> ModelDef:
+    """Raise ValueError when two fields of ``model`` share a column (a rename onto another field's column)."""
+    seen: dict[str, str] = {}
+    for f in model:
+        other = seen.setdefault(f.column.lower(), f.name)
+        if other != f.name:
+            raise ValueError(f"{where}.fields: column {f.column!r} is used by {other} and {f.name}")
+    return model
+
+
 def _renamed(model: ModelDef, config: Any, use_plural: bool, where: str) -> ModelDef:
     """A plugin model with the configured table and column names."""
     fields = dict(getattr(config, "fields", {}) or {})
@@ -69,14 +82,17 @@ def extend_registry(
             raise ValueError(f"{where}.{core}.fields.{unknown[0]}: the plugin adds no field {unknown[0]!r} to {core}")
         if config is not None and getattr(config, "model_name", None):
             raise ValueError(f"{where}.{core}.model_name: rename core tables in [schema.{core}]")
-        renamed = tuple(replace(f, column=columns.get(f.name, f.column)) for f in added)
-        changes[core] = ModelDef(current.name, current.table, (*current.fields, *renamed), current.indexes)
+        renamed = tuple(replace(f, column=columns.get(f.name, f.column), plugin=name) for f in added)
+        changes[core] = _distinct_columns(
+            ModelDef(current.name, current.table, (*current.fields, *renamed), current.indexes), f"{where}.{core}"
+        )
     models = tuple(
         _renamed(model, renames.get(model.name), use_plural, f"{where}.{model.name}") for model in schema.models
     )
     tables = {m.table.lower() for m in registry.models()}
     for model in models:
-        if model.table.lower() in tables:
+        _distinct_columns(model, f"{where}.{model.name}")
+        if model.table.lower() in tables or model.table.lower().startswith(RESERVED_PREFIX):
             raise ValueError(f"{where}.{model.name}.model_name: table {model.table!r} is already used")
         tables.add(model.table.lower())
     return replace(registry, **changes, plugin_models=(*registry.plugin_models, *models))

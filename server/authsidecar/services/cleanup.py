@@ -8,18 +8,23 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from functools import partial
 
-from authsidecar.domain.ports import Database, UnitOfWork
+from authsidecar.domain.ports import Database, Outbox, UnitOfWork
 from authsidecar.services.clock import Clock, utc_now
 
-__all__ = ["INVALIDATION_LOG_KEEP", "remove_expired"]
+__all__ = ["DEAD_OUTBOX_KEEP", "INVALIDATION_LOG_KEEP", "remove_expired"]
 
 # How long invalidation log entries are kept: far longer than any instance needs them (trust_seconds + a
 # margin), so an instance cut off from the database for less than this catches up without a gap.
 INVALIDATION_LOG_KEEP = timedelta(hours=2)
+# How long outbox entries that were given up stay for inspection.
+DEAD_OUTBOX_KEEP = timedelta(days=7)
 
 
-async def remove_expired(db: Database, batch_size: int = 1000, clock: Clock = utc_now) -> dict[str, int]:
-    """Delete rows that expired before now, ``batch_size`` per statement; returns the counts per table."""
+async def remove_expired(
+    db: Database, batch_size: int = 1000, clock: Clock = utc_now, outbox: Outbox | None = None
+) -> dict[str, int]:
+    """Delete rows that expired before now, ``batch_size`` per statement, and outbox entries dead for a week;
+    returns the counts per table."""
     now = clock()
     removed: dict[str, int] = {}
     for table in ("session", "verification"):
@@ -28,6 +33,12 @@ async def remove_expired(db: Database, batch_size: int = 1000, clock: Clock = ut
         )
     old = now - INVALIDATION_LOG_KEEP
     removed["invalidation"] = await _in_batches(db, batch_size, lambda tx: tx.delete_old_invalidations(old, batch_size))
+    if outbox is not None:
+        removed["outbox"] = 0
+        while (count := await outbox.delete_dead(now - DEAD_OUTBOX_KEEP, batch_size)) > 0:
+            removed["outbox"] += count
+            if count < batch_size:
+                break
     return removed
 
 

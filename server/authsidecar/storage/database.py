@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import sqlalchemy as sa
@@ -202,8 +202,10 @@ class SqlUnitOfWork:
         so entries become visible in commit order)."""
         count = len(self.events)
         last = int((await self._execute(self._q.next_outbox_seq, {"o_count": count})).scalar_one())
+        now = datetime.now(UTC)  # due at once by the clock of the instances that deliver (not the database's)
         rows = [
             {"seq": last - count + 1 + i, "target": e.target, "ordering_key": e.key, "payload": e.payload}
+            | {"next_attempt_at": now}
             for i, e in enumerate(self.events)
         ]
         await self._conn.execute(self._q.insert_outbox, rows)

@@ -26,7 +26,21 @@ class SqlOutbox:
         schema = database.schema
         o, lease = schema.outbox, schema.outbox_lease
         p = sa.bindparam
-        self._pending = sa.select(o).where(o.c.dead == sa.false()).order_by(o.c.seq).limit(p("limit"))
+        # Deliverable: live, due, and no earlier live entry of the same (target, key) waits for a retry.
+        earlier = o.alias("earlier")
+        blocked = sa.exists().where(
+            earlier.c.target == o.c.target,
+            earlier.c.ordering_key == o.c.ordering_key,
+            earlier.c.seq < o.c.seq,
+            earlier.c.dead == sa.false(),
+            earlier.c.next_attempt_at > p("now"),
+        )
+        self._pending = (
+            sa.select(o)
+            .where(o.c.dead == sa.false(), o.c.next_attempt_at <= p("now"), ~blocked)
+            .order_by(o.c.seq)
+            .limit(p("limit"))
+        )
         self._delete = sa.delete(o).where(o.c.seq.in_(p("seqs", expanding=True)))
         self._failed = (
             sa.update(o)
@@ -53,10 +67,10 @@ class SqlOutbox:
             result: sa.CursorResult[Any] = await conn.execute(stmt, params)
             return result
 
-    async def pending(self, limit: int) -> list[OutboxRow]:
-        """The oldest live entries, in commit order."""
+    async def pending(self, limit: int, now: datetime) -> list[OutboxRow]:
+        """The oldest deliverable entries, in commit order."""
         async with self._db.autocommit_connection() as conn:
-            rows = (await conn.execute(self._pending, {"limit": limit})).all()
+            rows = (await conn.execute(self._pending, {"limit": limit, "now": now})).all()
         return [OutboxRow(r.seq, r.target, r.ordering_key, r.payload, r.attempts, r.next_attempt_at) for r in rows]
 
     async def delivered(self, seqs: list[int]) -> None:
@@ -83,6 +97,15 @@ class SqlOutbox:
     async def release_lease(self, holder: str) -> None:
         """Free the lease if it is ours."""
         await self._run(self._release, {"l_holder": holder})
+
+    async def delete_dead(self, before: datetime, limit: int) -> int:
+        """Remove up to ``limit`` dead entries written before ``before``."""
+        o = self._db.schema.outbox
+        oldest = sa.select(o.c.seq).where(o.c.dead == sa.true(), o.c.created_at < before).order_by(o.c.seq).limit(limit)
+        seqs = [row[0] for row in (await self._run(oldest, {})).all()]
+        if seqs:
+            await self._run(self._delete, {"seqs": seqs})
+        return len(seqs)
 
     async def backlog(self) -> tuple[int, int]:
         """(live, dead) entry counts."""

@@ -250,6 +250,7 @@ class Schema:
             sa.Column("lastError", sa.Text(), nullable=True, key="last_error"),
             sa.Column("dead", sa.Boolean(), nullable=False, server_default=sa.false()),
         )
+        sa.Index(f"{OUTBOX_TABLE}_group_idx", self.outbox.c.target, self.outbox.c.ordering_key, self.outbox.c.seq)
         self.outbox_seq = sa.Table(
             OUTBOX_SEQ_TABLE,
             self.metadata,
