@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import IO
 
 import httpx
+import sqlalchemy as sa
 
 from authsidecar.cache import MemorySessionCache, NullSessionCache, RedisSessionCache, ResilientSessionCache
 from authsidecar.cache.better_auth import BetterAuthRedis
@@ -481,6 +482,7 @@ class App:
                 hooks.targets,
                 settings.outbox_max_attempts,
                 settings.outbox_poll_interval,
+                delivery_timeout=max([10.0, *(spec.timeout + 1 for spec in settings.hooks)]),
             )
             database.add_outbox_listener(dispatcher.wake)
         return cls(
@@ -508,7 +510,7 @@ class App:
             problem = await schema_status(self.database.engine, self.database.schema)
             if problem is None:
                 await self.database.ensure_invalidation_counter()
-                problem = self._unsupported_ids()
+                problem = self._unsupported_ids() or await self._unguarded_second_factor()
         except Exception as exc:  # unreachable: serve anyway, NOT_SERVING until it comes up
             if not isinstance(exc, BackendUnavailable) and not isinstance(translate_error(exc), BackendUnavailable):
                 raise
@@ -536,6 +538,21 @@ class App:
         if self.dispatcher is not None:
             self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="outbox"))
 
+    async def _unguarded_second_factor(self) -> str | None:
+        """In the Better Auth profile, an app whose users may have two-factor authentication on (its user table has
+        twoFactorEnabled) needs the two_factor plugin here too, or a password alone would sign them in."""
+        if not self.settings.better_auth or any(name == "two_factor" for name, _ in self.settings.enabled_plugins()):
+            return None
+        table = self.database.schema.user.name
+        async with self.database.engine.connect() as conn:
+            columns = await conn.run_sync(lambda c: {col["name"] for col in sa.inspect(c).get_columns(table)})
+        if "twoFactorEnabled" not in columns:
+            return None
+        return (
+            f"{table}.twoFactorEnabled exists: the Better Auth app uses two-factor authentication, and without"
+            " [plugins.two_factor] here a password alone would sign its users in; enable the plugin"
+        )
+
     def _unsupported_ids(self) -> str | None:
         """Database-made UUIDs are read back with INSERT ... RETURNING, which MySQL (unlike MariaDB) lacks."""
         dialect = self.database.engine.dialect
@@ -547,7 +564,9 @@ class App:
         while True:
             await asyncio.sleep(self.settings.cleanup_interval)
             try:
-                removed = await remove_expired(self.database, self.settings.cleanup_batch_size)
+                removed = await remove_expired(
+                    self.database, self.settings.cleanup_batch_size, outbox=SqlOutbox(self.database)
+                )
             except AuthSidecarError as exc:
                 log.warning("cleanup skipped: %s", exc.message)
                 continue

@@ -373,3 +373,36 @@ async def test_the_python_client_signs_in_with_a_second_factor(server: Server) -
         again = await auth.sign_in(email, PASSWORD)
         assert (await auth.verify_backup_code(again.challenge.token, codes[0])).token
         assert (await auth.disable_two_factor(done.token, PASSWORD)).additional_fields["twoFactorEnabled"] is False
+
+
+async def test_one_code_signs_in_once_even_when_sent_to_many_challenges_at_once(stubs: TwoFactorStubs) -> None:
+    user = await _enrolled(stubs)
+    challenges = [await _challenge(stubs, user.email) for _ in range(6)]
+    code = totp(user.secret, step=1)
+    calls = [stubs.two_factor.VerifyTotp(tf_pb.VerifyTotpRequest(challenge=c, code=code)) for c in challenges]
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    sessions = [o for o in outcomes if isinstance(o, tf_pb.VerifyTotpResponse)]
+    assert len(sessions) == 1, outcomes
+    refused = [error_details(o).reason for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert refused == ["INVALID_TWO_FACTOR_CODE"] * 5
+
+
+async def test_concurrent_wrong_codes_cannot_outrun_the_lock(stubs: TwoFactorStubs) -> None:
+    user = await _enrolled(stubs)
+    challenges = [await _challenge(stubs, user.email) for _ in range(24)]
+    calls = [stubs.two_factor.VerifyTotp(tf_pb.VerifyTotpRequest(challenge=c, code="999999")) for c in challenges]
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    reasons = [error_details(o).reason for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert len(reasons) == 24
+    assert reasons.count("INVALID_TWO_FACTOR_CODE") == 10  # exactly max_failures codes were looked at
+    assert reasons.count("TWO_FACTOR_LOCKED") == 14
+
+
+async def test_a_challenge_dies_with_the_password_it_was_won_with(stubs: TwoFactorStubs) -> None:
+    user = await _enrolled(stubs)
+    challenge = await _challenge(stubs, user.email)
+    await stubs.base.auth.ChangePassword(
+        auth_pb.ChangePasswordRequest(token=user.token, current_password=PASSWORD, new_password=PASSWORD + "!")
+    )
+    stale = stubs.two_factor.VerifyBackupCode(tf_pb.VerifyBackupCodeRequest(challenge=challenge, code=user.codes[0]))
+    assert (await _fails(stale))[1] == "INVALID_TOKEN"

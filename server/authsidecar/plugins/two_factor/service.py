@@ -17,9 +17,10 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from authsidecar.domain.models import User, Verification
 from authsidecar.domain.ports import Database
@@ -129,11 +130,8 @@ class TwoFactorService:
         row = await self._rows.get(user.id)
         if row is None:
             raise TwoFactorNotEnabled("start with EnableTwoFactor")
-        self._check_lock(row)
-        if not await self._totp_ok(row, code):
-            await self._wrong_code(row.user_id)
-            raise InvalidTwoFactorCode()
-        await self._rows.update(user.id, verified=True, failed_verification_count=0, locked_until=None)
+        await self._attempt(row, self._totp_ok(row, code))
+        await self._rows.update(user.id, verified=True)
         return await self._set_enabled(user.id, True)
 
     async def disable(self, token: str, password: str, client: ClientInfo) -> User:
@@ -179,13 +177,24 @@ class TwoFactorService:
         token = generate_id()
         now = self._clock()
         expires = now + timedelta(seconds=self._options.challenge_ttl)
-        await self._put_challenge(token, user.id, remember_me, 0, expires, now)
+        state = {
+            "userId": user.id,
+            "rememberMe": remember_me,
+            "attempts": 0,
+            "credential": await self._credential(user.id),
+        }
+        await self._put_challenge(token, state, expires, now)
         return Challenge("two_factor", token, METHODS, expires)
 
-    async def _put_challenge(
-        self, token: str, user_id: str, remember_me: bool, attempts: int, expires: datetime, now: datetime
-    ) -> None:
-        value = json.dumps({"userId": user_id, "rememberMe": remember_me, "attempts": attempts}, separators=(",", ":"))
+    async def _credential(self, user_id: str) -> str:
+        """A fingerprint of the user's password hash: a challenge dies with the password it was won with."""
+        async with self._db.transaction(autocommit=True) as tx:
+            account = await tx.get_credential_account(user_id)
+        stored = account.password if account is not None and account.password else ""
+        return hashlib.sha256(stored.encode()).hexdigest()[:32]
+
+    async def _put_challenge(self, token: str, state: dict[str, Any], expires: datetime, now: datetime) -> None:
+        value = json.dumps(state, separators=(",", ":"))
         row = Verification(
             self._sessions.ids("verification") or generate_id(), _identifier(token), value, expires, now, now
         )
@@ -224,19 +233,15 @@ class TwoFactorService:
         if not secret or not formats.verify_totp(secret, code, time.time()):
             return False
         digest = hashlib.sha256(f"{row.user_id}:{code}".encode()).hexdigest()
-        identifier = f"{USED_PURPOSE}:{digest}"
         now = self._clock()
-        async with self._db.transaction() as tx:
-            if await tx.verification_exists(identifier):
-                return False
-            expires = now + timedelta(seconds=formats.DEFAULT_PERIOD * (2 * formats.DEFAULT_WINDOW + 2))
-            await tx.insert_verification(
-                Verification(self._sessions.ids("verification") or generate_id(), identifier, "{}", expires, now, now)
-            )
-        return True
+        expires = now + timedelta(seconds=formats.DEFAULT_PERIOD * (2 * formats.DEFAULT_WINDOW + 2))
+        marker_id = self._sessions.ids("verification") or generate_id()
+        return await self._rows.mark_used(
+            row.user_id, Verification(marker_id, f"{USED_PURPOSE}:{digest}", "{}", expires, now, now)
+        )
 
     async def _complete(
-        self, challenge: str, client: ClientInfo, check: Callable[[TwoFactorRow], Awaitable[bool]]
+        self, challenge: str, client: ClientInfo, check: Callable[[TwoFactorRow], Coroutine[Any, Any, bool]]
     ) -> AuthResult:
         now = self._clock()
         identifier = _identifier(challenge)
@@ -244,25 +249,24 @@ class TwoFactorService:
             value = await tx.consume_verification(identifier, now)
         if value is None:
             raise InvalidToken("unknown, used up or expired challenge: sign in again")
-        state = json.loads(value)
+        state: dict[str, Any] = json.loads(value)
         user_id, remember_me, attempts = str(state["userId"]), bool(state["rememberMe"]), int(state["attempts"])
         row = await self._rows.get(user_id)
         if row is None or not row.verified:
             raise InvalidToken("two-factor authentication was turned off meanwhile: sign in again")
+        if state.get("credential") != await self._credential(user_id):
+            raise InvalidToken("the password changed since this challenge was issued: sign in again")
         expires = now + timedelta(seconds=self._options.challenge_ttl)  # bounded by the attempts
         try:
-            self._check_lock(row)
+            await self._attempt(row, check(row))
         except TwoFactorLocked:
-            await self._put_challenge(challenge, user_id, remember_me, attempts, expires, now)
+            await self._put_challenge(challenge, state, expires, now)  # not this challenge's fault
             raise
-        if not await check(row):
-            await self._wrong_code(user_id)
+        except InvalidTwoFactorCode:
             if attempts + 1 < self._options.challenge_attempts:
-                await self._put_challenge(challenge, user_id, remember_me, attempts + 1, expires, now)
-                raise InvalidTwoFactorCode()
-            raise InvalidTwoFactorCode("invalid two-factor code; this challenge is used up: sign in again")
-        if row.failed_count:
-            await self._rows.update(user_id, failed_verification_count=0)
+                await self._put_challenge(challenge, {**state, "attempts": attempts + 1}, expires, now)
+                raise
+            raise InvalidTwoFactorCode("invalid two-factor code; this challenge is used up: sign in again") from None
         checked_at = time.time()
         async with self._db.transaction(autocommit=True) as tx:
             user = await tx.get_user_by_id(user_id)
@@ -280,13 +284,29 @@ class TwoFactorService:
             log.error("the TOTP secret of user %s cannot be read with this secret", row.user_id)
             return ""
 
-    def _check_lock(self, row: TwoFactorRow) -> None:
-        if row.locked_until is not None and row.locked_until > self._clock():
-            raise TwoFactorLocked((row.locked_until - self._clock()).total_seconds())
+    async def _attempt(self, row: TwoFactorRow, check: Coroutine[Any, Any, bool]) -> None:
+        """One attempt at a code, counted before it is checked (concurrent attempts cannot outrun the limit):
+        raises TwoFactorLocked, or InvalidTwoFactorCode (locking the user at ``max_failures`` in a row)."""
+        now = self._clock()
+        limit = self._options.max_failures
+        if not await self._rows.reserve_attempt(row.user_id, now, limit):
+            check.close()  # never run: the code is not even looked at
+            await self._rows.lock_if_spent(row.user_id, now, limit, now + timedelta(seconds=self._options.lock_seconds))
+            raise TwoFactorLocked(await self._locked_for(row.user_id))
+        if not await check:
+            until = now + timedelta(seconds=self._options.lock_seconds)
+            if await self._rows.lock_if_spent(row.user_id, now, limit, until):
+                log.warning(
+                    "two-factor sign-in of user %s locked for %ds after wrong codes",
+                    row.user_id,
+                    self._options.lock_seconds,
+                )
+            raise InvalidTwoFactorCode()
+        await self._rows.update(row.user_id, failed_verification_count=0, locked_until=None)
 
-    async def _wrong_code(self, user_id: str) -> None:
-        until = self._clock() + timedelta(seconds=self._options.lock_seconds)
-        if await self._rows.count_failure(user_id, self._options.max_failures, until):
-            log.warning(
-                "two-factor sign-in of user %s locked for %ds after wrong codes", user_id, self._options.lock_seconds
-            )
+    async def _locked_for(self, user_id: str) -> float:
+        """Seconds until the user's lock ends."""
+        row = await self._rows.get(user_id)
+        if row is None or row.locked_until is None:
+            return float(self._options.lock_seconds)
+        return max(1.0, (row.locked_until - self._clock()).total_seconds())

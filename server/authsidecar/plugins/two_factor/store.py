@@ -8,7 +8,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from authsidecar.domain.models import Verification
 from authsidecar.storage.database import SqlDatabase
+from authsidecar.storage.rows import values
 
 __all__ = ["MODEL", "TwoFactorRow", "TwoFactorStore"]
 
@@ -17,7 +19,7 @@ MODEL = "two_factor"
 
 @dataclass(frozen=True, slots=True)
 class TwoFactorRow:
-    """A row of ``twoFactor``: ``secret`` and ``backup_codes`` as stored (encrypted)."""
+    """A row of ``twoFactor``: ``secret`` and ``backup_codes`` as stored (encrypted); ``verified`` True for NULL."""
 
     id: str
     user_id: str
@@ -53,7 +55,9 @@ class TwoFactorStore:
             str(m["user_id"]),
             m["secret"],
             m["backup_codes"],
-            bool(m["verified"]),
+            # NULL counts as verified, as Better Auth reads it (``verified !== false``): rows enrolled before
+            # better-auth 1.6 added the nullable column hold NULL when it was added without a default.
+            m["verified"] is None or bool(m["verified"]),
             int(m["failed_verification_count"] or 0),
             m["locked_until"],
         )
@@ -87,20 +91,51 @@ class TwoFactorStore:
         async with self._db.autocommit_connection() as conn:
             return (await conn.execute(stmt)).rowcount > 0
 
-    async def count_failure(self, user_id: str, limit: int, lock_until: datetime) -> bool:
-        """Count a wrong code (an atomic increment); at ``limit`` failures in a row the row is locked until
-        ``lock_until`` and the count starts over. True when this failure locked it."""
+    async def reserve_attempt(self, user_id: str, now: datetime, limit: int) -> bool:
+        """Count an attempt before its code is checked (one atomic increment, so concurrent attempts cannot
+        outrun the limit); False when the row is locked or ``limit`` attempts in a row are already counted."""
         t = self._t
         count = sa.func.coalesce(t.c.failed_verification_count, 0)
-        bump = sa.update(t).where(t.c.user_id == user_id).values(failed_verification_count=count + 1)
-        lock = (
+        stmt = (
             sa.update(t)
-            .where(t.c.user_id == user_id, t.c.failed_verification_count >= limit)
+            .where(
+                t.c.user_id == user_id,
+                sa.or_(t.c.locked_until.is_(None), t.c.locked_until <= now),
+                count < limit,
+            )
+            .values(failed_verification_count=count + 1)
+        )
+        async with self._db.autocommit_connection() as conn:
+            return (await conn.execute(stmt)).rowcount > 0
+
+    async def lock_if_spent(self, user_id: str, now: datetime, limit: int, lock_until: datetime) -> bool:
+        """After a wrong code: lock the row until ``lock_until`` (the count starts over) once ``limit`` attempts
+        in a row are counted; True when this call locked it."""
+        t = self._t
+        stmt = (
+            sa.update(t)
+            .where(
+                t.c.user_id == user_id,
+                sa.func.coalesce(t.c.failed_verification_count, 0) >= limit,
+                sa.or_(t.c.locked_until.is_(None), t.c.locked_until <= now),
+            )
             .values(failed_verification_count=0, locked_until=lock_until)
         )
+        async with self._db.autocommit_connection() as conn:
+            return (await conn.execute(stmt)).rowcount > 0
+
+    async def mark_used(self, user_id: str, marker: Verification) -> bool:
+        """Remember a code as used (a verification row ``marker``) unless it already is: the user's row is locked
+        across the check and the insert, so one code cannot be accepted twice, even concurrently."""
+        t, v = self._t, self._db.schema.verification
+        lock = sa.update(t).where(t.c.user_id == user_id).values(user_id=t.c.user_id)
+        seen = sa.select(v.c.id).where(v.c.identifier == marker.identifier).limit(1)
         async with self._db.transaction_connection() as conn:
-            await conn.execute(bump)
-            return (await conn.execute(lock)).rowcount > 0
+            await conn.execute(lock)
+            if (await conn.execute(seen)).first() is not None:
+                return False
+            await conn.execute(sa.insert(v), values(self._db.schema.registry.verification, marker))
+        return True
 
     async def delete(self, user_id: str) -> None:
         """Remove the user's row."""
