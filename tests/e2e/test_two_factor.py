@@ -406,3 +406,30 @@ async def test_a_challenge_dies_with_the_password_it_was_won_with(stubs: TwoFact
     )
     stale = stubs.two_factor.VerifyBackupCode(tf_pb.VerifyBackupCodeRequest(challenge=challenge, code=user.codes[0]))
     assert (await _fails(stale))[1] == "INVALID_TOKEN"
+
+
+def test_totp_digits_and_period_follow_the_options(tmp_path: Path, database: tuple[str, Path]) -> None:
+    config = tmp_path / "eight.toml"
+    config.write_text('[plugins.two_factor]\nissuer = "Acme Co"\ndigits = 8\nperiod = 60\n')
+    srv = start_server(tmp_path, {"DATABASE_URL": database[0], "AUTHSIDECAR_CONFIG": str(config)})
+    try:
+        srv.wait_for(SERVING)
+        run_sync(_eight_digit_flow(srv.address))
+    finally:
+        assert srv.stop() == 0, srv.log()
+
+
+async def _eight_digit_flow(address: str) -> None:
+    from authsidecar_client import AuthClient
+
+    email = f"eight-{secrets.token_hex(5)}@example.com"
+    async with AuthClient(address) as auth:
+        token = (await auth.sign_up(email, PASSWORD, name="Eight")).token
+        uri = (await auth.enable_two_factor(token, PASSWORD)).totp_uri
+        query = parse_qs(urlsplit(uri).query)
+        assert (query["digits"], query["period"]) == (["8"], ["60"])
+        key = base64.b32decode(query["secret"][0] + "=" * (-len(query["secret"][0]) % 8))
+        mac = hmac.new(key, int(time.time() // 60).to_bytes(8, "big"), hashlib.sha1).digest()
+        offset = mac[-1] & 0x0F
+        code = f"{(int.from_bytes(mac[offset : offset + 4], 'big') & 0x7FFFFFFF) % 100_000_000:08d}"
+        await auth.confirm_two_factor(token, code)

@@ -8,6 +8,8 @@ issuer = "Acme"                      # shown by authenticator apps
 # max_failures = 10                  # wrong codes in a row before two-factor sign-in locks
 # lock_seconds = 900
 # backup_codes_storage = "encrypted" # or "plain" (Better Auth's storeBackupCodes)
+# digits = 6                         # TOTP digits and period (Better Auth's totpOptions): match the app's
+# period = 30
 [plugins.two_factor.schema.two_factor]
 model_name = "two_factors"           # the table (Better Auth: "twoFactor")
 fields = { backup_codes = "recovery_codes" }
@@ -46,6 +48,8 @@ class _Options(BaseModel):
     max_failures: int = Field(10, ge=3, le=100)
     lock_seconds: int = Field(900, ge=60, le=86_400)
     backup_codes_storage: Literal["encrypted", "plain"] = "encrypted"
+    digits: Literal[6, 8] = 6
+    period: int = Field(30, ge=15, le=120)
 
 
 def _schema() -> PluginSchema:

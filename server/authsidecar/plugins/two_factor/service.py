@@ -60,6 +60,8 @@ class TwoFactorOptions:
     max_failures: int = 10
     lock_seconds: int = 900
     backup_codes_storage: formats.BackupCodeStorage = "encrypted"
+    digits: int = formats.DEFAULT_DIGITS  # Better Auth's totpOptions.digits / .period: match the app's
+    period: int = formats.DEFAULT_PERIOD
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +123,9 @@ class TwoFactorService:
             locked_until=None,
         )
         await self._rows.replace(row)
-        uri = formats.otpauth_uri(secret, issuer or self._options.issuer, user.email)
+        uri = formats.otpauth_uri(
+            secret, issuer or self._options.issuer, user.email, digits=self._options.digits, period=self._options.period
+        )
         return Enrolment(uri, codes)
 
     async def confirm(self, token: str, code: str) -> User:
@@ -230,11 +234,12 @@ class TwoFactorService:
         """The code is right and was not used before (RFC 6238 section 5.2: a code is accepted once, so one seen
         over a shoulder cannot be replayed within its window); a used code is remembered for that window."""
         secret = self._secret_of(row)
-        if not secret or not formats.verify_totp(secret, code, time.time()):
+        digits, period = self._options.digits, self._options.period
+        if not secret or not formats.verify_totp(secret, code, time.time(), digits=digits, period=period):
             return False
         digest = hashlib.sha256(f"{row.user_id}:{code}".encode()).hexdigest()
         now = self._clock()
-        expires = now + timedelta(seconds=formats.DEFAULT_PERIOD * (2 * formats.DEFAULT_WINDOW + 2))
+        expires = now + timedelta(seconds=period * (2 * formats.DEFAULT_WINDOW + 2))
         marker_id = self._sessions.ids("verification") or generate_id()
         return await self._rows.mark_used(
             row.user_id, Verification(marker_id, f"{USED_PURPOSE}:{digest}", "{}", expires, now, now)
