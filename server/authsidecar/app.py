@@ -10,10 +10,12 @@ import signal
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import IO
+from urllib.parse import urlsplit
 
 import httpx
 import sqlalchemy as sa
 
+from authsidecar import __version__
 from authsidecar.cache import MemorySessionCache, NullSessionCache, RedisSessionCache, ResilientSessionCache
 from authsidecar.cache.better_auth import BetterAuthRedis
 from authsidecar.cache.integrity import DocumentSigner, derive_key
@@ -50,6 +52,7 @@ from authsidecar.services.verification import AccountFlows, FlowSettings
 from authsidecar.storage.better_auth import BetterAuthDatabase
 from authsidecar.storage.database import SqlDatabase, create_database
 from authsidecar.storage.errors import translate_error
+from authsidecar.storage.explain import explain_database_error, where
 from authsidecar.storage.migrate import schema_status
 from authsidecar.storage.outbox import SqlOutbox
 from authsidecar.storage.schema import Schema
@@ -238,6 +241,31 @@ def build_session_policy(settings: Settings) -> SessionPolicy:
         short_expires_in=timedelta(seconds=settings.session_short_expires_in),
         fresh_age=timedelta(seconds=settings.session_fresh_age),
         max_lifetime=timedelta(seconds=settings.session_max_lifetime) if settings.session_max_lifetime else None,
+    )
+
+
+def describe(settings: Settings) -> str:
+    """The start-up line: which database, cache, delivery, hooks and plugins this server uses (no secrets)."""
+    target = database_target(settings)
+    if not settings.cache_enabled:
+        cache = "none"
+    elif settings.redis_url is not None:
+        parts = urlsplit(settings.redis_url.get_secret_value())
+        cache = (
+            f"redis {parts.hostname or 'localhost'}:{parts.port or 6379} (prefix {settings.effective_redis_key_prefix})"
+        )
+    else:
+        cache = f"in-process (up to {settings.memory_cache_max_entries} sessions)"
+    delivery = {
+        "log": "log (links in this log)",
+        "smtp": f"smtp {settings.smtp_host}:{settings.smtp_port} ({settings.smtp_security})",
+        "webhook": f"webhook {urlsplit(settings.webhook_url or '').netloc}",
+    }[settings.delivery]
+    plugins = ", ".join(name for name, conf in settings.plugins.items() if conf.enabled) or "none"
+    profile = " (Better Auth compatibility)" if settings.better_auth else ""
+    return (
+        f"authsidecar {__version__}{profile}: database {where(target)}; cache {cache}; delivery {delivery};"
+        f" hooks {len(settings.hooks)}; events {settings.event_stream}; plugins {plugins}"
     )
 
 
@@ -512,10 +540,15 @@ class App:
                 await self.database.ensure_invalidation_counter()
                 problem = self._unsupported_ids() or await self._unguarded_second_factor()
         except Exception as exc:  # unreachable: serve anyway, NOT_SERVING until it comes up
+            explained = explain_database_error(exc, database_target(self.settings))
+            if explained is not None and not explained.transient:  # no such database, refused credentials
+                raise SchemaNotReady(explained.message) from None
             if not isinstance(exc, BackendUnavailable) and not isinstance(translate_error(exc), BackendUnavailable):
                 raise
             problem = None
-            log.warning("database unreachable at start-up; schema not checked")
+            log.warning(
+                "%s; schema not checked, health NOT_SERVING until it is reachable", explained or "database unreachable"
+            )
         if problem is not None:
             raise SchemaNotReady(problem)
         if self.settings.delivery == "log":
@@ -523,6 +556,7 @@ class App:
                 "AUTHSIDECAR_DELIVERY=log: verification and reset links, with live tokens, are written to this log;"
                 " use smtp or webhook in production"
             )
+        log.info("%s", describe(self.settings))
         await self.server.set_serving(False)
         await self.server.start()
         serving = await self._database_reachable()

@@ -50,6 +50,7 @@ def _serve(settings: Settings) -> int:
 
 def _migrate(settings: Settings, check_only: bool, dry_run: bool) -> int:
     from authsidecar.app import database_target
+    from authsidecar.storage.explain import explain_database_error
     from authsidecar.storage.migrate import check, upgrade
     from authsidecar.storage.schema import Schema
     from authsidecar.storage.sync import SchemaProblem
@@ -75,8 +76,11 @@ def _migrate(settings: Settings, check_only: bool, dry_run: bool) -> int:
     except SchemaProblem as exc:
         log.error("migrate changed nothing: %s", exc)
         return 1
-    except (OSError, ConnectionError) as exc:
-        log.error("cannot reach the database: %s", type(exc).__name__)
+    except Exception as exc:
+        explained = explain_database_error(exc, target)
+        if explained is None and not isinstance(exc, OSError | ConnectionError):
+            raise
+        log.error("%s", explained or f"cannot reach the database: {type(exc).__name__}")
         return 1
     log.info("database schema is up to date (%d additions)", len(added.steps))
     return 0
