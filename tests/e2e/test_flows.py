@@ -48,6 +48,9 @@ async def test_sign_up_validate_list_revoke_sign_out(server: Server) -> None:
 
         listed = await stubs.sessions.ListSessions(session_pb.ListSessionsRequest(token=up.token))
         assert {s.id for s in listed.sessions} == {up.session.id, second.session.id, third.session.id}
+        assert listed.current_session_id == up.session.id  # the caller's own is marked
+        as_third = await stubs.sessions.ListSessions(session_pb.ListSessionsRequest(token=third.token))
+        assert as_third.current_session_id == third.session.id
 
         await stubs.sessions.RevokeSession(
             session_pb.RevokeSessionRequest(token=up.token, session_id=second.session.id)

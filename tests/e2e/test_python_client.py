@@ -19,6 +19,8 @@ async def test_python_client_walkthrough(server: Server) -> None:
         assert current.user.email == email
         signed_in = await auth.sign_in(email, "correct horse", remember_me=False, user_agent="py")
         assert len(await auth.list_sessions(signed_in.token)) == 2
+        current, _ = await auth.current_session(signed_in.token)
+        assert current == signed_in.session.id
         assert await auth.revoke_other_sessions(signed_in.token) == 1
         await auth.sign_out(signed_in.token)
         with pytest.raises(AuthSidecarError) as info:

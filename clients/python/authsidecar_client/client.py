@@ -146,10 +146,16 @@ class AuthClient:
         return await self._call(self._sessions.ValidateSession, request, session_pb.ValidateSessionResponse)
 
     async def list_sessions(self, token: str) -> list[resources_pb2.Session]:
-        """The user's active sessions."""
+        """The user's active sessions (``current_session`` tells which one is the caller's)."""
         request = session_pb.ListSessionsRequest(token=token)
         reply = await self._call(self._sessions.ListSessions, request, session_pb.ListSessionsResponse)
         return list(reply.sessions)
+
+    async def current_session(self, token: str) -> tuple[str, list[resources_pb2.Session]]:
+        """The id of the token's own session, and the user's active sessions."""
+        request = session_pb.ListSessionsRequest(token=token)
+        reply = await self._call(self._sessions.ListSessions, request, session_pb.ListSessionsResponse)
+        return reply.current_session_id, list(reply.sessions)
 
     async def revoke_session(self, token: str, session_id: str) -> None:
         """Revoke one of the user's sessions."""

@@ -195,9 +195,13 @@ class SessionManager:
 
     async def list_sessions(self, token: str) -> list[Session]:
         """The token's user's active sessions, newest first."""
+        return (await self.sessions_of(token))[1]
+
+    async def sessions_of(self, token: str) -> tuple[Session, list[Session]]:
+        """The token's own session, and its user's active sessions, newest first."""
         current = await self.validate(token)
         async with self._db.transaction(autocommit=True) as tx:
-            return await tx.list_user_sessions(current.user.id, self._clock())
+            return current.session, await tx.list_user_sessions(current.user.id, self._clock())
 
     async def revoke(self, token: str, session_id: str) -> None:
         """Revoke one of the token's user's sessions; raises SessionNotFound."""

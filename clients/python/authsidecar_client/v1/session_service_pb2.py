@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from authsidecar_client.v1 import resources_pb2 as authsidecar_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$authsidecar/v1/session_service.proto\x12\x0e\x61uthsidecar.v1\x1a\x1e\x61uthsidecar/v1/resources.proto\"7\n\x16ValidateSessionRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0e\n\x06\x63ookie\x18\x02 \x01(\t\"g\n\x17ValidateSessionResponse\x12(\n\x07session\x18\x01 \x01(\x0b\x32\x17.authsidecar.v1.Session\x12\"\n\x04user\x18\x02 \x01(\x0b\x32\x14.authsidecar.v1.User\"$\n\x13ListSessionsRequest\x12\r\n\x05token\x18\x01 \x01(\t\"A\n\x14ListSessionsResponse\x12)\n\x08sessions\x18\x01 \x03(\x0b\x32\x17.authsidecar.v1.Session\"9\n\x14RevokeSessionRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\"\x17\n\x15RevokeSessionResponse\"+\n\x1aRevokeOtherSessionsRequest\x12\r\n\x05token\x18\x01 \x01(\t\"4\n\x1bRevokeOtherSessionsResponse\x12\x15\n\rrevoked_count\x18\x01 \x01(\x05\"&\n\x15RevokeSessionsRequest\x12\r\n\x05token\x18\x01 \x01(\t\"/\n\x16RevokeSessionsResponse\x12\x15\n\rrevoked_count\x18\x01 \x01(\x05\x32\xfe\x03\n\x0eSessionService\x12\x62\n\x0fValidateSession\x12&.authsidecar.v1.ValidateSessionRequest\x1a\'.authsidecar.v1.ValidateSessionResponse\x12Y\n\x0cListSessions\x12#.authsidecar.v1.ListSessionsRequest\x1a$.authsidecar.v1.ListSessionsResponse\x12\\\n\rRevokeSession\x12$.authsidecar.v1.RevokeSessionRequest\x1a%.authsidecar.v1.RevokeSessionResponse\x12n\n\x13RevokeOtherSessions\x12*.authsidecar.v1.RevokeOtherSessionsRequest\x1a+.authsidecar.v1.RevokeOtherSessionsResponse\x12_\n\x0eRevokeSessions\x12%.authsidecar.v1.RevokeSessionsRequest\x1a&.authsidecar.v1.RevokeSessionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$authsidecar/v1/session_service.proto\x12\x0e\x61uthsidecar.v1\x1a\x1e\x61uthsidecar/v1/resources.proto\"7\n\x16ValidateSessionRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0e\n\x06\x63ookie\x18\x02 \x01(\t\"g\n\x17ValidateSessionResponse\x12(\n\x07session\x18\x01 \x01(\x0b\x32\x17.authsidecar.v1.Session\x12\"\n\x04user\x18\x02 \x01(\x0b\x32\x14.authsidecar.v1.User\"$\n\x13ListSessionsRequest\x12\r\n\x05token\x18\x01 \x01(\t\"]\n\x14ListSessionsResponse\x12)\n\x08sessions\x18\x01 \x03(\x0b\x32\x17.authsidecar.v1.Session\x12\x1a\n\x12\x63urrent_session_id\x18\x02 \x01(\t\"9\n\x14RevokeSessionRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\"\x17\n\x15RevokeSessionResponse\"+\n\x1aRevokeOtherSessionsRequest\x12\r\n\x05token\x18\x01 \x01(\t\"4\n\x1bRevokeOtherSessionsResponse\x12\x15\n\rrevoked_count\x18\x01 \x01(\x05\"&\n\x15RevokeSessionsRequest\x12\r\n\x05token\x18\x01 \x01(\t\"/\n\x16RevokeSessionsResponse\x12\x15\n\rrevoked_count\x18\x01 \x01(\x05\x32\xfe\x03\n\x0eSessionService\x12\x62\n\x0fValidateSession\x12&.authsidecar.v1.ValidateSessionRequest\x1a\'.authsidecar.v1.ValidateSessionResponse\x12Y\n\x0cListSessions\x12#.authsidecar.v1.ListSessionsRequest\x1a$.authsidecar.v1.ListSessionsResponse\x12\\\n\rRevokeSession\x12$.authsidecar.v1.RevokeSessionRequest\x1a%.authsidecar.v1.RevokeSessionResponse\x12n\n\x13RevokeOtherSessions\x12*.authsidecar.v1.RevokeOtherSessionsRequest\x1a+.authsidecar.v1.RevokeOtherSessionsResponse\x12_\n\x0eRevokeSessions\x12%.authsidecar.v1.RevokeSessionsRequest\x1a&.authsidecar.v1.RevokeSessionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,19 +39,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTSESSIONSREQUEST']._serialized_start=250
   _globals['_LISTSESSIONSREQUEST']._serialized_end=286
   _globals['_LISTSESSIONSRESPONSE']._serialized_start=288
-  _globals['_LISTSESSIONSRESPONSE']._serialized_end=353
-  _globals['_REVOKESESSIONREQUEST']._serialized_start=355
-  _globals['_REVOKESESSIONREQUEST']._serialized_end=412
-  _globals['_REVOKESESSIONRESPONSE']._serialized_start=414
-  _globals['_REVOKESESSIONRESPONSE']._serialized_end=437
-  _globals['_REVOKEOTHERSESSIONSREQUEST']._serialized_start=439
-  _globals['_REVOKEOTHERSESSIONSREQUEST']._serialized_end=482
-  _globals['_REVOKEOTHERSESSIONSRESPONSE']._serialized_start=484
-  _globals['_REVOKEOTHERSESSIONSRESPONSE']._serialized_end=536
-  _globals['_REVOKESESSIONSREQUEST']._serialized_start=538
-  _globals['_REVOKESESSIONSREQUEST']._serialized_end=576
-  _globals['_REVOKESESSIONSRESPONSE']._serialized_start=578
-  _globals['_REVOKESESSIONSRESPONSE']._serialized_end=625
-  _globals['_SESSIONSERVICE']._serialized_start=628
-  _globals['_SESSIONSERVICE']._serialized_end=1138
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=381
+  _globals['_REVOKESESSIONREQUEST']._serialized_start=383
+  _globals['_REVOKESESSIONREQUEST']._serialized_end=440
+  _globals['_REVOKESESSIONRESPONSE']._serialized_start=442
+  _globals['_REVOKESESSIONRESPONSE']._serialized_end=465
+  _globals['_REVOKEOTHERSESSIONSREQUEST']._serialized_start=467
+  _globals['_REVOKEOTHERSESSIONSREQUEST']._serialized_end=510
+  _globals['_REVOKEOTHERSESSIONSRESPONSE']._serialized_start=512
+  _globals['_REVOKEOTHERSESSIONSRESPONSE']._serialized_end=564
+  _globals['_REVOKESESSIONSREQUEST']._serialized_start=566
+  _globals['_REVOKESESSIONSREQUEST']._serialized_end=604
+  _globals['_REVOKESESSIONSRESPONSE']._serialized_start=606
+  _globals['_REVOKESESSIONSRESPONSE']._serialized_end=653
+  _globals['_SESSIONSERVICE']._serialized_start=656
+  _globals['_SESSIONSERVICE']._serialized_end=1166
 # @@protoc_insertion_point(module_scope)

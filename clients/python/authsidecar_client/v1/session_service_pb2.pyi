@@ -30,10 +30,12 @@ class ListSessionsRequest(_message.Message):
     def __init__(self, token: _Optional[str] = ...) -> None: ...
 
 class ListSessionsResponse(_message.Message):
-    __slots__ = ("sessions",)
+    __slots__ = ("sessions", "current_session_id")
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     sessions: _containers.RepeatedCompositeFieldContainer[_resources_pb2.Session]
-    def __init__(self, sessions: _Optional[_Iterable[_Union[_resources_pb2.Session, _Mapping]]] = ...) -> None: ...
+    current_session_id: str
+    def __init__(self, sessions: _Optional[_Iterable[_Union[_resources_pb2.Session, _Mapping]]] = ..., current_session_id: _Optional[str] = ...) -> None: ...
 
 class RevokeSessionRequest(_message.Message):
     __slots__ = ("token", "session_id")

@@ -258,8 +258,10 @@ class SessionServicer(session_grpc.SessionServiceServicer):
         self, request: session_pb.ListSessionsRequest, context: Context
     ) -> session_pb.ListSessionsResponse:
         """The user's active sessions."""
-        sessions = await self._sessions.list_sessions(_token(request))
-        return session_pb.ListSessionsResponse(sessions=[self._convert.session(s) for s in sessions])
+        current, sessions = await self._sessions.sessions_of(_token(request))
+        return session_pb.ListSessionsResponse(
+            sessions=[self._convert.session(s) for s in sessions], current_session_id=current.id
+        )
 
     @rpc
     async def RevokeSession(
