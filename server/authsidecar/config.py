@@ -379,6 +379,9 @@ class Settings(BaseSettings):
         default_factory=dict, description="plugins to load, by entry point name ([plugins.two_factor])"
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        "text", description='"json": one JSON object per line (time, level, logger, message, rpc, request_id)'
+    )
 
     @field_validator("secret")
     @classmethod

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -15,6 +14,7 @@ from grpc_status import rpc_status
 
 from authsidecar import errors
 from authsidecar.hooks.context import begin_call, tracking
+from authsidecar.observability.logs import begin_request, request_id
 
 __all__ = ["DOMAIN", "STARTED", "grpc_code", "rpc", "to_status"]
 
@@ -123,6 +123,7 @@ def rpc(method: Handler[Self, Req, Resp]) -> Handler[Self, Req, Resp]:
     @functools.wraps(method)
     async def wrapper(self: Self, request: Req, context: Any) -> Resp:
         STARTED.count += 1
+        begin_request(name, context)
         try:
             callers = getattr(self, "callers", None)
             if callers is not None:
@@ -139,15 +140,15 @@ def rpc(method: Handler[Self, Req, Resp]) -> Handler[Self, Req, Resp]:
         except errors.AuthSidecarError as exc:
             metadata = None
             if grpc_code(exc) is grpc.StatusCode.INTERNAL:
-                metadata = {"request_id": uuid.uuid4().hex[:16]}
+                metadata = {"request_id": request_id()}
                 log.error("internal error in %s (request_id=%s): %s", method.__name__, metadata["request_id"], exc)
             await context.abort_with_status(to_status(exc, metadata))
             raise  # pragma: no cover
         except Exception:
-            request_id = uuid.uuid4().hex[:16]
-            log.exception("unexpected error in %s (request_id=%s)", method.__name__, request_id)
-            internal = errors.AuthSidecarError("internal error; quote request_id " + request_id)
-            await context.abort_with_status(to_status(internal, {"request_id": request_id}))
+            rid = request_id()
+            log.exception("unexpected error in %s (request_id=%s)", method.__name__, rid)
+            internal = errors.AuthSidecarError("internal error; quote request_id " + rid)
+            await context.abort_with_status(to_status(internal, {"request_id": rid}))
             raise  # pragma: no cover
 
     return wrapper

@@ -1,0 +1,1 @@
+"""Logs (text or JSON, with the request id of the call they belong to)."""
