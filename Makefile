@@ -7,8 +7,11 @@ TOOLS := .tools
 BUF := $(TOOLS)/node_modules/.bin/buf
 DRIZZLE_KIT := $(TOOLS)/node_modules/.bin/drizzle-kit
 BETTER_AUTH := $(TOOLS)/node_modules/@node-rs/argon2/package.json
+TS_CLIENT := clients/typescript/node_modules/.installed
 
 .PHONY: run test lint format proto bench migrate buf-lint clean lock
+.PHONY: ts-client proto-ts
+.PHONY: go-tools go-client proto-go
 
 # Dependencies come from the lock file (exact versions and hashes, runtime and development), then the project itself.
 $(STAMP): pyproject.toml requirements/dev.lock
@@ -28,7 +31,7 @@ migrate: $(STAMP)
 
 ## All tests: unit, storage/service contract (Postgres+Redis, SQLite+in-process, MariaDB), end-to-end, grpcurl,
 ## and side by side with a real Better Auth app.
-test: $(STAMP) $(DRIZZLE_KIT) $(BETTER_AUTH)
+test: $(STAMP) $(DRIZZLE_KIT) $(BETTER_AUTH) $(TS_CLIENT)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 $(BUF):
@@ -41,6 +44,35 @@ $(DRIZZLE_KIT): $(BUF)
 ## better-auth with pg, ioredis and @node-rs/argon2: the compatibility tests and the benchmark run a real Better Auth app (tests/better_auth/app.mjs).
 $(BETTER_AUTH): $(DRIZZLE_KIT)
 	npm install --silent --no-audit --no-fund --save-exact --prefix $(TOOLS) better-auth@1.7.25 pg@8.23.1 ioredis@5.8.2 @node-rs/argon2@2.2.1
+
+## The TypeScript client's npm packages, exactly as in clients/typescript/package-lock.json;
+## tests/e2e/test_typescript_client.py compiles the client with its tsc and runs its `node --test` suite.
+$(TS_CLIENT): clients/typescript/package.json clients/typescript/package-lock.json
+	npm ci --silent --no-audit --no-fund --prefix clients/typescript
+	touch $(TS_CLIENT)
+
+## Install and compile the TypeScript client (clients/typescript/dist).
+ts-client: $(TS_CLIENT)
+	cd clients/typescript && node_modules/.bin/tsc -p .
+
+## Regenerate clients/typescript/src/gen from proto/ (committed; buf and protoc-gen-es pinned in its package-lock.json).
+proto-ts: $(TS_CLIENT)
+	cd clients/typescript && node_modules/.bin/buf generate
+
+## The Go client's toolchain and libraries from Debian's packages, only those missing (root; clients/go/debian-deps.sh).
+go-tools:
+	bash clients/go/debian-deps.sh
+
+## Build, vet and format-check the Go client OFFLINE: clients/go/vendor.sh assembles vendor/ (not committed) from
+## Debian's /usr/share/gocode when stale; tests/e2e/test_go_client.py runs its `go test` against the real server.
+go-client:
+	bash clients/go/vendor.sh
+	cd clients/go && test -z "$$(gofmt -l *.go authsidecarv1)" || { echo "gofmt -w needed:"; gofmt -l *.go authsidecarv1; exit 1; }
+	cd clients/go && GOFLAGS=-mod=vendor GOPROXY=off go vet ./...
+
+## Regenerate clients/go/authsidecarv1 from proto/ (committed; Debian's protoc, protoc-gen-go and protoc-gen-go-grpc).
+proto-go:
+	bash clients/go/generate.sh
 
 buf-lint: $(BUF)
 	cd proto && ../$(BUF) lint
@@ -71,3 +103,5 @@ lock:
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf clients/typescript/node_modules clients/typescript/dist
+	rm -rf clients/go/vendor
