@@ -32,10 +32,11 @@ from authsidecar.hooks.database import HookedDatabase
 from authsidecar.hooks.dispatcher import OutboxDispatcher
 from authsidecar.hooks.payloads import Payloads
 from authsidecar.hooks.setup import HookSetup, build_hooks
+from authsidecar.observability.metrics import Gauges, MetricsServer
 from authsidecar.plugins.base import PluginHost
 from authsidecar.security.cookie_cache import CookieCache
 from authsidecar.security.cookies import SessionCookies
-from authsidecar.security.ids import id_generator
+from authsidecar.security.ids import IdGenerator, id_generator
 from authsidecar.security.passwords import Argon2Parameters, PasswordHasher
 from authsidecar.security.tokens import HashedTokenPolicy, PlainTokenPolicy, TokenPolicy
 from authsidecar.services.accounts import AccountService, VerificationPolicy
@@ -66,8 +67,10 @@ from authsidecar.transport.grpc.tls import TlsFiles, is_loopback, server_credent
 __all__ = [
     "AlreadyServing",
     "App",
+    "Core",
     "SchemaNotReady",
     "build_cache",
+    "build_core",
     "build_database",
     "build_hasher",
     "database_target",
@@ -269,6 +272,96 @@ def describe(settings: Settings) -> str:
     )
 
 
+@dataclass
+class Core:
+    """What every process that changes users or sessions wires the same way (the server, the admin CLI): the store
+    as services write to it (hooks and the outbox; Better Auth's Redis layout in that profile), the session cache
+    and its coherence (applying this process's invalidations after each commit), and the session manager."""
+
+    store: Database
+    cache: SessionCache
+    coherence: CacheCoherence
+    sessions: SessionManager
+    ids: IdGenerator
+    shared: BetterAuthRedis | None = None
+    better_auth_store: BetterAuthDatabase | None = None
+    jwt_secret: str | None = None
+
+
+def build_core(settings: Settings, database: SqlDatabase, hooks: HookSetup, policy: SessionPolicy) -> Core:
+    """The store, cache, coherence and session manager over ``database``; registers the coherence as its commit
+    listener."""
+    registry = database.schema.registry
+    plugins = any(conf.enabled for conf in settings.plugins.values())
+
+    def hooked(store: Database) -> Database:
+        if not hooks.runner and not plugins:  # plugins may add hooks at set-up
+            return store
+        tracking.on = True
+        return HookedDatabase(store, hooks.runner, Payloads(registry))
+
+    session_fields = ExtraFieldRules(registry.session).for_create({})
+    try:
+        ids = id_generator(str(settings.db_schema.generate_id))
+        ids("user")  # a custom function that returns no usable id stops start-up, not every sign-up
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"invalid configuration: schema.generate_id: {exc}") from None
+    shared: BetterAuthRedis | None = None
+    jwt_secret: str | None = None
+    store: Database = database
+    better_auth_store: BetterAuthDatabase | None = None
+    sessions: SessionManager
+    if settings.better_auth:
+        jwt_secret = settings.better_auth_current_secret()
+        shared = build_better_auth_redis(settings)
+        cookies = SessionCookies(jwt_secret, settings.cookie_prefix, settings.secure_cookies)
+        in_sql = settings.store_session_in_database or shared is None
+        store = better_auth_store = BetterAuthDatabase(
+            database, shared, in_sql, settings.store_verification_in_database or shared is None, utc_now
+        )
+        store = hooked(store)
+        cache: SessionCache = NullSessionCache()
+        tokens: TokenPolicy = PlainTokenPolicy()
+        coherence = CacheCoherence(
+            cache, tokens, settings.cache_trust_seconds, settings.invalidation_bound, settings.outage_grace
+        )
+        sessions = BetterAuthSessionManager(
+            store,
+            shared,
+            cookies,
+            in_sql,
+            policy,
+            coherence,
+            session_fields=session_fields,
+            ids=ids,
+            retry_after=settings.redis_retry_after,
+            cookie_cache=build_cookie_cache(settings, jwt_secret),
+            registry=registry,
+            preserve_sessions=settings.preserve_session_in_database,
+        )
+        better_auth_store.on_revoked = coherence.note
+        if settings.database_url is None:
+            log.warning(
+                "AUTHSIDECAR_COMPAT=better-auth on the embedded SQLite file: nothing is shared with a Better Auth"
+                " app unless it uses that file (set DATABASE_URL to the app's database)"
+            )
+    else:
+        cache = build_cache(settings)
+        tokens = HashedTokenPolicy()
+        coherence = CacheCoherence(
+            cache, tokens, settings.cache_trust_seconds, settings.invalidation_bound, settings.outage_grace
+        )
+        store = hooked(database)
+        sessions = SessionManager(store, cache, tokens, policy, coherence, session_fields=session_fields, ids=ids)
+    database.add_commit_listener(coherence.committed)
+    return Core(store, cache, coherence, sessions, ids, shared, better_auth_store, jwt_secret)
+
+
+# Better Auth plugins that can refuse a sign-in, by the user column they add: in the compatibility profile, ours
+# must be on when the app's is.
+_GUARDING_COLUMNS = {"twoFactorEnabled": "two_factor", "banned": "admin"}
+
+
 class SchemaNotReady(RuntimeError):
     """The database has not been migrated to the version this server needs."""
 
@@ -360,7 +453,9 @@ class App:
     http: httpx.AsyncClient | None = None
     hooks: HookSetup | None = None
     dispatcher: OutboxDispatcher | None = None
+    metrics: MetricsServer | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _outbox_figures: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def build(cls, settings: Settings) -> App:
@@ -374,66 +469,9 @@ class App:
         hooks = build_hooks(settings, http)
         plugins = settings.enabled_plugins()
 
-        def hooked(store: Database) -> Database:
-            if not hooks.runner and not plugins:  # plugins may add hooks at set-up
-                return store
-            tracking.on = True
-            return HookedDatabase(store, hooks.runner, Payloads(registry))
-
-        session_fields = ExtraFieldRules(registry.session).for_create({})
-        try:
-            ids = id_generator(str(settings.db_schema.generate_id))
-            ids("user")  # a custom function that returns no usable id stops start-up, not every sign-up
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"invalid configuration: schema.generate_id: {exc}") from None
-        shared: BetterAuthRedis | None = None
-        jwt_secret: str | None = None
-        store: Database = database
-        better_auth_store: BetterAuthDatabase | None = None
-        sessions: SessionManager
-        if settings.better_auth:
-            jwt_secret = settings.better_auth_current_secret()
-            shared = build_better_auth_redis(settings)
-            cookies = SessionCookies(jwt_secret, settings.cookie_prefix, settings.secure_cookies)
-            in_sql = settings.store_session_in_database or shared is None
-            store = better_auth_store = BetterAuthDatabase(
-                database, shared, in_sql, settings.store_verification_in_database or shared is None, utc_now
-            )
-            store = hooked(store)
-            cache: SessionCache = NullSessionCache()
-            tokens: TokenPolicy = PlainTokenPolicy()
-            coherence = CacheCoherence(
-                cache, tokens, settings.cache_trust_seconds, settings.invalidation_bound, settings.outage_grace
-            )
-            sessions = BetterAuthSessionManager(
-                store,
-                shared,
-                cookies,
-                in_sql,
-                policy,
-                coherence,
-                session_fields=session_fields,
-                ids=ids,
-                retry_after=settings.redis_retry_after,
-                cookie_cache=build_cookie_cache(settings, jwt_secret),
-                registry=registry,
-                preserve_sessions=settings.preserve_session_in_database,
-            )
-            better_auth_store.on_revoked = coherence.note
-            if settings.database_url is None:
-                log.warning(
-                    "AUTHSIDECAR_COMPAT=better-auth on the embedded SQLite file: nothing is shared with a Better Auth"
-                    " app unless it uses that file (set DATABASE_URL to the app's database)"
-                )
-        else:
-            cache = build_cache(settings)
-            tokens = HashedTokenPolicy()
-            coherence = CacheCoherence(
-                cache, tokens, settings.cache_trust_seconds, settings.invalidation_bound, settings.outage_grace
-            )
-            store = hooked(database)
-            sessions = SessionManager(store, cache, tokens, policy, coherence, session_fields=session_fields, ids=ids)
-        database.add_commit_listener(coherence.committed)
+        core = build_core(settings, database, hooks, policy)
+        store, cache, coherence, sessions, ids = core.store, core.cache, core.coherence, core.sessions, core.ids
+        shared, better_auth_store, jwt_secret = core.shared, core.better_auth_store, core.jwt_secret
         rules = CredentialRules(settings.password_min_length, settings.password_max_length)
         limits, guard, mail = build_limits(settings)
         flows = AccountFlows(
@@ -493,7 +531,8 @@ class App:
                 raise ConfigError(f"invalid configuration: plugins.{name}: {exc}") from None
             extra += [(service.name, service.add, service.servicer) for service in parts.services]
             if parts.sign_in_gate is not None:
-                accounts.gate = flows.gate = parts.sign_in_gate
+                accounts.gates.append(parts.sign_in_gate)
+                flows.gates.append(parts.sign_in_gate)
         server = GrpcServer(
             auth_servicer,
             session_servicer,
@@ -513,7 +552,7 @@ class App:
                 delivery_timeout=max([10.0, *(spec.timeout + 1 for spec in settings.hooks)]),
             )
             database.add_outbox_listener(dispatcher.wake)
-        return cls(
+        app = cls(
             settings,
             database,
             cache,
@@ -528,6 +567,56 @@ class App:
             hooks,
             dispatcher,
         )
+        if settings.metrics_listen:
+            app.metrics = MetricsServer(settings.metrics_listen, app.gauges(sessions))
+        return app
+
+    def gauges(self, sessions: SessionManager) -> Gauges:
+        """What the metrics endpoint reports besides RPCs, read at scrape time."""
+        figures = self._outbox_figures
+        gauges = Gauges()
+        gauges.counters = {
+            "authsidecar_session_cache_hits": (
+                "validations answered from the secondary storage",
+                lambda: sessions.hits,
+            ),
+            "authsidecar_session_cache_misses": ("validations that read the database", lambda: sessions.misses),
+            "authsidecar_password_hash_refused": (
+                "sign-ins and hashes refused at capacity",
+                lambda: self.hasher.refused,
+            ),
+            "authsidecar_delivery_dropped": ("messages dropped by a full delivery queue", lambda: self.outbox.dropped),
+        }
+        gauges.gauges = {
+            "authsidecar_password_hash_pending": ("hashes admitted and not finished", lambda: self.hasher.pending),
+            "authsidecar_delivery_queue": ("messages waiting to be sent", lambda: self.outbox.size),
+        }
+        if isinstance(self.cache, ResilientSessionCache):
+            cache = self.cache
+            gauges.counters["authsidecar_session_cache_fallbacks"] = (
+                "lookups that went to the database because Redis failed or was bypassed",
+                lambda: cache.fallbacks,
+            )
+        if self.dispatcher is not None:
+            gauges.gauges |= {
+                "authsidecar_outbox_backlog": ("after events waiting for delivery", lambda: figures["live"]),
+                "authsidecar_outbox_dead": ("after events given up", lambda: figures["dead"]),
+                "authsidecar_outbox_lag_seconds": ("age of the oldest waiting after event", lambda: figures["lag"]),
+            }
+        return gauges
+
+    async def _watch_outbox(self) -> None:
+        """Keep the outbox figures of the metrics fresh (a query every few seconds, not one per scrape)."""
+        outbox = SqlOutbox(self.database)
+        while True:
+            try:
+                live, dead = await outbox.backlog()
+                oldest = await outbox.oldest()
+                lag = (utc_now() - oldest).total_seconds() if oldest is not None else 0.0
+                self._outbox_figures.update(live=live, dead=dead, lag=max(lag, 0.0))
+            except AuthSidecarError:
+                self._outbox_figures.clear()  # NaN while the database cannot be read
+            await asyncio.sleep(5)
 
     async def start(self) -> None:
         """Start serving; health follows the database's reachability.
@@ -571,21 +660,30 @@ class App:
             self._tasks.append(asyncio.create_task(self._cleanup_periodically(), name="cleanup"))
         if self.dispatcher is not None:
             self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="outbox"))
+        if self.metrics is not None:
+            self.metrics.start()
+            if self.dispatcher is not None:
+                self._tasks.append(asyncio.create_task(self._watch_outbox(), name="outbox-metrics"))
 
     async def _unguarded_second_factor(self) -> str | None:
-        """In the Better Auth profile, an app whose users may have two-factor authentication on (its user table has
-        twoFactorEnabled) needs the two_factor plugin here too, or a password alone would sign them in."""
-        if not self.settings.better_auth or any(name == "two_factor" for name, _ in self.settings.enabled_plugins()):
+        """In the Better Auth profile, an app whose users may be guarded by one of its plugins (its user table has
+        that plugin's column) needs our plugin of that name too, or a password alone would sign them in."""
+        if not self.settings.better_auth:
+            return None
+        enabled = {name for name, conf in self.settings.plugins.items() if conf.enabled}
+        missing = {column: name for column, name in _GUARDING_COLUMNS.items() if name not in enabled}
+        if not missing:
             return None
         table = self.database.schema.user.name
         async with self.database.engine.connect() as conn:
             columns = await conn.run_sync(lambda c: {col["name"] for col in sa.inspect(c).get_columns(table)})
-        if "twoFactorEnabled" not in columns:
-            return None
-        return (
-            f"{table}.twoFactorEnabled exists: the Better Auth app uses two-factor authentication, and without"
-            " [plugins.two_factor] here a password alone would sign its users in; enable the plugin"
-        )
+        for column, name in missing.items():
+            if column in columns:
+                return (
+                    f"{table}.{column} exists: the Better Auth app uses its {name} plugin, and without"
+                    f" [plugins.{name}] here a password alone would sign its users in; enable the plugin"
+                )
+        return None
 
     def _unsupported_ids(self) -> str | None:
         """Database-made UUIDs are read back with INSERT ... RETURNING, which MySQL (unlike MariaDB) lacks."""
@@ -650,6 +748,8 @@ class App:
             await self._stop_tasks(("outbox",), cancel=False)
         await self._stop_tasks()
         await self.outbox.stop(self.settings.shutdown_grace)
+        if self.metrics is not None:
+            self.metrics.stop()
         await self.close_resources()
         log.info("stopped")
 

@@ -1,13 +1,15 @@
-"""Command line: ``authsidecar serve | migrate [--check | --dry-run] | generate | cleanup``."""
+"""Command line: ``authsidecar serve | migrate [--check | --dry-run] | generate | cleanup | users ... | sessions ...``
+(the last two: cli_admin.py)."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import sys
 
 from authsidecar import __version__
+from authsidecar.cli_admin import OneLineParser, add_commands
+from authsidecar.cli_admin import run as run_admin
 from authsidecar.config import ConfigError, Settings, load_settings
 
 __all__ = ["main"]
@@ -16,11 +18,9 @@ log = logging.getLogger("authsidecar")
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from authsidecar.observability.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     # Database drivers log statements with their bound values (password hashes, token digests) at DEBUG; the
     # engine itself hides them (hide_parameters). No driver logs below WARNING, whatever the level.
@@ -137,7 +137,7 @@ def _cleanup(settings: Settings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``authsidecar`` console script."""
-    parser = argparse.ArgumentParser(prog="authsidecar", description="gRPC authentication sidecar")
+    parser = OneLineParser(prog="authsidecar", description="gRPC authentication sidecar")
     parser.add_argument("--version", action="version", version=f"authsidecar {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="serve gRPC until SIGTERM/SIGINT")
@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     generate.add_argument("--format", choices=("sql", "drizzle"), default="sql", help="SQL DDL or a Drizzle schema")
     generate.add_argument("--output", help="write to this file instead of standard output")
     sub.add_parser("cleanup", help="delete expired sessions and verification tokens, in batches")
+    add_commands(sub)
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
@@ -160,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cleanup(settings)
         if args.command == "generate":
             return _generate(settings, args.dialect, args.format, args.output)
+        if args.command in ("users", "sessions"):
+            return run_admin(settings, args)
         return _migrate(settings, args.check, args.dry_run)
     except ConfigError as exc:
         print(f"authsidecar: {exc}", file=sys.stderr)

@@ -19,7 +19,9 @@ from tests.e2e.conftest import clean_env, start_server
 @pytest.mark.parametrize("fmt", ["json", "text"])
 def test_call_log_lines_carry_the_rpc_and_request_id(tmp_path: Path, fmt: str) -> None:
     env = {"AUTHSIDECAR_SQLITE_PATH": str(tmp_path / "a.db"), "AUTHSIDECAR_LOG_FORMAT": fmt}
-    subprocess.run([sys.executable, "-m", "authsidecar", "migrate"], cwd=tmp_path, env={**clean_env(), **env}, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "authsidecar", "migrate"], cwd=tmp_path, env={**clean_env(), **env}, check=True
+    )
     server = start_server(tmp_path, env)
     try:
         server.wait_for(health_pb2.HealthCheckResponse.SERVING)

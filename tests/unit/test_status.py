@@ -11,6 +11,8 @@ from google.rpc import error_details_pb2, status_pb2
 
 from authsidecar import errors
 from authsidecar.errors import FieldViolation
+from authsidecar.plugins.admin import errors as admin_errors
+from authsidecar.plugins.two_factor import errors as two_factor_errors
 from authsidecar.security.tokens import MAX_TOKEN_LENGTH
 from authsidecar.services.sessions import ClientInfo
 from authsidecar.transport.grpc.fields import FieldChecker
@@ -300,3 +302,31 @@ def test_proto_enum_sanity() -> None:
     assert error_reason_pb2.ErrorReason.Value("ERROR_REASON_UNSPECIFIED") == 0
     values = error_reason_pb2.ErrorReason.values()
     assert len(values) == len(set(values))
+
+
+# Plugins' errors live in their packages (authsidecar.plugins.<name>.errors): same mapping, reasons in the same enum.
+PLUGIN_CASES: list[tuple[errors.AuthSidecarError, grpc.StatusCode, str]] = [
+    (admin_errors.BannedUser(), Code.PERMISSION_DENIED, "BANNED_USER"),
+    (two_factor_errors.InvalidTwoFactorCode(), Code.UNAUTHENTICATED, "INVALID_TWO_FACTOR_CODE"),
+    (two_factor_errors.TwoFactorNotEnabled(), Code.FAILED_PRECONDITION, "TWO_FACTOR_NOT_ENABLED"),
+    (two_factor_errors.TwoFactorAlreadyEnabled(), Code.FAILED_PRECONDITION, "TWO_FACTOR_ALREADY_ENABLED"),
+    (two_factor_errors.TwoFactorLocked(retry_after=900), Code.RESOURCE_EXHAUSTED, "TWO_FACTOR_LOCKED"),
+]
+
+
+def test_every_plugin_error_class_has_a_case() -> None:
+    classes = {
+        cls
+        for module in (admin_errors, two_factor_errors)
+        for _, cls in inspect.getmembers(module, inspect.isclass)
+        if issubclass(cls, errors.AuthSidecarError) and cls.__module__ == module.__name__
+    }
+    assert {type(error) for error, _, _ in PLUGIN_CASES} == classes
+
+
+@pytest.mark.parametrize(("error", "code", "reason"), PLUGIN_CASES, ids=[type(c[0]).__name__ for c in PLUGIN_CASES])
+def test_plugin_errors_map_like_core_errors(error: errors.AuthSidecarError, code: grpc.StatusCode, reason: str) -> None:
+    assert reason in proto_reasons()
+    assert grpc_code(error) is code
+    info = error_info(to_status(error))
+    assert (info.domain, info.reason) == (DOMAIN, reason)

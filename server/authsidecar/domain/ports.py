@@ -43,6 +43,12 @@ class UnitOfWork(Protocol):
     async def get_user_by_email(self, email: str) -> User | None:
         """The user with that (normalised) email."""
 
+    async def list_users(
+        self, limit: int, after: tuple[datetime, str] | None = None, email_prefix: str = ""
+    ) -> list[User]:
+        """Up to ``limit`` users in (createdAt, id) order, those after the position ``after`` (createdAt, id) only,
+        and only those whose email starts with ``email_prefix`` (normalised) when given."""
+
     async def mark_email_verified(self, user_id: str, email: str, now: datetime) -> User | None:
         """Set emailVerified if the user still has that email; the updated user, or None."""
 

@@ -178,6 +178,12 @@ class _HookedUnitOfWork:
         """Read."""
         return await self._inner.get_user_by_email(email)
 
+    async def list_users(
+        self, limit: int, after: tuple[datetime, str] | None = None, email_prefix: str = ""
+    ) -> list[User]:
+        """Read."""
+        return await self._inner.list_users(limit, after, email_prefix)
+
     # -- accounts --------------------------------------------------------------------------------------------
 
     async def insert_account(self, account: Account) -> str:

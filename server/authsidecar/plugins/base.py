@@ -10,7 +10,7 @@ configuration (``[plugins.<name>]``, whose other keys are its options). It is bu
   of its own, the session manager, the hasher, the limits, the hook runner to add hooks to) and returns its parts:
   gRPC services (served with reflection, health and the same error model; wrap handlers with
   ``authsidecar.transport.grpc.status.rpc``) and, optionally, a sign-in gate that may turn a password sign-in
-  into a challenge (a second factor).
+  into a challenge (a second factor) or refuse it (a ban). Every enabled plugin's gate is asked, in order.
 """
 
 from __future__ import annotations

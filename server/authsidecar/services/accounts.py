@@ -58,13 +58,16 @@ class Challenge:
 
 
 class SignInGate(Protocol):
-    """Decides, once the password is right, whether the sign-in needs one more step (plugins provide it)."""
+    """Decides, once the password is right, whether the sign-in may go on (plugins provide gates): it may refuse it
+    (``challenge`` raises a domain error, such as the admin plugin's BannedUser) or need one more step (a
+    challenge, such as two_factor's)."""
 
     def guards(self, user: User) -> bool:
-        """Whether a new session of this user needs the gate's step (then no flow may open one without it)."""
+        """Whether a new session of this user needs the gate's say (then no flow may open one without it: a link
+        never signs such a user in)."""
 
     async def challenge(self, user: User, client: ClientInfo, remember_me: bool) -> Challenge | None:
-        """A challenge instead of a session, or None to sign in now."""
+        """A challenge instead of a session, or None to sign in now; raises a domain error to refuse."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +108,8 @@ class AccountService:
         self._clock = clock
         self._verification = verification or VerificationPolicy()
         self._user_fields = user_fields or ExtraFieldRules.none()
-        self.gate: SignInGate | None = None  # a plugin's second step after the password (two_factor)
+        # Plugins' say after the password (two_factor: a second step; admin: refuse banned users), in order.
+        self.gates: list[SignInGate] = []
 
     async def sign_up(
         self,
@@ -201,10 +205,14 @@ class AccountService:
             if self._verification.send_on_sign_in and self._verification.send is not None:
                 self._verification.send(user.email)
             raise EmailNotVerified()
-        if self.gate is not None:
-            challenge = await self.gate.challenge(user, client, remember_me)
-            if challenge is not None:
-                return AuthResult(user, challenge=challenge)
+        challenge: Challenge | None = None
+        # Every gate is asked, so a refusal holds whatever their order (a challenge made by an earlier gate is then
+        # never handed out, and expires).
+        for gate in self.gates:
+            asked = await gate.challenge(user, client, remember_me)
+            challenge = challenge or asked
+        if challenge is not None:
+            return AuthResult(user, challenge=challenge)
         now = self._clock()
         session, token = self._sessions.new_session(user.id, client, remember_me, now)
         async with self._db.transaction() as tx:

@@ -146,7 +146,7 @@ class AccountFlows:
         self._settings = settings
         self._clock = clock
         self._tokens = VerificationTokens(clock, sessions.ids, better_auth=jwt_secret is not None)
-        self.gate: SignInGate | None = None  # a plugin's second factor: links never bypass it
+        self.gates: list[SignInGate] = []  # plugins' sign-in gates (a second factor, bans): links never bypass them
 
     def _message(self, purpose: str, to: str, user: User, token: str, expires_at: datetime) -> Message:
         url = render_link(self._settings.link_template, purpose, token)
@@ -200,7 +200,7 @@ class AccountFlows:
             raise UserAlreadyExists() from exc
         if not self._settings.auto_sign_in_after_verification:
             return AuthResult(user)
-        if self.gate is not None and self.gate.guards(user):  # a second factor first: no session from a link
+        if any(gate.guards(user) for gate in self.gates):  # a second factor first, or banned: no session from a link
             return AuthResult(user)
         session, session_token = await self._sessions.open_session(user, client, read_at)
         return AuthResult(user, session, session_token)

@@ -99,6 +99,12 @@ class _UnitOfWork:
         """The user by email."""
         return await self._sql.get_user_by_email(email)
 
+    async def list_users(
+        self, limit: int, after: tuple[datetime, str] | None = None, email_prefix: str = ""
+    ) -> list[User]:
+        """A page of users."""
+        return await self._sql.list_users(limit, after, email_prefix)
+
     async def mark_email_verified(self, user_id: str, email: str, now: datetime) -> User | None:
         """Set emailVerified; the user's session documents follow."""
         return await self._changed(await self._sql.mark_email_verified(user_id, email, now))

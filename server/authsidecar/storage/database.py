@@ -205,7 +205,7 @@ class SqlUnitOfWork:
         now = datetime.now(UTC)  # due at once by the clock of the instances that deliver (not the database's)
         rows = [
             {"seq": last - count + 1 + i, "target": e.target, "ordering_key": e.key, "payload": e.payload}
-            | {"next_attempt_at": now}
+            | {"next_attempt_at": now, "created_at": now}
             for i, e in enumerate(self.events)
         ]
         await self._conn.execute(self._q.insert_outbox, rows)
@@ -272,6 +272,20 @@ class SqlUnitOfWork:
     async def get_user_by_email(self, email: str) -> User | None:
         """The user with that email."""
         return await self._one_user(self._q.user_by_email, {"u_email": email})
+
+    async def list_users(
+        self, limit: int, after: tuple[datetime, str] | None = None, email_prefix: str = ""
+    ) -> list[User]:
+        """A page of users in (createdAt, id) order (the seeded createdAt index serves it)."""
+        u = self._q.user_table
+        stmt = sa.select(u)
+        if email_prefix:
+            stmt = stmt.where(u.c.email.startswith(email_prefix, autoescape=True))
+        if after is not None:
+            created, last_id = after
+            stmt = stmt.where(sa.or_(u.c.created_at > created, sa.and_(u.c.created_at == created, u.c.id > last_id)))
+        result = await self._execute(stmt.order_by(u.c.created_at, u.c.id).limit(limit), {})
+        return [record(User, self._q.registry.user, row._mapping) for row in result]
 
     async def mark_email_verified(self, user_id: str, email: str, now: datetime) -> User | None:
         """Set emailVerified if the user still has that email."""
