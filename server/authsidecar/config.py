@@ -372,6 +372,9 @@ class Settings(BaseSettings):
     outbox_max_attempts: Annotated[int, Field(ge=1, le=1000)] = Field(
         50, description="failed deliveries of an after event before it is given up (back-off up to 5 minutes)"
     )
+    metrics_listen: str | None = Field(
+        None, description="host:port of the Prometheus endpoint (/metrics); unset: no metrics"
+    )
     outbox_poll_interval: Annotated[float, Field(gt=0, le=60)] = Field(
         1.0, description="seconds between outbox reads when nothing new was committed by this instance"
     )
@@ -404,6 +407,16 @@ class Settings(BaseSettings):
         unknown = sorted(set(value) - set(DEFAULT_RULES))
         if unknown:
             raise ValueError(f"no limits for {unknown[0]!r} (limits apply to {', '.join(sorted(DEFAULT_RULES))})")
+        return value
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _check_metrics_listen(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("expected host:port")
         return value
 
     @field_validator("listen")

@@ -48,6 +48,7 @@ ARGON2_ENV = {"AUTHSIDECAR_ARGON2_TIME_COST": "2", "AUTHSIDECAR_ARGON2_MEMORY_KI
 ARGON2_ENV |= {"AUTHSIDECAR_ARGON2_PARALLELISM": "1"}  # OWASP minimum = the server's defaults
 RESULTS = Path(__file__).with_name("RESULTS.md")
 ECHO, HIT, NOCACHE = "echo (floor)", "ValidateSession, cache hit (Redis)", "ValidateSession, cache disabled (SQL)"
+METRICS = "ValidateSession, cache hit, metrics on"
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -403,6 +404,9 @@ def report(f: Figures, problems: list[str]) -> str:
         ("cache disabled p50 / echo p50", p50[NOCACHE] / p50[ECHO], "-"),
         ("cache disabled throughput / echo throughput", f.rate[NOCACHE] / f.rate[ECHO], "-"),
         ("cache hit p50 / cache disabled p50", p50[HIT] / p50[NOCACHE], "-"),
+        ("metrics on / off: cache hit p50", p50[METRICS] / p50[HIT], "<= 1.05"),
+        ("metrics on / off: cache hit throughput", f.rate[METRICS] / f.rate[HIT], ">= 0.95"),
+        ("metrics on / off: server CPU per cache hit", f.cpu_us[METRICS] / f.cpu_us[HIT], "<= 1.05"),
     ]
     lines += [f"| {name} | {value:.2f} | {target} | {verdict(value, target)} |" for name, value, target in ratios]
     lines += side_by_side_report(f.side)
@@ -436,6 +440,7 @@ def main() -> int:
         for label, name, extra in (
             (HIT, "cache-on", {}),
             (NOCACHE, "cache-off", {"AUTHSIDECAR_CACHE_ENABLED": "false"}),
+            (METRICS, "metrics-on", {"AUTHSIDECAR_METRICS_LISTEN": "127.0.0.1:0"}),
         ):
             servers[label] = srv = infra.ServerProcess.start(name, serve, env | extra, log_dir)
             cleanup.callback(srv.stop)

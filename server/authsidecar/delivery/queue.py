@@ -36,6 +36,11 @@ class DeliveryQueue:
         self.failed = 0
         self.dropped = 0
 
+    @property
+    def size(self) -> int:
+        """Messages waiting to be sent."""
+        return self._queue.qsize()
+
     def submit(self, job: Job) -> None:
         """Queue a job; never blocks or raises (a full queue drops the job, logged and counted)."""
         try:

@@ -114,6 +114,7 @@ class PasswordHasher:
         self._dummy_hash = self._hash_sync(secrets.token_urlsafe(16))
         self._typical: dict[Scheme, float] = {}  # scheme -> typical verify time (seconds)
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        self.refused = 0  # admissions refused (load shedding), for the metrics
 
     @property
     def pending(self) -> int:
@@ -146,6 +147,7 @@ class PasswordHasher:
     def _admit(self, client: str) -> None:
         mine = self._by_client.get(client, 0)
         if self._pending >= self._max_pending or (client and mine >= self._per_client_max):
+            self.refused += 1
             raise TooManyRequests(retry_after=0.05 * (self._pending // self._workers + 1))
         self._pending += 1
         self._by_client[client] = mine + 1

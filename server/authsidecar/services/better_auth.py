@@ -131,7 +131,10 @@ class BetterAuthSessionManager(SessionManager):
         now = self._clock()
         entry = await self._from_redis(token)
         if entry is None and self._fallback:
+            self.misses += 1
             entry = await self._db.find_session(token)
+        else:
+            self.hits += 1
         if (
             entry is None
             or not hmac.compare_digest(entry.session.stored_token, token)

@@ -99,6 +99,8 @@ class SessionManager:
         self._policy = policy
         self._coherence = coherence
         self._clock = clock
+        self.hits = 0  # validations answered from the secondary storage / from SQL, for the metrics
+        self.misses = 0
 
     def new_session(self, user_id: str, client: ClientInfo, remember_me: bool, now: datetime) -> tuple[Session, str]:
         """A session record (not yet stored) and its bearer token."""
@@ -165,7 +167,9 @@ class SessionManager:
             and self._coherence.trusted(cached)
         ):
             entry, from_cache = cached, True
+            self.hits += 1
         else:
+            self.misses += 1
             found = await self._db.find_session(stored)
             if found is None:
                 if cached is not None:  # a stale or foreign document: remove it

@@ -6,7 +6,7 @@ taken over by another instance once it lapses (a crashed holder's entries are de
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -106,6 +106,15 @@ class SqlOutbox:
         if seqs:
             await self._run(self._delete, {"seqs": seqs})
         return len(seqs)
+
+    async def oldest(self) -> datetime | None:
+        """When the oldest live entry was written (the delivery lag's start), or None."""
+        o = self._db.schema.outbox
+        rows = (await self._run(sa.select(sa.func.min(o.c.created_at)).where(o.c.dead == sa.false()), {})).all()
+        value = rows[0][0] if rows else None
+        if isinstance(value, str):  # SQLite's aggregate loses the column type
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
     async def backlog(self) -> tuple[int, int]:
         """(live, dead) entry counts."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -15,6 +17,7 @@ from grpc_status import rpc_status
 from authsidecar import errors
 from authsidecar.hooks.context import begin_call, tracking
 from authsidecar.observability.logs import begin_request, request_id
+from authsidecar.observability.metrics import RPC
 
 __all__ = ["DOMAIN", "STARTED", "grpc_code", "rpc", "to_status"]
 
@@ -124,6 +127,8 @@ def rpc(method: Handler[Self, Req, Resp]) -> Handler[Self, Req, Resp]:
     async def wrapper(self: Self, request: Req, context: Any) -> Resp:
         STARTED.count += 1
         begin_request(name, context)
+        started = time.perf_counter() if RPC.on else 0.0
+        code = "OK"
         try:
             callers = getattr(self, "callers", None)
             if callers is not None:
@@ -136,19 +141,28 @@ def rpc(method: Handler[Self, Req, Resp]) -> Handler[Self, Req, Resp]:
                 begin_call(name, getattr(client, "ip_address", None), getattr(client, "user_agent", None))
             return await method(self, request, context)
         except grpc.aio.AbortError:
+            code = "ABORTED"
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
             raise
         except errors.AuthSidecarError as exc:
             metadata = None
-            if grpc_code(exc) is grpc.StatusCode.INTERNAL:
+            code = grpc_code(exc).name
+            if code == "INTERNAL":
                 metadata = {"request_id": request_id()}
                 log.error("internal error in %s (request_id=%s): %s", method.__name__, metadata["request_id"], exc)
             await context.abort_with_status(to_status(exc, metadata))
             raise  # pragma: no cover
         except Exception:
+            code = "INTERNAL"
             rid = request_id()
             log.exception("unexpected error in %s (request_id=%s)", method.__name__, rid)
             internal = errors.AuthSidecarError("internal error; quote request_id " + rid)
             await context.abort_with_status(to_status(internal, {"request_id": rid}))
             raise  # pragma: no cover
+        finally:
+            if started:  # metrics on
+                RPC.record(name, code, started)
 
     return wrapper
