@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 
 from authsidecar import __version__
@@ -36,12 +37,17 @@ def _event_loop_policy() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def stop_while_starting(signum: int, frame: object) -> None:
+    """SIGTERM before the server took over its signals (still starting): nothing to drain, a clean exit."""
+    raise SystemExit(0)
+
+
 def _serve(settings: Settings) -> int:
     from authsidecar.app import AlreadyServing, SchemaNotReady, run
 
     _event_loop_policy()
     try:
-        asyncio.run(run(settings))
+        asyncio.run(run(settings))  # run() replaces the early SIGTERM handler with the draining one
     except (OSError, SchemaNotReady, AlreadyServing) as exc:
         log.error("%s", exc)
         return 1
@@ -137,6 +143,8 @@ def _cleanup(settings: Settings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``authsidecar`` console script."""
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["serve"]:
+        signal.signal(signal.SIGTERM, stop_while_starting)
     parser = OneLineParser(prog="authsidecar", description="gRPC authentication sidecar")
     parser.add_argument("--version", action="version", version=f"authsidecar {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
