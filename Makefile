@@ -20,13 +20,22 @@ $(STAMP): pyproject.toml requirements/dev.lock
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# What serving needs, and nothing more: the runtime lock file (no test or lint tools), with pip's progress shown.
+RUN_STAMP := $(VENV)/.runtime
+$(RUN_STAMP): pyproject.toml requirements/runtime.lock
+	@echo "== installing authsidecar's runtime dependencies into $(VENV) (requirements/runtime.lock)"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --require-hashes --progress-bar on -r requirements/runtime.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(RUN_STAMP)
+
 ## Serve on the embedded default (SQLite file + in-process cache) unless DATABASE_URL / REDIS_URL are set.
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/authsidecar migrate
 	$(BIN)/authsidecar serve
 
 ## Apply database migrations to DATABASE_URL (or the embedded SQLite file).
-migrate: $(STAMP)
+migrate: $(RUN_STAMP)
 	$(BIN)/authsidecar migrate
 
 ## All tests: unit, storage/service contract (Postgres+Redis, SQLite+in-process, MariaDB), end-to-end, grpcurl,
@@ -98,7 +107,7 @@ bench: $(STAMP) $(BETTER_AUTH)
 lock:
 	$(PYTHON) -m venv $(TOOLS)/pip-tools
 	$(TOOLS)/pip-tools/bin/pip install --quiet pip-tools==7.6.2
-	$(TOOLS)/pip-tools/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links -o requirements/runtime.lock pyproject.toml
+	$(TOOLS)/pip-tools/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links -o requirements/runtime.lock pyproject.toml requirements/build.in
 	$(TOOLS)/pip-tools/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links --extra dev -o requirements/dev.lock pyproject.toml
 
 clean:
