@@ -452,15 +452,9 @@ class Settings(BaseSettings):
         """The secret Better Auth signs cookies and JWTs with, read as Better Auth reads it: the first entry of
         BETTER_AUTH_SECRETS ("<version>:<secret>,..."; every entry must be well formed), else BETTER_AUTH_SECRET,
         else AUTH_SECRET (empty values count as unset). Raises ConfigError when there is none."""
-        listed = self.better_auth_secrets.get_secret_value().strip() if self.better_auth_secrets else ""
-        if listed:
-            values = []
-            for entry in listed.split(","):
-                version, colon, value = entry.strip().partition(":")
-                if not colon or not version.strip().isdigit() or not value.strip():
-                    raise ConfigError('invalid configuration: BETTER_AUTH_SECRETS: expected "<version>:<secret>,..."')
-                values.append(value.strip())
-            return values[0]
+        rotating = self.better_auth_secret_versions()
+        if rotating:
+            return rotating[0][1]
         for name in ("BETTER_AUTH_SECRET", "AUTH_SECRET"):
             value = os.environ.get(name, "")
             if value:
@@ -470,6 +464,18 @@ class Settings(BaseSettings):
         raise ConfigError(
             "invalid configuration: BETTER_AUTH_SECRET: required with AUTHSIDECAR_COMPAT=better-auth (the app's secret)"
         )
+
+    def better_auth_secret_versions(self) -> list[tuple[int, str]]:
+        """BETTER_AUTH_SECRETS as (version, secret) pairs, current first ([] when unset); raises ConfigError when
+        an entry is not "<version>:<secret>"."""
+        listed = self.better_auth_secrets.get_secret_value().strip() if self.better_auth_secrets else ""
+        versions = []
+        for entry in listed.split(",") if listed else ():
+            version, colon, value = entry.strip().partition(":")
+            if not colon or not version.strip().isdigit() or not value.strip():
+                raise ConfigError('invalid configuration: BETTER_AUTH_SECRETS: expected "<version>:<secret>,..."')
+            versions.append((int(version.strip()), value.strip()))
+        return versions
 
     def registry(self) -> Registry:
         """The field registry of the configured schema, with the enabled plugins' fields and tables."""

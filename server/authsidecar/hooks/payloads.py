@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from authsidecar.cache.codec import iso
-from authsidecar.domain.fields import FieldDef, ModelDef, Registry
+from authsidecar.domain.fields import ModelDef, Registry
 from authsidecar.domain.models import Account, Extra, Session, SessionWithUser, User, Verification
 from authsidecar.errors import AuthSidecarError
 from authsidecar.hooks.context import CallContext
@@ -39,7 +39,7 @@ WRITABLE: dict[tuple[str, str], frozenset[str]] = {
 }
 
 
-def _out(f: FieldDef, value: Any) -> Any:
+def _out(value: Any) -> Any:
     if isinstance(value, datetime):
         return iso(value)
     return value
@@ -53,10 +53,10 @@ class Payloads:
 
     def _payload(self, model: ModelDef, item: Any) -> dict[str, Any]:
         hidden = SECRET_FIELDS.get(model.name, frozenset())
-        out = {f.key: _out(f, getattr(item, f.attr)) for f in model.builtin if f.name not in hidden}
+        out = {f.key: _out(getattr(item, f.attr)) for f in model.builtin if f.name not in hidden}
         extra = getattr(item, "additional", None)
         if extra is not None:
-            out.update({f.key: _out(f, extra.get(f.name)) for f in model.additional})
+            out.update({f.key: _out(extra.get(f.name)) for f in model.additional})
         return out
 
     def user(self, user: User) -> dict[str, Any]:
@@ -72,7 +72,7 @@ class Payloads:
         model = self._registry.account
         hidden = SECRET_FIELDS["account"]
         return {
-            f.key: _out(f, getattr(account, f.attr))
+            f.key: _out(getattr(account, f.attr))
             for f in model.builtin
             if f.name not in hidden and hasattr(account, f.attr)
         }
@@ -100,9 +100,7 @@ class Payloads:
     def changes(self, model: str, changes: dict[str, Any]) -> dict[str, Any]:
         """An update's changes (logical names) as payload keys."""
         definition = self._registry.model(model)
-        return {
-            definition[name].key: _out(definition[name], value) for name, value in changes.items() if name in definition
-        }
+        return {definition[name].key: _out(value) for name, value in changes.items() if name in definition}
 
     def call(self, call: CallContext) -> dict[str, Any]:
         """A call context's JSON form: stored with events and sent to webhooks."""

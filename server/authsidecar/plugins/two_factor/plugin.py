@@ -115,14 +115,13 @@ def _key(host: PluginHost) -> formats.Secret:
     """Better Auth's secret (or key set) in the compatibility profile; else a key derived from our secret."""
     settings = host.settings
     if settings.better_auth:
-        listed = settings.better_auth_secrets.get_secret_value().strip() if settings.better_auth_secrets else ""
-        if not listed:
+        versions = settings.better_auth_secret_versions()
+        if not versions:
             return settings.better_auth_current_secret()
         keys: dict[int, str] = {}
-        for entry in listed.split(","):
-            version, _, value = entry.strip().partition(":")
-            keys.setdefault(int(version.strip()), value.strip())
-        current = int(listed.split(",")[0].partition(":")[0].strip())
+        for version, value in versions:
+            keys.setdefault(version, value)
+        current = versions[0][0]
         legacy = os.environ.get("BETTER_AUTH_SECRET") or (
             settings.better_auth_secret.get_secret_value() if settings.better_auth_secret else None
         )
