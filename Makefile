@@ -14,19 +14,19 @@ TS_CLIENT := clients/typescript/node_modules/.installed
 .PHONY: go-tools go-client proto-go
 
 # Dependencies come from the lock file (exact versions and hashes, runtime and development), then the project itself.
-$(STAMP): pyproject.toml requirements/dev.lock
+$(STAMP): pyproject.toml clients/python/pyproject.toml requirements/dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --require-hashes -r requirements/dev.lock
-	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e ./clients/python -e .
 	touch $(STAMP)
 
 # What serving needs, and nothing more: the runtime lock file (no test or lint tools), with pip's progress shown.
 RUN_STAMP := $(VENV)/.runtime
-$(RUN_STAMP): pyproject.toml requirements/runtime.lock
+$(RUN_STAMP): pyproject.toml clients/python/pyproject.toml requirements/runtime.lock
 	@echo "== installing authsidecar's runtime dependencies into $(VENV) (requirements/runtime.lock)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --require-hashes --progress-bar on -r requirements/runtime.lock
-	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e ./clients/python -e .
 	touch $(RUN_STAMP)
 
 ## Serve on the embedded default (SQLite file + in-process cache) unless DATABASE_URL / REDIS_URL are set.
@@ -104,11 +104,17 @@ bench: $(STAMP) $(BETTER_AUTH)
 	$(BIN)/python -m tests.benchmarks.run
 
 ## Re-resolve requirements/runtime.lock and requirements/dev.lock from pyproject.toml (pip-tools, pinned).
+## The server depends on authsidecar-client, which is not on an index: the resolver is shown a wheel built from
+## clients/python, and its line is then dropped from the lock files (it is installed from the tree, see $(STAMP)).
+CLIENT_WHEELS := $(TOOLS)/client-wheel
+LOCK_FLAGS := -q --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links --find-links $(CLIENT_WHEELS)
 lock:
 	$(PYTHON) -m venv $(TOOLS)/pip-tools
 	$(TOOLS)/pip-tools/bin/pip install --quiet pip-tools==7.6.2
-	$(TOOLS)/pip-tools/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links -o requirements/runtime.lock pyproject.toml requirements/build.in
-	$(TOOLS)/pip-tools/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links --extra dev -o requirements/dev.lock pyproject.toml
+	rm -rf $(CLIENT_WHEELS) && $(TOOLS)/pip-tools/bin/pip wheel --quiet --no-deps -w $(CLIENT_WHEELS) ./clients/python
+	$(TOOLS)/pip-tools/bin/pip-compile $(LOCK_FLAGS) -o requirements/runtime.lock pyproject.toml requirements/build.in
+	$(TOOLS)/pip-tools/bin/pip-compile $(LOCK_FLAGS) --extra dev -o requirements/dev.lock pyproject.toml
+	$(PYTHON) requirements/drop_local.py requirements/runtime.lock requirements/dev.lock
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache
