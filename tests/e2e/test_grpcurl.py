@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import shutil
 import subprocess
@@ -11,8 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from grpc_health.v1 import health_pb2
 
-from tests.e2e.conftest import Server
+from tests.conftest import REDIS_URL
+from tests.e2e.conftest import Server, start_server
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def grpcurl_binary() -> str:
@@ -65,3 +70,45 @@ def test_grpcurl_walkthrough(server: Server) -> None:
 
     health = grpcurl(server, "grpc.health.v1.Health/Check")
     assert json.loads(health.stdout)["status"] == "SERVING"
+
+
+def _readme_sh_block(heading: str) -> str:
+    section = (ROOT / "README.md").read_text().split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    found = re.search(r"```sh\n(.*?)```", section, re.DOTALL)
+    assert found, f"README: no ```sh block under {heading!r}"
+    return found.group(1)
+
+
+def test_the_readme_walkthrough_runs_when_pasted_in_order(tmp_path: Path, pg_url: str, redis_prefix: str) -> None:
+    """Both grpcurl blocks of the README, pasted into one shell in order against `make run`'s kind of server (log
+    delivery, its output kept in authsidecar.log): every command succeeds but the one the README says fails."""
+    log = tmp_path / "authsidecar.log"
+    env = {"DATABASE_URL": pg_url, "REDIS_URL": REDIS_URL, "AUTHSIDECAR_REDIS_KEY_PREFIX": redis_prefix}
+    server = start_server(tmp_path, env)
+    try:
+        server.wait_for(health_pb2.HealthCheckResponse.SERVING)
+        script = _readme_sh_block("Walkthrough with grpcurl") + _readme_sh_block(
+            "Account flows: email verification, password reset, email change, profile"
+        )
+        script = script.replace('G=".venv/bin/grpcurl -plaintext"', f'G="{grpcurl_binary()} -plaintext"')
+        script = script.replace("A=127.0.0.1:50051", f"A={server.address}").replace("authsidecar.log", str(log))
+        assert script.count(server.address) == 1 and script.count(str(log)) == 2
+        # Every failing command is reported (errtrace: inside $(...) too); the log file is the server's output.
+        traced = 'set -E -o pipefail\ntrap \'printf "\\nFAILED: %s\\n" "$BASH_COMMAND" >&2\' ERR\n'
+        traced += f"ln -sf {server.log_path} {log}\n"
+        ran = subprocess.run(
+            ["bash", "-c", traced + script], cwd=ROOT, capture_output=True, text=True, timeout=180, check=False
+        )
+        failures = [line for line in ran.stderr.splitlines() if line.startswith("FAILED: ")]
+        assert len(failures) == 1, (failures, ran.stdout, ran.stderr)
+        assert "-format-error" in failures[0] and "ValidateSession" in failures[0]
+        assert '"reason":"INVALID_TOKEN"' in ran.stderr
+        # What the walkthrough did, seen from outside: verified, password changed twice, renamed, then deleted.
+        assert '"email_verified": true' in ran.stdout and '"name": "Ada Lovelace"' in ran.stdout
+        gone = grpcurl(
+            server, "authsidecar.v1.AuthService/SignIn", data={"email": "ada@example.com", "password": "battery staple"}
+        )
+        assert json.loads(gone.stderr)["details"][0]["reason"] == "INVALID_EMAIL_OR_PASSWORD"
+        assert "correct horse" not in server.log() and "battery staple" not in server.log()
+    finally:
+        assert server.stop() == 0, server.log()
