@@ -12,6 +12,7 @@ TS_CLIENT := clients/typescript/node_modules/.installed
 .PHONY: run test lint format proto bench migrate buf-lint clean lock
 .PHONY: ts-client proto-ts
 .PHONY: go-tools go-client proto-go
+.PHONY: image compose-up
 
 # Dependencies come from the lock file (exact versions and hashes, runtime and development), then the project itself.
 $(STAMP): pyproject.toml clients/python/pyproject.toml requirements/dev.lock
@@ -98,6 +99,13 @@ format: $(STAMP)
 ## Regenerate clients/python stubs from proto/ (committed; reproducible with the pinned grpcio-tools).
 proto: $(STAMP)
 	$(BIN)/python clients/python/generate.py
+
+## The container image (server/container/Dockerfile; needs a Docker engine) and the compose stack with Postgres and Redis.
+image:
+	docker build -f server/container/Dockerfile -t authsidecar:local .
+
+compose-up:
+	docker compose -f server/container/compose.yaml up --build
 
 ## Benchmark against Postgres + Redis; writes tests/benchmarks/RESULTS.md.
 bench: $(STAMP) $(BETTER_AUTH)

@@ -11,6 +11,7 @@ import sys
 from authsidecar import __version__
 from authsidecar.cli_admin import OneLineParser, add_commands
 from authsidecar.cli_admin import run as run_admin
+from authsidecar.cli_health import add_health_command, run_health
 from authsidecar.config import ConfigError, Settings, load_settings
 
 __all__ = ["main"]
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     generate.add_argument("--output", help="write to this file instead of standard output")
     sub.add_parser("cleanup", help="delete expired sessions and verification tokens, in batches")
     add_commands(sub)
+    add_health_command(sub)
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
@@ -171,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             return _generate(settings, args.dialect, args.format, args.output)
         if args.command in ("users", "sessions"):
             return run_admin(settings, args)
+        if args.command == "health":
+            return run_health(settings, args)
         return _migrate(settings, args.check, args.dry_run)
     except ConfigError as exc:
         print(f"authsidecar: {exc}", file=sys.stderr)
