@@ -440,6 +440,16 @@ class SqlDatabase:
             .select_from(s.join(u, s.c.user_id == u.c.id))
             .where(s.c.token == sa.bindparam("token"))
         )
+        # On Postgres the same statement goes to asyncpg directly (see _read_raw), its values through the result
+        # processors SQLAlchemy itself would apply (ids, UTC timestamps, JSON).
+        self._find_session_sql: str | None = None
+        self._find_session_types: list[Any] = []
+        if engine.dialect.name == "postgresql":
+            dialect = engine.dialect
+            self._find_session_sql = str(self._find_session.compile(dialect=dialect))
+            self._find_session_types = [
+                c.type.dialect_impl(dialect).result_processor(dialect, None) for c in (*s.c, *u.c)
+            ]
 
     @asynccontextmanager
     async def transaction(self, autocommit: bool = False) -> AsyncIterator[UnitOfWork]:
@@ -503,6 +513,16 @@ class SqlDatabase:
                 yield conn
         except AuthSidecarError:
             raise
+        except Exception as exc:
+            _raise_translated(exc)
+
+    async def _read_raw(self, sql: str, *args: Any) -> list[Any]:
+        """One statement straight to asyncpg on a pooled connection (its prepared-statement cache), outside any
+        transaction: the hot path's cache miss, without SQLAlchemy's per-call execution machinery."""
+        try:
+            async with self._autocommit.connect() as conn:
+                raw: Any = (await conn.get_raw_connection()).driver_connection
+                return list(await raw.fetch(sql, *args))
         except Exception as exc:
             _raise_translated(exc)
 
@@ -570,7 +590,17 @@ class SqlDatabase:
     async def find_session(self, stored_token: str) -> SessionWithUser | None:
         """Session joined with its user, by stored token; ``checked_at`` is taken before the query."""
         checked_at = time.time()
-        rows = await self._read(self._find_session, {"token": stored_token})
+        if self._find_session_sql is not None:
+            raw = await self._read_raw(self._find_session_sql, stored_token)
+            rows = [
+                [
+                    value if convert is None else convert(value)
+                    for convert, value in zip(self._find_session_types, r, strict=True)
+                ]
+                for r in raw
+            ]
+        else:
+            rows = await self._read(self._find_session, {"token": stored_token})
         if not rows:
             return None
         row = rows[0]
@@ -611,8 +641,8 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 def create_database(
     target: DatabaseTarget,
     schema: Schema,
-    pool_size: int = 10,
-    max_overflow: int = 5,
+    pool_size: int = 4,
+    max_overflow: int = 1,
     connect_timeout: float = 5.0,
     pool_recycle: int = 1800,
 ) -> SqlDatabase:
