@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["BUCKETS", "RPC", "Gauges", "MetricsServer", "RpcStats"]
+__all__ = ["BUCKETS", "GATEWAY", "RPC", "Gauges", "MetricsServer", "RpcStats"]
 
 log = logging.getLogger("authsidecar.metrics")
 
@@ -62,6 +62,23 @@ class _Rpcs:
 RPC = _Rpcs()
 
 
+class _GatewayChecks:
+    """Gateway checks (Envoy ext_authz, forward-auth) by transport and decision: always counted (one dict
+    increment per check), reported when metrics are on."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def count(self, via: str, decision: str) -> None:
+        """One check through ``via`` ("envoy", "forward_auth") ended in ``decision`` ("allowed", "denied",
+        "unavailable", "error")."""
+        key = (via, decision)
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+
+GATEWAY = _GatewayChecks()
+
+
 @dataclass
 class Gauges:
     """Where the other figures come from, each a callable read at scrape time (None: not in this setup)."""
@@ -76,6 +93,12 @@ class _Collector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         yield from self._rpcs()
+        checks = CounterMetricFamily(
+            "authsidecar_gateway_checks", "gateway checks, by transport and decision", labels=["via", "decision"]
+        )
+        for (via, decision), count in sorted(GATEWAY.counts.items()):
+            checks.add_metric([via, decision], count)
+        yield checks
         for name, (text, read) in self._gauges.counters.items():
             counter = CounterMetricFamily(name, text)
             counter.add_metric([], _safe(read))

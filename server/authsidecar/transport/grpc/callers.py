@@ -26,7 +26,7 @@ RPC_NAMES = frozenset(
         (two_factor_service_pb2, "TwoFactorService"),  # the two_factor plugin's
     )
     for method in module.DESCRIPTOR.services_by_name[service].methods
-)
+) | {"Check"}  # envoy.service.auth.v3.Authorization/Check (AUTHSIDECAR_EXT_AUTHZ)
 
 
 @dataclass(frozen=True, slots=True)
