@@ -113,9 +113,12 @@ class ServerProcess:
     log_path: Path
 
     @classmethod
-    def start(cls, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> ServerProcess:
-        """Start on a free port (passed as AUTHSIDECAR_LISTEN and substituted for ``{listen}`` in argv)."""
-        address = f"127.0.0.1:{free_port()}"
+    def start(
+        cls, name: str, argv: list[str], env: dict[str, str], log_dir: Path, address: str | None = None
+    ) -> ServerProcess:
+        """Start on ``address`` or a free port (passed as AUTHSIDECAR_LISTEN and substituted for ``{listen}`` in
+        argv)."""
+        address = address or f"127.0.0.1:{free_port()}"
         log_path = log_dir / f"{name}.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen(

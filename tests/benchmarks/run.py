@@ -2,12 +2,15 @@
 
 In one run, against real server processes on Postgres + Redis and a bare grpc.aio echo server as the floor:
 ValidateSession sequential latency and max throughput (echo / cache hit / cache disabled), SignIn throughput
-against the raw argon2 verify rate, and a SignIn overload burst. Everything it creates (database, Redis keys,
-processes) is removed at the end, also on failure. It reports; it never fails on a missed target.
+against the raw argon2 verify rate, a SignIn overload burst, and ``serve --workers 2`` against 1 worker and a
+2-process echo floor (workers.py). Everything it creates (database, Redis keys, processes) is removed at the end,
+also on failure. It reports; it never fails on a missed target. ``--only workers`` measures and prints the workers
+rows alone (RESULTS.md is left alone).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import math
@@ -33,6 +36,7 @@ import grpc
 
 from authsidecar_client.v1 import auth_service_pb2, auth_service_pb2_grpc, session_service_pb2, session_service_pb2_grpc
 from tests.benchmarks import better_auth, infra, load
+from tests.benchmarks import workers as worker_rows
 from tests.benchmarks.micro import coherence_costs
 from tests.better_auth.harness import SECRET as BETTER_AUTH_SECRET
 from tests.better_auth.harness import BetterAuthApp, installed
@@ -117,6 +121,7 @@ class Figures:
     micro: dict[str, float]
     side: better_auth.SideBySide | None = None
     fairness: dict[str, dict[str, int]] | None = None
+    workers: worker_rows.WorkerFigures | None = None
 
 
 def sign_up_users(address: str, tag: str) -> tuple[list[str], list[tuple[str, str]], bytes]:
@@ -199,7 +204,7 @@ def measure(
             errors[label] += worker[i]["errors"]
             rate[label] += worker[i]["ok"] / worker[i]["s"] / LOAD_ROUNDS
     cpu_us = {label: 1e6 * cpu[label] / max(calls[label], 1) for label in addresses}
-    hit_keys = [f"{prefix}session:{hashlib.sha256(t.encode()).hexdigest()}" for t in tokens]
+    hit_keys = [f"{prefix}{{session:{hashlib.sha256(t.encode()).hexdigest()}}}" for t in tokens]
     cached = f"{infra.redis_exists(hit_keys)}/{len(tokens)}"
 
     print("raw argon2 verify rate / SignIn throughput / raw argon2 verify rate ...", flush=True)
@@ -370,6 +375,7 @@ def report(f: Figures, problems: list[str]) -> str:
         f"| {name} | {seconds * 1e6:.2f} us | {100 * seconds * 1e6 / f.cpu_us[ECHO]:.2f} % |"
         for name, seconds in f.micro.items()
     ]
+    lines += worker_rows.section(f.workers)
     burst_codes = Counter(outcome for _, outcome in f.burst)
     latencies = [t for t, _ in f.burst]
     lines += [
@@ -407,9 +413,19 @@ def report(f: Figures, problems: list[str]) -> str:
         ("metrics on / off: cache hit p50", p50[METRICS] / p50[HIT], "<= 1.05"),
         ("metrics on / off: cache hit throughput", f.rate[METRICS] / f.rate[HIT], ">= 0.95"),
         ("metrics on / off: server CPU per cache hit", f.cpu_us[METRICS] / f.cpu_us[HIT], "<= 1.05"),
+        *worker_rows.ratios(f.workers),
     ]
     lines += [f"| {name} | {value:.2f} | {target} | {verdict(value, target)} |" for name, value, target in ratios]
     lines += side_by_side_report(f.side)
+    lines += ["", "## Server logs (WARNING and above)", ""]
+    lines += [f"    {p}" for p in problems[:20]] or ["none"]
+    return "\n".join(lines) + "\n"
+
+
+def workers_report(rows: worker_rows.WorkerFigures, problems: list[str]) -> str:
+    """The workers rows alone (``--only workers``), as Markdown."""
+    lines = [*worker_rows.section(rows), "", "| ratio | value | target | verdict |", "|---|---|---|---|"]
+    lines += [f"| {n} | {v:.2f} | {t} | {verdict(v, t)} |" for n, v, t in worker_rows.ratios(rows)]
     lines += ["", "## Server logs (WARNING and above)", ""]
     lines += [f"    {p}" for p in problems[:20]] or ["none"]
     return "\n".join(lines) + "\n"
@@ -419,8 +435,13 @@ def _exit_on_sigterm(signum: int, _frame: Any) -> NoReturn:
     raise SystemExit(128 + signum)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Set up, measure, report, clean up."""
+    parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.run", description=__doc__)
+    parser.add_argument(
+        "--only", choices=("workers",), help="measure these rows only and print them (RESULTS.md is left alone)"
+    )
+    only = parser.parse_args(argv).only
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     tag = secrets.token_hex(4)
     prefix = f"authsidecar-bench-{tag}:"
@@ -442,11 +463,16 @@ def main() -> int:
             (NOCACHE, "cache-off", {"AUTHSIDECAR_CACHE_ENABLED": "false"}),
             (METRICS, "metrics-on", {"AUTHSIDECAR_METRICS_LISTEN": "127.0.0.1:0"}),
         ):
+            if only is not None and label != HIT:  # HIT signs the users up
+                continue
             servers[label] = srv = infra.ServerProcess.start(name, serve, env | extra, log_dir)
             cleanup.callback(srv.stop)
         for srv in servers.values():
             srv.wait_serving()
         tokens, credentials, sample = sign_up_users(servers[HIT].address, tag)
+        if only == "workers":
+            print(workers_report(*worker_rows.measure_workers(env, tokens, sample, log_dir, run_jobs)))
+            return 0
         echo_argv = [sys.executable, "-m", "tests.benchmarks.echo_server", "{listen}", sample.hex()]
         echo = infra.ServerProcess.start("echo", echo_argv, {"PYTHONPATH": str(infra.ROOT)}, log_dir)
         cleanup.callback(echo.stop)
@@ -454,11 +480,12 @@ def main() -> int:
         servers = {ECHO: echo, **servers}
         print(f"servers up; ValidateSessionResponse is {len(sample)} bytes", flush=True)
         figures = measure(servers, tokens, credentials, prefix)
+        figures.workers, worker_problems = worker_rows.measure_workers(env, tokens, sample, log_dir, run_jobs)
         if installed():
             figures.side = side_by_side(f"{db_name}_ba", f"{prefix}ba:", log_dir, cleanup)
         problems = [f"[{srv.name}] exit code {code} after SIGTERM" for srv in servers.values() if (code := srv.stop())]
         problems += [f"[{srv.name}] {line}" for srv in servers.values() for line in srv.log_problems()]
-        text = report(figures, problems)
+        text = report(figures, problems + worker_problems)
     print()
     print(text)
     RESULTS.write_text(text)

@@ -72,15 +72,21 @@ class _CallFilter(logging.Filter):
 
 
 class _JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, rpc, request_id (and the traceback, if any)."""
+    """One JSON object per line: time, level, logger, (worker,) message, rpc, request_id (and the traceback)."""
+
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self._worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
         }
+        if self._worker is not None:
+            line["worker"] = self._worker
+        line["message"] = record.getMessage()
         if getattr(record, "request_id", "-") != "-":
             line["rpc"] = getattr(record, "rpc", "-")
             line["request_id"] = getattr(record, "request_id", "-")
@@ -89,15 +95,17 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False)
 
 
-def configure_logging(level: str, fmt: str) -> None:
-    """The root handler on stderr: ``fmt`` "text" (one line, the request id in brackets) or "json"."""
+def configure_logging(level: str, fmt: str, worker: int | None = None) -> None:
+    """The root handler on stderr: ``fmt`` "text" (one line, the request id in brackets) or "json"; ``worker``
+    (a process of ``serve --workers``): its index on every line ("worker 1" / ``"worker": 1``)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_CallFilter())
     if fmt == "json":
-        formatter: logging.Formatter = _JsonFormatter()
+        formatter: logging.Formatter = _JsonFormatter(worker)
         formatter.converter = time.gmtime
     else:
-        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s")
+        tag = "" if worker is None else f"worker {worker} "
+        formatter = logging.Formatter(f"%(asctime)s %(levelname)s %(name)s {tag}[%(request_id)s]: %(message)s")
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
