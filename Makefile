@@ -8,6 +8,7 @@ BUF := $(TOOLS)/node_modules/.bin/buf
 DRIZZLE_KIT := $(TOOLS)/node_modules/.bin/drizzle-kit
 BETTER_AUTH := $(TOOLS)/node_modules/@node-rs/argon2/package.json
 TS_CLIENT := clients/typescript/node_modules/.installed
+XDS := $(TOOLS)/xds-protos/.installed
 
 .PHONY: run test lint format proto bench migrate buf-lint clean lock
 .PHONY: ts-client proto-ts
@@ -41,8 +42,14 @@ migrate: $(RUN_STAMP)
 
 ## All tests: unit, storage/service contract (Postgres+Redis, SQLite+in-process, MariaDB), end-to-end, grpcurl,
 ## and side by side with a real Better Auth app.
-test: $(STAMP) $(DRIZZLE_KIT) $(BETTER_AUTH) $(TS_CLIENT)
+test: $(STAMP) $(DRIZZLE_KIT) $(BETTER_AUTH) $(TS_CLIENT) $(XDS)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+## Envoy's generated stubs for the ext_authz tests, beside the virtualenv (requirements/xds.lock says why).
+$(XDS): requirements/xds.lock | $(STAMP)
+	rm -rf $(TOOLS)/xds-protos
+	$(BIN)/pip install --quiet --no-deps --require-hashes --target $(TOOLS)/xds-protos -r requirements/xds.lock
+	touch $(XDS)
 
 $(BUF):
 	npm install --silent --no-audit --no-fund --save-exact --prefix $(TOOLS) @bufbuild/buf@1.75.0
@@ -99,6 +106,9 @@ format: $(STAMP)
 ## Regenerate clients/python stubs from proto/ (committed; reproducible with the pinned grpcio-tools).
 proto: $(STAMP)
 	$(BIN)/python clients/python/generate.py
+	$(BIN)/python -m grpc_tools.protoc -I server/authsidecar/transport/grpc/ext_authz -I proto \
+	  --python_out=server/authsidecar/transport/grpc/ext_authz --pyi_out=server/authsidecar/transport/grpc/ext_authz \
+	  authsidecar_ext_authz.proto
 
 ## The container image (server/container/Dockerfile; needs a Docker engine) and the compose stack with Postgres and Redis.
 image:

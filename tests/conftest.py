@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import sys
 import tomllib
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,12 @@ from authsidecar.security.passwords import Argon2Parameters
 from authsidecar.storage.migrate import upgrade
 from authsidecar.storage.schema import Schema
 from authsidecar.storage.urls import resolve_database_url
+
+# Envoy's generated stubs (xds-protos), for the gateway tests, live beside the virtualenv rather than in it
+# (requirements/xds.lock says why); appended last, so they shadow nothing of the virtualenv's.
+XDS_PROTOS = Path(__file__).resolve().parents[1] / ".tools" / "xds-protos"
+if XDS_PROTOS.is_dir() and str(XDS_PROTOS) not in sys.path:
+    sys.path.append(str(XDS_PROTOS))
 
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -7,9 +7,10 @@ import fcntl
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import IO
+from typing import IO, TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import httpx
@@ -33,6 +34,7 @@ from authsidecar.hooks.dispatcher import OutboxDispatcher
 from authsidecar.hooks.payloads import Payloads
 from authsidecar.hooks.setup import HookSetup, build_hooks
 from authsidecar.observability.metrics import Gauges, MetricsServer
+from authsidecar.observability.tracing import start_tracing
 from authsidecar.plugins.base import PluginHost
 from authsidecar.security.cookie_cache import CookieCache
 from authsidecar.security.cookies import SessionCookies
@@ -58,11 +60,21 @@ from authsidecar.storage.migrate import schema_status
 from authsidecar.storage.outbox import SqlOutbox
 from authsidecar.storage.schema import Schema
 from authsidecar.storage.urls import DatabaseTarget, resolve_database_url
+from authsidecar.transport.gateway import Gateway, IdentityHeaders, cookie_source
 from authsidecar.transport.grpc.callers import Caller, CallerPolicy
 from authsidecar.transport.grpc.convert import Converter
+from authsidecar.transport.grpc.envoy import SERVICE_NAME as ENVOY_SERVICE
+from authsidecar.transport.grpc.envoy import EnvoyAuthorizationServicer
+from authsidecar.transport.grpc.envoy import add_to_server as add_envoy_servicer
 from authsidecar.transport.grpc.server import GrpcServer
 from authsidecar.transport.grpc.servicers import AuthServicer, SessionServicer
 from authsidecar.transport.grpc.tls import TlsFiles, is_loopback, server_credentials
+from authsidecar.transport.http import ForwardAuthServer
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
+    from authsidecar.observability.otel import Tracing
 
 __all__ = [
     "AlreadyServing",
@@ -101,8 +113,9 @@ def build_database(settings: Settings) -> SqlDatabase:
     )
 
 
-def build_cache(settings: Settings) -> SessionCache:
-    """Redis when REDIS_URL is set (fail-open), else in-process; nothing when caching is disabled."""
+def build_cache(settings: Settings, tracer: Tracer | None = None) -> SessionCache:
+    """Redis when REDIS_URL is set (fail-open; with ``tracer``, a span per Redis call), else in-process; nothing
+    when caching is disabled."""
     if not settings.cache_enabled:
         return NullSessionCache()
     if settings.redis_url is None:
@@ -119,8 +132,21 @@ def build_cache(settings: Settings) -> SessionCache:
     except ValueError as exc:
         raise ConfigError(f"invalid configuration: REDIS_URL: {exc}") from None
     signer = DocumentSigner(derive_key(settings.secret.get_secret_value(), "cache-documents"))
-    cache = RedisSessionCache(client, settings.redis_key_prefix, signer, getter, registry=settings.registry())
+    cache: SessionCache = RedisSessionCache(client, settings.redis_key_prefix, signer, getter, registry=settings.registry())
+    if tracer is not None:
+        from authsidecar.observability.traced import TracedSessionCache
+
+        cache = TracedSessionCache(cache, tracer)
     return ResilientSessionCache(cache, settings.redis_retry_after)
+
+
+def build_tracing() -> Tracing | None:
+    """OpenTelemetry traces when an OTLP endpoint is configured (the standard OTEL_* variables), else None
+    (and OpenTelemetry is not imported)."""
+    try:
+        return start_tracing(__version__)
+    except ValueError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None
 
 
 def build_hasher(settings: Settings) -> PasswordHasher:
@@ -175,6 +201,29 @@ def build_callers(settings: Settings) -> CallerPolicy | None:
         Caller(name, frozenset(c.allow), c.key_sha256, frozenset(c.certificate_names))
         for name, c in settings.callers.items()
     )
+
+
+def build_gateway(settings: Settings, sessions: SessionManager) -> Gateway:
+    """What Envoy's ext_authz and the forward-auth endpoint check: the session of a proxied request."""
+    identity = IdentityHeaders(
+        settings.gateway_user_id_header, settings.gateway_session_id_header, settings.gateway_email_header
+    )
+    return Gateway(sessions, cookie_source(sessions, settings.gateway_cookie_name), identity)
+
+
+def build_forward_auth(settings: Settings, gateway: Gateway) -> ForwardAuthServer | None:
+    """The forward-auth listener, when configured; plaintext HTTP carries tokens, so a non-loopback address
+    needs ALLOW_INSECURE (a trusted network between the proxy and this process)."""
+    listen = settings.forward_auth_listen
+    if listen is None:
+        return None
+    if not is_loopback(listen) and not settings.allow_insecure:
+        raise ConfigError(
+            f"invalid configuration: AUTHSIDECAR_FORWARD_AUTH_LISTEN: {listen} is reachable from other machines and"
+            " would carry session tokens in plaintext HTTP: listen on loopback next to the proxy, or set"
+            " AUTHSIDECAR_ALLOW_INSECURE=true behind a trusted network"
+        )
+    return ForwardAuthServer(gateway, listen, settings.forward_auth_max_connections, settings.reuse_port)
 
 
 def build_limits(settings: Settings) -> tuple[Limits, LoginGuard, MailThrottle]:
@@ -266,9 +315,13 @@ def describe(settings: Settings) -> str:
     }[settings.delivery]
     plugins = ", ".join(name for name, conf in settings.plugins.items() if conf.enabled) or "none"
     profile = " (Better Auth compatibility)" if settings.better_auth else ""
+    gateways = [name for name, on in (("envoy ext_authz", settings.ext_authz),) if on]
+    if settings.forward_auth_listen:
+        gateways.append(f"forward-auth {settings.forward_auth_listen}")
     return (
         f"authsidecar {__version__}{profile}: database {where(target)}; cache {cache}; delivery {delivery};"
-        f" hooks {len(settings.hooks)}; events {settings.event_stream}; plugins {plugins}"
+        f" hooks {len(settings.hooks)}; events {settings.event_stream}; plugins {plugins};"
+        f" gateways {', '.join(gateways) or 'none'}"
     )
 
 
@@ -288,9 +341,11 @@ class Core:
     jwt_secret: str | None = None
 
 
-def build_core(settings: Settings, database: SqlDatabase, hooks: HookSetup, policy: SessionPolicy) -> Core:
+def build_core(
+    settings: Settings, database: SqlDatabase, hooks: HookSetup, policy: SessionPolicy, tracer: Tracer | None = None
+) -> Core:
     """The store, cache, coherence and session manager over ``database``; registers the coherence as its commit
-    listener."""
+    listener. With ``tracer``: spans around units of work, session lookups and Redis calls."""
     registry = database.schema.registry
     plugins = any(conf.enabled for conf in settings.plugins.values())
 
@@ -309,6 +364,10 @@ def build_core(settings: Settings, database: SqlDatabase, hooks: HookSetup, poli
     shared: BetterAuthRedis | None = None
     jwt_secret: str | None = None
     store: Database = database
+    if tracer is not None:
+        from authsidecar.observability.traced import TracedDatabase
+
+        store = TracedDatabase(database, tracer, database.engine.dialect.name)
     better_auth_store: BetterAuthDatabase | None = None
     sessions: SessionManager
     if settings.better_auth:
@@ -317,7 +376,7 @@ def build_core(settings: Settings, database: SqlDatabase, hooks: HookSetup, poli
         cookies = SessionCookies(jwt_secret, settings.cookie_prefix, settings.secure_cookies)
         in_sql = settings.store_session_in_database or shared is None
         store = better_auth_store = BetterAuthDatabase(
-            database, shared, in_sql, settings.store_verification_in_database or shared is None, utc_now
+            store, shared, in_sql, settings.store_verification_in_database or shared is None, utc_now
         )
         store = hooked(store)
         cache: SessionCache = NullSessionCache()
@@ -346,12 +405,12 @@ def build_core(settings: Settings, database: SqlDatabase, hooks: HookSetup, poli
                 " app unless it uses that file (set DATABASE_URL to the app's database)"
             )
     else:
-        cache = build_cache(settings)
+        cache = build_cache(settings, tracer)
         tokens = HashedTokenPolicy()
         coherence = CacheCoherence(
             cache, tokens, settings.cache_trust_seconds, settings.invalidation_bound, settings.outage_grace
         )
-        store = hooked(database)
+        store = hooked(store)
         sessions = SessionManager(store, cache, tokens, policy, coherence, session_fields=session_fields, ids=ids)
     database.add_commit_listener(coherence.committed)
     return Core(store, cache, coherence, sessions, ids, shared, better_auth_store, jwt_secret)
@@ -454,6 +513,8 @@ class App:
     hooks: HookSetup | None = None
     dispatcher: OutboxDispatcher | None = None
     metrics: MetricsServer | None = None
+    forward_auth: ForwardAuthServer | None = None
+    tracing: Tracing | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _outbox_figures: dict[str, float] = field(default_factory=dict)
 
@@ -461,15 +522,18 @@ class App:
     def build(cls, settings: Settings) -> App:
         """Wire everything; opens no connection yet."""
         policy = build_session_policy(settings)
+        tracing = build_tracing()
+        tracer = tracing.tracer if tracing is not None else None
         database = build_database(settings)
         hasher = build_hasher(settings)
+        hasher.tracer = tracer
         http = http_client()  # every outgoing HTTP call of this process: delivery webhooks and hooks
         outbox = DeliveryQueue(build_sender(settings, http), settings.delivery_queue_size, settings.delivery_attempts)
         registry = database.schema.registry
         hooks = build_hooks(settings, http)
         plugins = settings.enabled_plugins()
 
-        core = build_core(settings, database, hooks, policy)
+        core = build_core(settings, database, hooks, policy, tracer)
         store, cache, coherence, sessions, ids = core.store, core.cache, core.coherence, core.sessions, core.ids
         shared, better_auth_store, jwt_secret = core.shared, core.better_auth_store, core.jwt_secret
         rules = CredentialRules(settings.password_min_length, settings.password_max_length)
@@ -533,6 +597,11 @@ class App:
             if parts.sign_in_gate is not None:
                 accounts.gates.append(parts.sign_in_gate)
                 flows.gates.append(parts.sign_in_gate)
+        gateway = build_gateway(settings, sessions)
+        if settings.ext_authz:
+            envoy = EnvoyAuthorizationServicer(gateway)
+            envoy.callers = callers
+            extra.append((ENVOY_SERVICE, add_envoy_servicer, envoy))
         server = GrpcServer(
             auth_servicer,
             session_servicer,
@@ -541,6 +610,7 @@ class App:
             tls=build_tls(settings),
             socket_mode=int(settings.socket_mode, 8),
             extra=extra,
+            tracer=tracer,
         )
         dispatcher = None
         if hooks.targets:
@@ -567,8 +637,10 @@ class App:
             hooks,
             dispatcher,
         )
+        app.forward_auth = build_forward_auth(settings, gateway)
         if settings.metrics_listen:
             app.metrics = MetricsServer(settings.metrics_listen, app.gauges(sessions))
+        app.tracing = tracing
         return app
 
     def gauges(self, sessions: SessionManager) -> Gauges:
@@ -618,11 +690,9 @@ class App:
                 self._outbox_figures.clear()  # NaN while the database cannot be read
             await asyncio.sleep(5)
 
-    async def start(self) -> None:
-        """Start serving; health follows the database's reachability.
-
-        Raises SchemaNotReady when the database is reachable but not migrated (checked once, at start).
-        """
+    async def check_database(self) -> None:
+        """Raise SchemaNotReady when the database is reachable but not migrated (or refuses this configuration);
+        an unreachable one only logs a warning (health then says NOT_SERVING until it comes up)."""
         try:
             problem = await schema_status(self.database.engine, self.database.schema)
             if problem is None:
@@ -640,6 +710,13 @@ class App:
             )
         if problem is not None:
             raise SchemaNotReady(problem)
+
+    async def start(self) -> None:
+        """Start serving; health follows the database's reachability.
+
+        Raises SchemaNotReady when the database is reachable but not migrated (checked once, at start).
+        """
+        await self.check_database()
         if self.settings.delivery == "log":
             log.warning(
                 "AUTHSIDECAR_DELIVERY=log: verification and reset links, with live tokens, are written to this log;"
@@ -648,6 +725,8 @@ class App:
         log.info("%s", describe(self.settings))
         await self.server.set_serving(False)
         await self.server.start()
+        if self.forward_auth is not None:
+            await self.forward_auth.start()
         serving = await self._database_reachable()
         await self.server.set_serving(serving)
         if not serving:
@@ -740,7 +819,10 @@ class App:
     async def stop(self) -> None:
         """Stop accepting, drain in-flight calls within the grace period, then close pools."""
         log.info("shutting down (grace %.1fs)", self.settings.shutdown_grace)
-        await self.server.stop(self.settings.shutdown_grace)
+        stopping = [self.server.stop(self.settings.shutdown_grace)]
+        if self.forward_auth is not None:
+            stopping.append(self.forward_auth.stop(self.settings.shutdown_grace))
+        await asyncio.gather(*stopping)
         self.coherence.stop()
         await self._stop_tasks(("invalidations",), cancel=False)
         if self.dispatcher is not None:
@@ -785,10 +867,17 @@ class App:
             await self.http.aclose()
         await self.database.close()
         self.hasher.close()
+        if self.tracing is not None:  # last: the spans of everything above are sent
+            await self.tracing.shutdown()
 
 
-async def run(settings: Settings) -> None:
-    """Serve until SIGTERM (drain first) or SIGINT (stop at once, for a terminal)."""
+async def run(settings: Settings, started: Callable[[], None] | None = None, supervised: bool = False) -> None:
+    """Serve until SIGTERM (drain first) or SIGINT (stop at once, for a terminal).
+
+    ``started`` is called once the server listens. A second signal cuts the drain short; ``supervised`` (a worker
+    of ``serve --workers``): only SIGINT does, since a repeated SIGTERM is the same request arriving twice (systemd
+    signals every process of the service and the supervisor forwards its own).
+    """
     lock = lock_sqlite(settings)
     app = App.build(settings)
     received: asyncio.Queue[signal.Signals] = asyncio.Queue()
@@ -798,12 +887,15 @@ async def run(settings: Settings) -> None:
     try:
         await app.start()
     except BaseException:
+        await app.server.stop(0)  # it may have started before a later step failed (a metrics port in use)
         await app.close_resources()
         raise
+    if started is not None:
+        started()
     try:
         if await received.get() == signal.SIGTERM:
             drain = asyncio.create_task(app.drain())
-            stop_now = asyncio.create_task(received.get())  # a second signal cuts the drain short
+            stop_now = asyncio.create_task(_cut_short(received, supervised))
             await asyncio.wait((drain, stop_now), return_when=asyncio.FIRST_COMPLETED)
             for task in (drain, stop_now):
                 task.cancel()
@@ -811,3 +903,9 @@ async def run(settings: Settings) -> None:
         await app.stop()
         if lock is not None:
             lock.close()
+
+
+async def _cut_short(received: asyncio.Queue[signal.Signals], supervised: bool) -> None:
+    """Until the signal that cuts the drain short: the next one, or under a supervisor the next SIGINT."""
+    while await received.get() == signal.SIGTERM and supervised:
+        pass

@@ -1,8 +1,9 @@
-"""Command line: ``authsidecar serve | migrate [--check | --dry-run] | generate | cleanup | users ... | sessions ...``
-(the last two: cli_admin.py)."""
+"""Command line: ``authsidecar serve [--workers N] | migrate [--check | --dry-run] | generate | cleanup | users ... |
+sessions ...`` (the last two: cli_admin.py; the workers' supervisor: supervisor.py)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import signal
@@ -13,16 +14,17 @@ from authsidecar.cli_admin import OneLineParser, add_commands
 from authsidecar.cli_admin import run as run_admin
 from authsidecar.cli_health import add_health_command, run_health
 from authsidecar.config import ConfigError, Settings, load_settings
+from authsidecar.worker import WorkerRole
 
 __all__ = ["main"]
 
 log = logging.getLogger("authsidecar")
 
 
-def _configure_logging(settings: Settings) -> None:
+def _configure_logging(settings: Settings, worker: int | None = None) -> None:
     from authsidecar.observability.logs import configure_logging
 
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, worker)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     # Database drivers log statements with their bound values (password hashes, token digests) at DEBUG; the
     # engine itself hides them (hide_parameters). No driver logs below WARNING, whatever the level.
@@ -43,16 +45,45 @@ def stop_while_starting(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
-def _serve(settings: Settings) -> int:
+def _serve(settings: Settings, worker: WorkerRole | None) -> int:
     from authsidecar.app import AlreadyServing, SchemaNotReady, run
 
     _event_loop_policy()
-    try:
-        asyncio.run(run(settings))  # run() replaces the early SIGTERM handler with the draining one
+    if worker is not None:
+        worker.follow_supervisor()
+        settings = worker.settings(settings)
+    elif settings.workers > 1:
+        return _supervise(settings)
+    try:  # run() replaces the early SIGTERM handler with the draining one
+        if worker is None:
+            asyncio.run(run(settings))
+        else:
+            asyncio.run(run(settings, started=worker.ready, supervised=True))
     except (OSError, SchemaNotReady, AlreadyServing) as exc:
         log.error("%s", exc)
         return 1
     return 0
+
+
+def _supervise(settings: Settings) -> int:
+    """``serve --workers N``: check once, then start and watch the workers (supervisor.py)."""
+    from authsidecar.app import SchemaNotReady
+    from authsidecar.supervisor import Supervisor, check_workers, preflight
+
+    check_workers(settings)
+    try:
+        preflight(settings)
+    except (OSError, SchemaNotReady) as exc:
+        log.error("%s", exc)
+        return 1
+    return Supervisor(settings).run()
+
+
+def _worker_role(args: argparse.Namespace) -> WorkerRole | None:
+    """The hidden options the supervisor starts a worker with, or None."""
+    if getattr(args, "worker_index", None) is None:
+        return None
+    return WorkerRole(args.worker_index, args.worker_count, args.ready_fd, args.supervisor_pid)
 
 
 def _migrate(settings: Settings, check_only: bool, dry_run: bool) -> int:
@@ -149,7 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="authsidecar", description="gRPC authentication sidecar")
     parser.add_argument("--version", action="version", version=f"authsidecar {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="serve gRPC until SIGTERM/SIGINT")
+    serve = sub.add_parser("serve", help="serve gRPC until SIGTERM/SIGINT")
+    serve.add_argument(
+        "--workers", type=int, help="serving processes sharing the port, under a supervisor (AUTHSIDECAR_WORKERS)"
+    )
+    for hidden in ("--worker-index", "--worker-count", "--ready-fd", "--supervisor-pid"):  # set by the supervisor
+        serve.add_argument(hidden, type=int, help=argparse.SUPPRESS)
     migrate = sub.add_parser("migrate", help="create the database schema, or add what it lacks (never drops)")
     mode = migrate.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="exit 0 if the database matches, 1 with the differences")
@@ -163,10 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     add_health_command(sub)
     args = parser.parse_args(argv)
     try:
-        settings = load_settings()
-        _configure_logging(settings)
+        overrides = {"workers": args.workers} if args.command == "serve" and args.workers is not None else {}
+        settings = load_settings(**overrides)
+        worker = _worker_role(args) if args.command == "serve" else None
+        _configure_logging(settings, worker.index if worker is not None else None)
         if args.command == "serve":
-            return _serve(settings)
+            return _serve(settings, worker)
         if args.command == "cleanup":
             return _cleanup(settings)
         if args.command == "generate":

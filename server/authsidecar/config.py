@@ -36,6 +36,28 @@ from authsidecar.schema_config import ModelSchema, SchemaSettings
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
 DAY = 86_400
+_HEADER_NAME = r"^[A-Za-z0-9][A-Za-z0-9-]{0,127}$"  # an HTTP header name (field-name token, no pseudo-headers)
+_COOKIE_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$"  # an RFC 6265 cookie-name (a token)
+
+
+# Headers a gateway reads (the credential) or that HTTP and proxies manage: never identity headers.
+_RESERVED_HEADERS = frozenset(
+    {
+        "authorization",
+        "cookie",
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "upgrade",
+        "te",
+        "keep-alive",
+        "proxy-authorization",
+        "set-cookie",
+        "www-authenticate",
+        "x-forwarded-for",
+    }
+)
 
 
 class ConfigError(Exception):
@@ -356,6 +378,9 @@ class Settings(BaseSettings):
         description="named calling services and the RPCs each may call ([callers.<name>]); none: no caller checks",
     )
     reuse_port: bool = Field(False, description="SO_REUSEPORT: several server processes may share the port")
+    workers: Annotated[int, Field(ge=1, le=64)] = Field(
+        1, description="serving processes on the one port under a supervisor (serve --workers); 1: no supervisor"
+    )
     hooks: list[HookSettings] = Field(
         default_factory=list,
         description="database hooks ([[hooks]]: events, when, call or url); see the README's Hooks section",
@@ -377,6 +402,32 @@ class Settings(BaseSettings):
     )
     outbox_poll_interval: Annotated[float, Field(gt=0, le=60)] = Field(
         1.0, description="seconds between outbox reads when nothing new was committed by this instance"
+    )
+    ext_authz: bool = Field(
+        False,
+        description="serve Envoy's envoy.service.auth.v3.Authorization/Check (ext_authz) on the gRPC listener",
+    )
+    forward_auth_listen: str | None = Field(
+        None,
+        description="host:port of the forward-auth HTTP endpoint (nginx auth_request, Traefik, Caddy); unset: off",
+    )
+    forward_auth_max_connections: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        1024, description="open forward-auth connections at once; more are answered 503 and closed"
+    )
+    gateway_user_id_header: str = Field(
+        "x-authsidecar-user-id", pattern=_HEADER_NAME, description="gateways: the header carrying the user id"
+    )
+    gateway_session_id_header: str = Field(
+        "x-authsidecar-session-id", pattern=_HEADER_NAME, description="gateways: the header carrying the session id"
+    )
+    gateway_email_header: str | None = Field(
+        None, pattern=_HEADER_NAME, description="gateways: the header carrying the user's email (unset: not sent)"
+    )
+    gateway_cookie_name: str | None = Field(
+        None,
+        pattern=_COOKIE_NAME,
+        description="gateways: the session cookie holding a token (default authsidecar.session_token; in the compat"
+        " profile Better Auth's signed cookie, named by cookie_prefix and secure_cookies)",
     )
     plugins: dict[str, PluginSettings] = Field(
         default_factory=dict, description="plugins to load, by entry point name ([plugins.two_factor])"
@@ -409,7 +460,7 @@ class Settings(BaseSettings):
             raise ValueError(f"no limits for {unknown[0]!r} (limits apply to {', '.join(sorted(DEFAULT_RULES))})")
         return value
 
-    @field_validator("metrics_listen")
+    @field_validator("metrics_listen", "forward_auth_listen")
     @classmethod
     def _check_metrics_listen(cls, value: str | None) -> str | None:
         if value is None:
@@ -417,6 +468,16 @@ class Settings(BaseSettings):
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError("expected host:port")
+        return value
+
+    @field_validator("gateway_user_id_header", "gateway_session_id_header", "gateway_email_header")
+    @classmethod
+    def _check_gateway_header(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        value = value.lower()
+        if value in _RESERVED_HEADERS:
+            raise ValueError(f"{value} is a header gateways read or HTTP itself uses; choose another name")
         return value
 
     @field_validator("listen")
@@ -555,5 +616,24 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError("invalid configuration: AUTHSIDECAR_LINK_URL_TEMPLATE: must contain {token}")
     if settings.password_min_length > settings.password_max_length:
         raise ConfigError("invalid configuration: AUTHSIDECAR_PASSWORD_MIN_LENGTH: greater than password_max_length")
+    identity = [settings.gateway_user_id_header, settings.gateway_session_id_header, settings.gateway_email_header]
+    if len({name for name in identity if name}) != len([name for name in identity if name]):
+        raise ConfigError(
+            "invalid configuration: AUTHSIDECAR_GATEWAY_SESSION_ID_HEADER: the user id, session id and email"
+            " headers need different names"
+        )
+    if settings.better_auth and settings.gateway_cookie_name is not None:
+        raise ConfigError(
+            "invalid configuration: AUTHSIDECAR_GATEWAY_COOKIE_NAME: the compat profile reads Better Auth's session"
+            " cookie; name it with AUTHSIDECAR_COOKIE_PREFIX (and AUTHSIDECAR_SECURE_COOKIES) instead"
+        )
+    if settings.better_auth and settings.redis_url is not None:
+        from authsidecar.cache.topology import parse_redis_url
+
+        if parse_redis_url(settings.redis_url.get_secret_value()).mode == "cluster":
+            raise ConfigError(
+                "invalid configuration: REDIS_URL: the compat profile uses Better Auth's key names, which a Redis"
+                " Cluster would spread over slots its scripts cannot span: use one server or Sentinel"
+            )
     settings.registry()  # every command refuses a plugin that is missing or misconfigured
     return settings

@@ -7,9 +7,10 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
@@ -23,6 +24,9 @@ from authsidecar_client.v1 import (
     session_service_pb2,
     session_service_pb2_grpc,
 )
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 __all__ = ["GrpcServer"]
 
@@ -55,21 +59,35 @@ class _Captured:
         self.service, self.handlers = service, handlers
 
 
+def _described(service: str) -> bool:
+    """Whether reflection can describe a service (Envoy's ext_authz is served without its own descriptors)."""
+    try:
+        descriptor_pool.Default().FindServiceByName(service)
+    except KeyError:
+        return False
+    return True
+
+
 def _add_tolerant(
     add: Callable[[object, object], None],
     servicer: object,
     server: grpc.aio.Server,
     fallback: Callable[[], object] | None = None,
+    tracer: Tracer | None = None,
 ) -> None:
     """Register a servicer as the generated ``add_*_to_server`` would, with request deserializers that turn
     malformed bytes into MALFORMED_REQUEST (``fallback``: into that default request, for servicers that are not
-    ours) instead of an UNKNOWN status and a logged traceback."""
+    ours) instead of an UNKNOWN status and a logged traceback; with ``tracer``, each RPC in a server span."""
     captured = _Captured()
     add(servicer, captured)
     handlers = {
         name: handler._replace(request_deserializer=tolerant(handler.request_deserializer, fallback))
         for name, handler in captured.handlers.items()
     }
+    if tracer is not None:  # tracing on: the only time OpenTelemetry is imported
+        from authsidecar.transport.grpc.tracing import traced_handlers
+
+        handlers = traced_handlers(captured.service, handlers, tracer)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(captured.service, handlers),))
     server.add_registered_method_handlers(captured.service, handlers)  # type: ignore[attr-defined]
 
@@ -92,6 +110,7 @@ class GrpcServer:
         tls: TlsFiles | None = None,
         socket_mode: int = 0o660,
         extra: Sequence[tuple[str, Callable[[Any, Any], None], object]] = (),
+        tracer: Tracer | None = None,
     ) -> None:
         self._tls = tls
         self._socket_mode = socket_mode
@@ -101,10 +120,12 @@ class GrpcServer:
                 ("grpc.so_reuseport", 1 if reuse_port else 0),
             ],
         )
-        _add_tolerant(auth_service_pb2_grpc.add_AuthServiceServicer_to_server, auth, self._server)
-        _add_tolerant(session_service_pb2_grpc.add_SessionServiceServicer_to_server, sessions, self._server)
-        for _, add, servicer in extra:  # plugins' services: the same malformed-request handling
-            _add_tolerant(add, servicer, self._server)
+        _add_tolerant(auth_service_pb2_grpc.add_AuthServiceServicer_to_server, auth, self._server, tracer=tracer)
+        _add_tolerant(
+            session_service_pb2_grpc.add_SessionServiceServicer_to_server, sessions, self._server, tracer=tracer
+        )
+        for _, add, servicer in extra:  # plugins' services: the same malformed-request handling (and spans)
+            _add_tolerant(add, servicer, self._server, tracer=tracer)
         self._services = (*_SERVICES, *(name for name, _, _ in extra))
         self.health = HealthServicer()
         # Health checks answer whatever they are sent (a malformed probe asks for the server's overall status).
@@ -112,7 +133,11 @@ class GrpcServer:
             health_pb2_grpc.add_HealthServicer_to_server, self.health, self._server, health_pb2.HealthCheckRequest
         )
         reflection.enable_server_reflection(
-            (*self._services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            (
+                *(name for name in self._services if _described(name)),
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             self._server,
         )
         self.listen = listen
