@@ -15,14 +15,14 @@ from urllib.parse import urlsplit
 
 import httpx
 import sqlalchemy as sa
+from redis.asyncio import Redis
 
 from authsidecar import __version__
 from authsidecar.cache import MemorySessionCache, NullSessionCache, RedisSessionCache, ResilientSessionCache
 from authsidecar.cache.better_auth import BetterAuthRedis
 from authsidecar.cache.integrity import DocumentSigner, derive_key
 from authsidecar.cache.ratelimit import Limit, MemoryRateLimiter, RateLimiter, RedisRateLimiter
-from authsidecar.cache.redis import connect_redis
-from authsidecar.cache.resp import PipelinedGetClient
+from authsidecar.cache.topology import connect_redis, hot_path_getter, parse_redis_url
 from authsidecar.config import ConfigError, Settings
 from authsidecar.delivery import DeliveryQueue, LogSender, Sender, SmtpSender, WebhookSender
 from authsidecar.delivery.senders import http_client
@@ -127,12 +127,20 @@ def build_cache(settings: Settings, tracer: Tracer | None = None) -> SessionCach
             " instance; for example: openssl rand -hex 32)"
         )
     try:
-        client = connect_redis(url, settings.redis_timeout)
-        getter = PipelinedGetClient(url, settings.redis_timeout)
+        target = parse_redis_url(url)
+        client = connect_redis(target, settings.redis_timeout, settings.redis_max_connections)
+        getter = hot_path_getter(target, client, settings.redis_timeout)
     except ValueError as exc:
         raise ConfigError(f"invalid configuration: REDIS_URL: {exc}") from None
     signer = DocumentSigner(derive_key(settings.secret.get_secret_value(), "cache-documents"))
-    cache: SessionCache = RedisSessionCache(client, settings.redis_key_prefix, signer, getter, registry=settings.registry())
+    cache: SessionCache = RedisSessionCache(
+        client,
+        settings.redis_key_prefix,
+        signer,
+        getter,
+        registry=settings.registry(),
+        cluster=target.mode == "cluster",
+    )
     if tracer is not None:
         from authsidecar.observability.traced import TracedSessionCache
 
@@ -237,7 +245,8 @@ def build_limits(settings: Settings) -> tuple[Limits, LoginGuard, MailThrottle]:
     if settings.redis_url is not None:
         url = settings.redis_url.get_secret_value()
         try:
-            limiter = RedisRateLimiter(connect_redis(url, settings.redis_timeout), settings.effective_redis_key_prefix)
+            client = connect_redis(url, settings.redis_timeout, settings.redis_max_connections)
+            limiter = RedisRateLimiter(client, settings.effective_redis_key_prefix)
         except ValueError as exc:
             raise ConfigError(f"invalid configuration: REDIS_URL: {exc}") from None
     else:
@@ -273,10 +282,13 @@ def build_better_auth_redis(settings: Settings) -> BetterAuthRedis | None:
         return None
     url = settings.redis_url.get_secret_value()
     try:
-        client = connect_redis(url, settings.redis_timeout)
-        getter = PipelinedGetClient(url, settings.redis_timeout)
+        target = parse_redis_url(url)
+        client = connect_redis(target, settings.redis_timeout, settings.redis_max_connections)
+        getter = hot_path_getter(target, client, settings.redis_timeout)
     except ValueError as exc:
         raise ConfigError(f"invalid configuration: REDIS_URL: {exc}") from None
+    if not isinstance(client, Redis):  # load_settings refuses a Cluster in this profile
+        raise ConfigError("invalid configuration: REDIS_URL: the compat profile cannot use a Redis Cluster")
     revoked_ttl = max(settings.session_expires_in, 86_400)  # Better Auth's revokedBeforeTTL
     return BetterAuthRedis(client, settings.effective_redis_key_prefix, settings.registry(), revoked_ttl, getter)
 
@@ -302,10 +314,8 @@ def describe(settings: Settings) -> str:
     if not settings.cache_enabled:
         cache = "none"
     elif settings.redis_url is not None:
-        parts = urlsplit(settings.redis_url.get_secret_value())
-        cache = (
-            f"redis {parts.hostname or 'localhost'}:{parts.port or 6379} (prefix {settings.effective_redis_key_prefix})"
-        )
+        redis_at = parse_redis_url(settings.redis_url.get_secret_value()).describe()
+        cache = f"{redis_at} (prefix {settings.effective_redis_key_prefix})"
     else:
         cache = f"in-process (up to {settings.memory_cache_max_entries} sessions)"
     delivery = {

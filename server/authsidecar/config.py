@@ -180,7 +180,9 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = Field(
         None,
         validation_alias=AliasChoices("REDIS_URL", "AUTHSIDECAR_REDIS_URL", "redis_url"),
-        description="redis://... ; unset means the in-process secondary storage",
+        description="redis://host:6379/0, redis+sentinel://host:26379,host2:26379/<service>[/db] or"
+        " redis+cluster://host:7000,host2:7001 (README: Running on Postgres and Redis); unset means the in-process"
+        " secondary storage",
     )
     redis_key_prefix: str = Field(
         "authsidecar:", max_length=64, description='prefix of every Redis key ("better-auth:" in the compat profile)'
@@ -349,13 +351,24 @@ class Settings(BaseSettings):
         " at least hash_workers); callers that report no IP share the global bound",
     )
 
-    db_pool_size: Annotated[int, Field(ge=1, le=200)] = 10
-    db_max_overflow: Annotated[int, Field(ge=0, le=200)] = 5
+    db_pool_size: Annotated[int, Field(ge=1, le=200)] = Field(
+        4,
+        description="database connections kept open per serving process (Postgres: one of them LISTENs for"
+        " invalidations); with db_max_overflow, 5 in all: twenty instances fit Postgres' default max_connections=100",
+    )
+    db_max_overflow: Annotated[int, Field(ge=0, le=200)] = Field(
+        1, description="connections opened beyond db_pool_size under load, closed when returned"
+    )
     db_connect_timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
     db_pool_recycle: Annotated[int, Field(ge=1, le=86_400)] = Field(
         1800, description="seconds after which a pooled connection is replaced (the pool's idle/age limit)"
     )
     redis_timeout: Annotated[float, Field(gt=0, le=30)] = 0.5
+    redis_max_connections: Annotated[int, Field(ge=1, le=1000)] = Field(
+        8,
+        description="connections of each Redis pool (per node in a Cluster); a call waits up to redis_timeout for"
+        " one. Plus one hot-path connection (README: connections per instance)",
+    )
     redis_retry_after: Annotated[float, Field(gt=0, le=60)] = Field(
         1.0, description="seconds to bypass Redis after it failed, before probing it again"
     )
@@ -442,6 +455,15 @@ class Settings(BaseSettings):
     def _check_secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < 32:
             raise ValueError("must be at least 32 characters (for example: openssl rand -hex 32)")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        from authsidecar.cache.topology import parse_redis_url
+
+        if value is not None:
+            parse_redis_url(value.get_secret_value())  # one-line ValueError, never echoing the URL (a password)
         return value
 
     @field_validator("login_failures_per_ip", "login_failures_per_account")

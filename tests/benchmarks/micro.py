@@ -63,7 +63,7 @@ def coherence_costs() -> dict[str, float]:
     assert coherence.trusted(entry)
     lookup: dict[str, SessionWithUser] = {entry.session.stored_token: entry}
     signer = DocumentSigner(derive_key("b" * 32, "cache-documents"))
-    name = "authsidecar:session:" + "a" * 64
+    name = "authsidecar:{session:" + "a" * 64 + "}"
     value = signer.sign(name, encode_session(replace(entry, checked_at=time.time())))
     return {
         "dict lookup (baseline)": _per_call(lambda: lookup.get(entry.session.stored_token)),

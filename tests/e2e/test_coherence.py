@@ -66,7 +66,7 @@ async def sign_up(node: Node, name: str = "Ada") -> auth_pb.SignUpResponse:
 
 def cache_key(token: str, prefix: str = "authsidecar:") -> str:
     """Where a token's session document lives in Redis (the default policy hashes the token)."""
-    return f"{prefix}session:{hashlib.sha256(token.encode()).hexdigest()}"
+    return f"{prefix}{{session:{hashlib.sha256(token.encode()).hexdigest()}}}"  # hash-tagged (Cluster)
 
 
 class Cluster:

@@ -104,7 +104,7 @@ async def test_additional_fields_through_the_python_client(custom_server: Server
         client = redis.Redis.from_url(REDIS_URL)
         try:
             prefix = custom_server.env["AUTHSIDECAR_REDIS_KEY_PREFIX"]
-            names = list(client.scan_iter(match=prefix + "session:*", count=1000))
+            names = list(client.scan_iter(match=prefix + "{session:*", count=1000))
             documents = [
                 json.loads((client.get(n) or b"").split(b":", 2)[2]) for n in names if not n.endswith(b":revoked")
             ]

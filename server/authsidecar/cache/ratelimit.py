@@ -6,6 +6,11 @@ a call at ``now`` is allowed when ``TAT - period < now`` (with TAT at least ``no
 interval further. A refused call changes nothing, so refusals never extend the wait. Keys expire when their TAT
 has passed (nothing is left to remember). In Redis the check and the update are one script, so the limit holds
 across instances; the script takes its time from Redis (TIME), so instances' clocks do not matter.
+
+Redis keys are ``P{ratelimit}<key>``: one Redis Cluster hash tag for every counter, so a check over several keys
+(an RPC's per-IP and per-identifier limits) is one script in one slot. That puts every counter on one Cluster
+node; only RPCs that hash a password or send mail are limited, so their rate is bounded by hashing cost, far
+below what one node serves.
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from authsidecar.cache.topology import RedisClient
 from authsidecar.errors import BackendUnavailable
 
 __all__ = ["Check", "Limit", "MemoryRateLimiter", "RateLimiter", "RedisRateLimiter"]
@@ -101,9 +106,9 @@ def _us(seconds: float) -> int:
 class RedisRateLimiter(RateLimiter):
     """Counters shared by every instance. Redis failures are BackendUnavailable (the caller decides)."""
 
-    def __init__(self, client: Redis, prefix: str) -> None:
+    def __init__(self, client: RedisClient, prefix: str) -> None:
         self._redis = client
-        self._prefix = prefix
+        self._prefix = prefix + "{ratelimit}"
         self._gcra = client.register_script(_GCRA)
 
     async def hit(self, checks: Sequence[Check], count: bool = True) -> float:

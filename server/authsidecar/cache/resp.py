@@ -8,6 +8,12 @@ the late reply is consumed and dropped. Any connection error fails every waiter,
 
 It only speaks what it needs: AUTH / SELECT at connect, then GET. URLs are parsed by redis-py (redis://,
 rediss://, unix://). Everything else (scripts, pipelines, scans) goes through redis-py.
+
+Behind Sentinel, ``locate`` names the current primary on every (re)connect, and the handshake's ROLE must say
+``master`` (a stale answer naming a replica is refused). A failover is followed within ``recheck`` seconds: a
+background task asks ``locate`` again and retires a connection to any other server (new calls reconnect; calls
+already sent get their answers, then it closes). A demoted server also closes its clients (Sentinel's CLIENT
+KILL), which is followed at once.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import hiredis
@@ -38,6 +45,7 @@ class _Protocol(asyncio.Protocol):
         self._waiters: deque[asyncio.Future[Any]] = deque()
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.address: tuple[str, int] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
@@ -53,6 +61,8 @@ class _Protocol(asyncio.Protocol):
                     waiter.set_exception(ResponseError(str(reply)))
                 else:
                     waiter.set_result(reply)
+            if self.closed and not self._waiters and self.transport is not None:
+                self.transport.close()  # retired, and the last answer is in
         except (hiredis.ProtocolError, IndexError) as exc:  # out of sync: drop the connection
             self._fail(RedisConnectionError(f"protocol error: {exc}"))
             if self.transport is not None:
@@ -68,6 +78,12 @@ class _Protocol(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_exception(error)
 
+    def retire(self) -> None:
+        """Take no new calls; close once the calls already sent are answered."""
+        self.closed = True
+        if not self._waiters and self.transport is not None:
+            self.transport.close()
+
     def send(self, payload: bytes) -> asyncio.Future[Any]:
         if self.closed or self.transport is None or self.transport.is_closing():
             raise RedisConnectionError("connection to Redis is closed")
@@ -80,9 +96,18 @@ class _Protocol(asyncio.Protocol):
 class PipelinedGetClient:
     """GET over one pipelined connection, (re)connected on demand."""
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout: float,
+        locate: Callable[[], Awaitable[tuple[str, int]]] | None = None,
+        recheck: float = 1.0,
+    ) -> None:
         self._options: dict[str, Any] = dict(parse_url(url))  # raises ValueError on a malformed URL
         self._timeout = timeout
+        self._locate = locate
+        self._recheck = recheck
+        self._watcher: asyncio.Task[None] | None = None
         self._protocol: _Protocol | None = None
         self._lock = asyncio.Lock()
 
@@ -117,7 +142,27 @@ class PipelinedGetClient:
         async with self._lock:  # one connect at a time; later callers reuse its connection
             if self._protocol is None or self._protocol.closed:
                 self._protocol = await self._open()
+                if self._locate is not None and self._watcher is None:
+                    self._watcher = asyncio.create_task(self._watch(), name="redis-primary-watch")
             return self._protocol
+
+    async def _watch(self) -> None:
+        """Sentinel: every ``recheck`` seconds, retire the connection if the primary is now another server."""
+        assert self._locate is not None
+        while True:
+            await asyncio.sleep(self._recheck)
+            protocol = self._protocol
+            if protocol is None or protocol.closed:
+                continue
+            try:
+                async with asyncio.timeout(self._timeout):
+                    address = await self._locate()
+            except Exception:  # noqa: S112 - the sentinels are unreachable: keep what works, ask again later
+                continue
+            if protocol.address is not None and address != protocol.address:
+                protocol.retire()
+                if protocol.transport is not None:  # a server that stopped answering: closed after the timeout
+                    asyncio.get_running_loop().call_later(self._timeout, protocol.transport.close)
 
     async def _open(self) -> _Protocol:
         o = self._options
@@ -135,9 +180,11 @@ class PipelinedGetClient:
                         if o.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
                             context.check_hostname = False
                             context.verify_mode = ssl.CERT_NONE
-                    _, protocol = await loop.create_connection(
-                        _Protocol, o.get("host", "localhost"), o.get("port", 6379), ssl=context
-                    )
+                    host, port = o.get("host", "localhost"), o.get("port", 6379)
+                    if self._locate is not None:
+                        host, port = await self._locate()
+                    _, protocol = await loop.create_connection(_Protocol, host, port, ssl=context)
+                    protocol.address = (host, port)
                 try:
                     await self._handshake(protocol)
                 except BaseException:
@@ -156,11 +203,20 @@ class PipelinedGetClient:
             handshake.append(protocol.send(_encode(b"AUTH", *creds, o["password"].encode())))
         if int(o.get("db") or 0):
             handshake.append(protocol.send(_encode(b"SELECT", str(int(o["db"])).encode())))
+        if self._locate is not None:
+            handshake.append(protocol.send(_encode(b"ROLE")))
         for reply in handshake:
             await reply
+        if self._locate is not None:
+            role = await handshake[-1]
+            if not role or role[0] != b"master":
+                raise RedisConnectionError("the server the sentinels named is not the primary (a failover under way)")
 
     async def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (and stop watching the primary)."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
         if self._protocol is not None and self._protocol.transport is not None:
             self._protocol.transport.close()
         self._protocol = None

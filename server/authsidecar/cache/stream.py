@@ -2,7 +2,8 @@
 
 Each stream entry has the fields ``id`` (the event id: deliveries are at least once, deduplicate on it), ``type``
 (``user.create``, ...) and ``event`` (the event's JSON, as the webhooks get it). The stream is capped near
-``max_length`` entries (XADD MAXLEN ~): consumers that fall further behind lose the oldest.
+``max_length`` entries (XADD MAXLEN ~): consumers that fall further behind lose the oldest. One key: in a Redis Cluster the stream lives
+on the node of its slot.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from redis.asyncio import Redis
+from authsidecar.cache.topology import RedisClient
 
 __all__ = ["RedisEventStream"]
 
@@ -18,7 +19,7 @@ __all__ = ["RedisEventStream"]
 class RedisEventStream:
     """XADD to one stream key."""
 
-    def __init__(self, client: Redis, key: str, max_length: int) -> None:
+    def __init__(self, client: RedisClient, key: str, max_length: int) -> None:
         self.key = key
         self._client = client
         self._max_length = max_length

@@ -79,7 +79,9 @@ def build_hooks(settings: Settings, client: httpx.AsyncClient) -> HookSetup:
         if settings.redis_url is None:
             raise ConfigError("invalid configuration: AUTHSIDECAR_EVENT_STREAM: redis needs REDIS_URL")
         try:
-            redis = connect_redis(settings.redis_url.get_secret_value(), max(settings.redis_timeout, 2.0))
+            redis = connect_redis(
+                settings.redis_url.get_secret_value(), max(settings.redis_timeout, 2.0), settings.redis_max_connections
+            )
         except ValueError as exc:
             raise ConfigError(f"invalid configuration: REDIS_URL: {exc}") from None
         key = settings.effective_redis_key_prefix + settings.event_stream_key
