@@ -22,6 +22,7 @@ from authsidecar.cache import MemorySessionCache, NullSessionCache, RedisSession
 from authsidecar.cache.better_auth import BetterAuthRedis
 from authsidecar.cache.integrity import DocumentSigner, derive_key
 from authsidecar.cache.ratelimit import Limit, MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from authsidecar.cache.tiered import TieredSessionCache
 from authsidecar.cache.topology import connect_redis, hot_path_getter, parse_redis_url
 from authsidecar.config import ConfigError, Settings
 from authsidecar.delivery import DeliveryQueue, LogSender, Sender, SmtpSender, WebhookSender
@@ -145,7 +146,12 @@ def build_cache(settings: Settings, tracer: Tracer | None = None) -> SessionCach
         from authsidecar.observability.traced import TracedSessionCache
 
         cache = TracedSessionCache(cache, tracer)
-    return ResilientSessionCache(cache, settings.redis_retry_after)
+    shared = ResilientSessionCache(cache, settings.redis_retry_after)
+    if settings.local_cache_seconds <= 0:
+        return shared
+    return TieredSessionCache(
+        MemorySessionCache(settings.memory_cache_max_entries), shared, settings.local_cache_seconds
+    )
 
 
 def build_tracing() -> Tracing | None:
@@ -316,6 +322,10 @@ def describe(settings: Settings) -> str:
     elif settings.redis_url is not None:
         redis_at = parse_redis_url(settings.redis_url.get_secret_value()).describe()
         cache = f"{redis_at} (prefix {settings.effective_redis_key_prefix})"
+        if settings.local_cache_seconds > 0:
+            cache += (
+                f" + in-process tier ({settings.local_cache_seconds:g} s, up to {settings.memory_cache_max_entries})"
+            )
     else:
         cache = f"in-process (up to {settings.memory_cache_max_entries} sessions)"
     delivery = {
@@ -673,8 +683,15 @@ class App:
             "authsidecar_password_hash_pending": ("hashes admitted and not finished", lambda: self.hasher.pending),
             "authsidecar_delivery_queue": ("messages waiting to be sent", lambda: self.outbox.size),
         }
-        if isinstance(self.cache, ResilientSessionCache):
-            cache = self.cache
+        if isinstance(self.cache, TieredSessionCache):
+            tiered = self.cache
+            gauges.counters["authsidecar_session_cache_local_hits"] = (
+                "validations answered from the in-process tier in front of Redis",
+                lambda: tiered.local_hits,
+            )
+        shared = self.cache.remote if isinstance(self.cache, TieredSessionCache) else self.cache
+        if isinstance(shared, ResilientSessionCache):
+            cache = shared
             gauges.counters["authsidecar_session_cache_fallbacks"] = (
                 "lookups that went to the database because Redis failed or was bypassed",
                 lambda: cache.fallbacks,

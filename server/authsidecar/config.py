@@ -266,7 +266,16 @@ class Settings(BaseSettings):
         description="table and column names, additional fields, id generation ([schema] in the TOML file)",
     )
     cache_enabled: bool = Field(True, description="cache sessions in the secondary storage (off: every call hits SQL)")
-    memory_cache_max_entries: Annotated[int, Field(ge=100, le=10_000_000)] = 100_000
+    memory_cache_max_entries: Annotated[int, Field(ge=100, le=10_000_000)] = Field(
+        100_000,
+        description="sessions kept by the in-process cache (the embedded default, and the tier in front of Redis);"
+        " about 1.2 KB each",
+    )
+    local_cache_seconds: Annotated[float, Field(ge=0, le=3600)] = Field(
+        30.0,
+        description="with REDIS_URL: seconds a session read from Redis is also kept in this process (0: off); the"
+        " coherence rules decide whether any copy is served",
+    )
 
     session_expires_in: Annotated[int, Field(ge=60, le=365 * DAY)] = 7 * DAY
     session_update_age: Annotated[int, Field(ge=0, le=365 * DAY)] = DAY

@@ -97,7 +97,12 @@ class Cluster:
 
 
 @pytest.fixture
-async def redis_cluster(tmp_path: Path, pg_url: str, private_redis: RedisProcess) -> AsyncIterator[Cluster]:
+async def redis_cluster(
+    request: pytest.FixtureRequest, tmp_path: Path, pg_url: str, private_redis: RedisProcess
+) -> AsyncIterator[Cluster]:
+    """Instances on one Postgres and a private Redis. By default without the in-process tier in front of Redis
+    (these tests watch what the Redis tier does); ``"tiered"`` (indirect parametrization) turns it on."""
+    tier = "30" if getattr(request, "param", "redis") == "tiered" else "0"
     cluster = Cluster(
         tmp_path,
         {
@@ -105,6 +110,7 @@ async def redis_cluster(tmp_path: Path, pg_url: str, private_redis: RedisProcess
             "REDIS_URL": private_redis.url,
             "AUTHSIDECAR_REDIS_TIMEOUT": "0.2",
             "AUTHSIDECAR_REDIS_RETRY_AFTER": "0.3",
+            "AUTHSIDECAR_LOCAL_CACHE_SECONDS": tier,
         },
     )
     yield cluster
@@ -387,6 +393,42 @@ async def test_a_second_server_on_the_embedded_database_is_refused(tmp_path: Pat
     assert again.stop() == 0
 
 
+# ------------------------------------------------------------------------------------- the in-process tier
+
+
+@pytest.mark.parametrize("redis_cluster", ["tiered"], indirect=True)
+async def test_the_in_process_tier_follows_other_instances_revocations_and_profile_changes(
+    redis_cluster: Cluster, raw_redis: redis.Redis
+) -> None:
+    """B keeps A's sessions in its own memory (Redis is not asked again); a sign-out and a rename made on A are
+    seen by B within the bound (on Postgres, NOTIFY wakes B's log reader at once), and a copy left in B's memory
+    is never served again."""
+    a, b = redis_cluster.start(), redis_cluster.start()
+    up = await sign_up(a)
+    assert await outcome(b, up.token) == "ok"  # from Redis, now also in B's memory
+    raw_redis.delete(cache_key(up.token))
+    assert await outcome(b, up.token) == "ok"  # served from B's memory (Redis no longer has it)
+    assert not raw_redis.exists(cache_key(up.token))
+
+    await a.stubs.auth.UpdateUser(auth_pb.UpdateUserRequest(token=up.token, name="Renamed"), timeout=5)
+
+    async def renamed_on_b() -> bool:
+        reply = await b.stubs.sessions.ValidateSession(session_pb.ValidateSessionRequest(token=up.token), timeout=5)
+        return bool(reply.user.name == "Renamed")
+
+    assert await wait_until(renamed_on_b, BOUND + 1) <= BOUND + 0.2
+
+    await a.stubs.auth.SignOut(auth_pb.SignOutRequest(token=up.token), timeout=5)
+
+    async def refused_on_b() -> bool:
+        return await outcome(b, up.token) == "INVALID_TOKEN"
+
+    seen_after = await wait_until(refused_on_b, BOUND + 1)
+    print(f"B refused the signed-out session {seen_after * 1e3:.0f} ms after the sign-out returned")
+    assert seen_after <= BOUND + 0.2
+    assert await assert_never_valid([b, a], up.token, 2.0) >= 10
+
+
 # ----------------------------------------------------------------------------------------- writers outside us
 
 
@@ -429,6 +471,7 @@ async def test_sql_side_changes_are_seen_within_the_trust_time(
 # ------------------------------------------------------------------------------------------------- randomized
 
 
+@pytest.mark.parametrize("redis_cluster", ["redis", "tiered"], indirect=True)
 async def test_randomized_revocations_under_redis_faults(
     redis_cluster: Cluster, private_redis: RedisProcess, raw_redis: redis.Redis
 ) -> None:

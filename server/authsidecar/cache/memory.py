@@ -31,6 +31,10 @@ class MemorySessionCache:
 
     async def get(self, key: str) -> SessionWithUser | None:
         """The entry, unless missing or past its TTL."""
+        return self.lookup(key)
+
+    def lookup(self, key: str) -> SessionWithUser | None:
+        """``get`` without the coroutine (for a tier in front of another cache)."""
         item = self._entries.get(key)
         if item is None:
             return None
@@ -41,6 +45,10 @@ class MemorySessionCache:
 
     async def put(self, key: str, entry: SessionWithUser, ttl: int) -> None:
         """Store unless the key was invalidated and its tombstone is still alive."""
+        self.store(key, entry, ttl)
+
+    def store(self, key: str, entry: SessionWithUser, ttl: float) -> None:
+        """``put`` without the coroutine."""
         now = self._clock()
         tomb = self._tombstones.get(key)
         if tomb is not None:
@@ -54,6 +62,10 @@ class MemorySessionCache:
 
     async def invalidate(self, user_id: str, keys: Sequence[str], ttl: int) -> None:
         """Drop the keys and refuse to re-cache them for ``ttl`` seconds."""
+        self.forget(keys, ttl)
+
+    def forget(self, keys: Sequence[str], ttl: float) -> None:
+        """``invalidate`` without the coroutine."""
         until = self._clock() + max(ttl, 1)
         for key in keys:
             self._drop(key)
@@ -64,6 +76,10 @@ class MemorySessionCache:
 
     async def evict_user(self, user_id: str) -> None:
         """Drop the user's entries."""
+        self.forget_user(user_id)
+
+    def forget_user(self, user_id: str) -> None:
+        """``evict_user`` without the coroutine."""
         for key in list(self._by_user.get(user_id, ())):
             self._drop(key)
 
