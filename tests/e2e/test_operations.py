@@ -32,6 +32,7 @@ def redis_backed_server(tmp_path: Path, pg_url: str, private_redis: RedisProcess
             "REDIS_URL": private_redis.url,
             "AUTHSIDECAR_REDIS_TIMEOUT": "0.2",
             "AUTHSIDECAR_REDIS_RETRY_AFTER": "0.3",
+            "AUTHSIDECAR_LOCAL_CACHE_SECONDS": "0",  # these tests watch what Redis holds and serves
         },
     )
     server.wait_for(SERVING)

@@ -52,6 +52,7 @@ def server(cluster: RedisCluster, tmp_path_factory: pytest.TempPathFactory, pg_u
         "REDIS_URL": cluster.url,
         "AUTHSIDECAR_RATE_LIMIT_ENABLED": "true",
         "AUTHSIDECAR_EVENT_STREAM": "redis",
+        "AUTHSIDECAR_LOCAL_CACHE_SECONDS": "0",  # hits must come from the cluster, not the in-process tier
     }
     srv = start_server(tmp_path_factory.mktemp("cluster-server"), env)
     srv.wait_for(health_pb2.HealthCheckResponse.SERVING)

@@ -56,6 +56,7 @@ def server(sentinel: RedisSentinel, tmp_path: Path, pg_url: str) -> Iterator[Ser
         "AUTHSIDECAR_REDIS_TIMEOUT": "0.3",
         "AUTHSIDECAR_REDIS_RETRY_AFTER": "0.3",
         "AUTHSIDECAR_RATE_LIMIT_ENABLED": "true",
+        "AUTHSIDECAR_LOCAL_CACHE_SECONDS": "0",  # hits must come from the primary, not the in-process tier
     }
     srv = start_server(tmp_path, env)
     srv.wait_for(health_pb2.HealthCheckResponse.SERVING)

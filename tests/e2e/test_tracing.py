@@ -109,6 +109,7 @@ def _traced_env(pg_url: str, redis_prefix: str, port: int, delay_ms: int = 50) -
         "AUTHSIDECAR_REDIS_KEY_PREFIX": redis_prefix,
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
         "OTEL_BSP_SCHEDULE_DELAY": str(delay_ms),
+        "AUTHSIDECAR_LOCAL_CACHE_SECONDS": "0",  # cache spans are Redis calls; an in-process hit has none
     }
 
 
