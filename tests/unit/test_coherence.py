@@ -16,7 +16,7 @@ from authsidecar.cache.memory import MemorySessionCache
 from authsidecar.domain.models import Invalidations, SessionWithUser, version_of
 from authsidecar.errors import FieldNotAllowed, InvalidArgument, MissingField
 from authsidecar.security.tokens import HashedTokenPolicy
-from authsidecar.services.coherence import RETENTION_MARGIN, CacheCoherence
+from authsidecar.services.coherence import FUTURE_TOLERANCE, RETENTION_MARGIN, CacheCoherence
 from authsidecar.services.extra_fields import ExtraFieldRules
 from authsidecar.storage.invalidations import decode_payload, encode_payload
 from tests.unit.test_cache import FakeClock, make_entry
@@ -140,6 +140,22 @@ class TestTrust:
         world.wall.advance(0.1)
         assert not world.coherence.trusted(entry)
         assert not world.coherence.trusted(replace(entry, checked_at=0.0))  # Better Auth's own documents
+
+    async def test_a_snapshot_from_a_clock_ahead_is_refused_so_it_cannot_outlive_the_revocations(
+        self, world: World
+    ) -> None:
+        """Another instance's clock 300 s ahead stamped the snapshot: trusting it for trust seconds from that stamp
+        would outlast the revocation memory (trust + margin) and bring a signed-out session back."""
+        await world.coherence.catch_up(world.log)
+        entry = world.fresh_entry()
+        assert world.coherence.trusted(replace(entry, checked_at=world.wall() + FUTURE_TOLERANCE - 1))
+        ahead = replace(entry, checked_at=world.wall() + 300)
+        assert not world.coherence.trusted(ahead)
+        world.coherence.note(Invalidations(sessions=((entry.user.id, entry.session.stored_token),), seq=1))
+        world.advance(RETENTION_MARGIN + 61)  # the revocation is forgotten; the snapshot would still be "young"
+        await world.coherence.catch_up(world.log)
+        assert not world.coherence.trusted(ahead)
+        assert world.coherence.future_snapshots == 2
 
     async def test_a_revoked_session_is_never_trusted(self, world: World) -> None:
         await world.coherence.catch_up(world.log)

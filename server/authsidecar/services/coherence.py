@@ -36,13 +36,17 @@ from authsidecar.domain.ports import InvalidationLog, SessionCache
 from authsidecar.errors import AuthSidecarError
 from authsidecar.security.tokens import TokenPolicy
 
-__all__ = ["RETENTION_MARGIN", "CacheCoherence"]
+__all__ = ["FUTURE_TOLERANCE", "RETENTION_MARGIN", "CacheCoherence"]
 
 log = logging.getLogger(__name__)
 
 # Added to trust_seconds to get how long invalidations are remembered: covers clock differences between
 # instances and the time a snapshot spends between its SQL read and the cache.
 RETENTION_MARGIN = 60.0
+# A snapshot stamped further in the future than this came from a clock ahead of ours: trusting it for the trust
+# time from its stamp would outlast how long revocations are remembered (trust time + RETENTION_MARGIN), so it is
+# refused. Half the margin leaves room for ordinary NTP error.
+FUTURE_TOLERANCE = RETENTION_MARGIN / 2
 _PAGE = 1000
 
 
@@ -76,6 +80,8 @@ class CacheCoherence:
         self._feed_failing = False
         self._stopping = False
         self._wake: asyncio.Event | None = None
+        self.future_snapshots = 0  # refused: checked by an instance whose clock is ahead (counted, logged)
+        self._future_logged_at = -math.inf
 
     # -- the hot path ----------------------------------------------------------------------------------------
 
@@ -84,12 +90,29 @@ class CacheCoherence:
         if self._mono() >= self._fresh_until and not self._in_outage_grace():
             return False
         checked = entry.checked_at
-        if checked < self._trust_floor or self._wall() - checked >= self._trust:
+        age = self._wall() - checked
+        if checked < self._trust_floor or age >= self._trust:
+            return False
+        if age < -FUTURE_TOLERANCE:
+            self._from_the_future(-age)
             return False
         if entry.session.stored_token in self._revoked:
             return False
         current = self._users.get(entry.user.id)
         return current is None or current[0] == version_of(entry.user)
+
+    def _from_the_future(self, ahead: float) -> None:
+        """Count, and log at most once a minute, snapshots checked by an instance whose clock is ahead of ours."""
+        self.future_snapshots += 1
+        now = self._mono()
+        if now - self._future_logged_at >= 60.0:
+            self._future_logged_at = now
+            log.warning(
+                "refused a cached session checked %.0f s in the future: another instance's clock is ahead of this"
+                " one's by more than %.0f s (synchronise clocks with NTP)",
+                ahead,
+                FUTURE_TOLERANCE,
+            )
 
     def _in_outage_grace(self) -> bool:
         """The operator chose availability (AUTHSIDECAR_OUTAGE_GRACE): while the log cannot be read at all, what
