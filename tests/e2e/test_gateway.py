@@ -185,6 +185,12 @@ async def test_identity_headers_sent_by_the_client_are_overwritten(gateway: Gate
     headers = ok_headers(await stub.Check(check_request(spoofed)))  # every option says OVERWRITE_IF_EXISTS_OR_ADD
     assert headers == {USER_HEADER: up.user.id, SESSION_HEADER: up.session.id}
     assert denial(await stub.Check(check_request({USER_HEADER: "admin"})))[0] == 401
+    # Underscore spellings pass Envoy by default and read as the real header in CGI/WSGI/Rack/PHP: removed
+    lookalike = USER_HEADER.replace("-", "_")
+    reply = await stub.Check(check_request({lookalike: "admin", "authorization": f"Bearer {up.token}"}))
+    assert list(reply.ok_response.headers_to_remove) == [lookalike]
+    plain = await stub.Check(check_request({"x-other_header": "1", "authorization": f"Bearer {up.token}"}))
+    assert list(plain.ok_response.headers_to_remove) == []
 
 
 async def test_raw_header_map_is_read(gateway: Gateway, stubs: Stubs) -> None:
@@ -259,6 +265,10 @@ async def test_forward_auth_keeps_connections_alive(gateway: Gateway, stubs: Stu
 
 async def test_forward_auth_refuses_malformed_and_oversized_requests(gateway: Gateway) -> None:
     port = gateway.forward_port
+    silent = socket.create_connection(("127.0.0.1", port))  # never sends a byte: closed after HEAD_TIMEOUT
+    connect = b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\nAuthorization: Bearer x\r\n\r\n"
+    tunnel = await asyncio.to_thread(raw_exchange, port, connect)
+    assert tunnel.startswith(b"HTTP/1.1 405 "), tunnel  # a 2xx would make the connection a tunnel
     garbage = await asyncio.to_thread(raw_exchange, port, b"\x16\x03\x01 not http at all\r\n\r\n")
     assert garbage.startswith(b"HTTP/1.1 400 "), garbage
     huge = b"GET / HTTP/1.1\r\nHost: a\r\nX-Pad: " + b"x" * 40_000 + b"\r\n\r\n"
@@ -273,6 +283,16 @@ async def test_forward_auth_refuses_malformed_and_oversized_requests(gateway: Ga
     slow = await asyncio.to_thread(raw_exchange, port, b"GET / HTTP/1.1\r\nHost: a\r\n", 30)
     assert slow.startswith(b"HTTP/1.1 408 "), slow
     assert time.monotonic() - start < 15
+    silent.settimeout(5)  # opened before the 10 s above: a connection that never speaks holds its slot no longer
+    assert silent.recv(10) == b""
+    silent.close()
+    # Expect: 100-continue is answered before the body is sent
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        head = b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\nConnection: close\r\n\r\n"
+        sock.sendall(head)
+        assert sock.recv(100).startswith(b"HTTP/1.1 100 ")
+        sock.sendall(b"hello")
+        assert sock.recv(100).startswith(b"HTTP/1.1 401 ")
 
 
 async def test_checks_are_counted_and_tokens_never_logged(gateway: Gateway, stubs: Stubs) -> None:
@@ -437,11 +457,27 @@ async def test_custom_names_and_ext_authz_off(tmp_path: Path, pg_url: str) -> No
         with pytest.raises(grpc.aio.AioRpcError) as caught:  # ext_authz is off by default
             await authorization_stub(stubs.channel).Check(check_request({}))
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        # two idle connections take both slots: a third is answered 503 and closed
+        # idle connections cannot lock the endpoint: when full, the one idle the longest is closed to make room
         for _ in range(2):
             held.append(socket.create_connection(("127.0.0.1", forward_port)))
+            await asyncio.sleep(0.05)
         await asyncio.sleep(0.2)
-        busy = await asyncio.to_thread(raw_exchange, forward_port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        request = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        served = await asyncio.to_thread(raw_exchange, forward_port, request)
+        assert served.startswith(b"HTTP/1.1 401 "), served
+        held[0].settimeout(5)
+        assert held[0].recv(10) == b""  # the oldest idle connection was closed
+        for sock in held:
+            sock.close()
+        held.clear()
+        await asyncio.sleep(0.3)
+        # two connections in the middle of a request take both slots: a third is answered 503 and closed
+        for _ in range(2):
+            sock = socket.create_connection(("127.0.0.1", forward_port))
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n")
+            held.append(sock)
+        await asyncio.sleep(0.2)
+        busy = await asyncio.to_thread(raw_exchange, forward_port, request)
         assert busy.startswith(b"HTTP/1.1 503 "), busy
     finally:
         await stubs.channel.close()

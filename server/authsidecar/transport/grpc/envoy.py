@@ -63,11 +63,22 @@ def _header(name: str, value: str) -> authz_pb.HeaderValueOption:
     return authz_pb.HeaderValueOption(header=authz_pb.HeaderValue(key=name, value=value), append_action=_OVERWRITE)
 
 
-def _response(verdict: Verdict) -> authz_pb.CheckResponse:
+def _lookalikes(http: Any, identity: set[str]) -> list[str]:
+    """Request headers that spell an identity header with underscores (``x_authsidecar_user_id``): Envoy lets them
+    through by default and many frameworks (CGI/WSGI/Rack/PHP) read them as the real one, so they are removed."""
+    names = list(http.headers) if http.headers else [header.key for header in http.header_map.headers]
+    return sorted({n for n in names if n.lower() not in identity and n.lower().replace("_", "-") in identity})
+
+
+def _response(verdict: Verdict, http: Any) -> authz_pb.CheckResponse:
     if verdict.allowed:
+        identity = {name.lower() for name, _ in verdict.headers}
         return authz_pb.CheckResponse(
             status=status_pb2.Status(code=code_pb2.OK),
-            ok_response=authz_pb.OkHttpResponse(headers=[_header(name, value) for name, value in verdict.headers]),
+            ok_response=authz_pb.OkHttpResponse(
+                headers=[_header(name, value) for name, value in verdict.headers],
+                headers_to_remove=_lookalikes(http, identity),
+            ),
         )
     headers = [*verdict.headers, ("content-type", "application/json"), ("cache-control", "no-store")]
     return authz_pb.CheckResponse(
@@ -90,14 +101,15 @@ class EnvoyAuthorizationServicer:
     @rpc
     async def Check(self, request: authz_pb.CheckRequest, context: Context) -> authz_pb.CheckResponse:
         """Allow (identity headers) or deny (401) the request Envoy describes; UNAVAILABLE when it cannot tell."""
-        authorization, cookies = _credentials(request.attributes.request.http)
+        http = request.attributes.request.http
+        authorization, cookies = _credentials(http)
         try:
             verdict = await self._gateway.check(authorization, cookies)
         except AuthSidecarError as exc:
             GATEWAY.count("envoy", "unavailable" if exc.reason == "BACKEND_UNAVAILABLE" else "error")
             raise
         GATEWAY.count("envoy", "allowed" if verdict.allowed else "denied")
-        return _response(verdict)
+        return _response(verdict, http)
 
 
 def add_to_server(servicer: EnvoyAuthorizationServicer, server: Any) -> None:

@@ -11,9 +11,11 @@ X-Forwarded-*): the request's Authorization / Cookie headers are checked by the 
 
 HTTP/1.1 is parsed by h11 over asyncio streams. Bounds: the request head (``MAX_HEAD_BYTES``, else 431), a
 request body is read and dropped up to ``MAX_BODY_BYTES`` (else 413), the head must arrive within
-``HEAD_TIMEOUT`` seconds of its first byte and the next request within ``IDLE_TIMEOUT`` (keep-alive), at most
-``max_connections`` connections at once (more are answered 503 and closed). Malformed requests get 400 and the
-connection is closed. Headers and tokens are never logged.
+``HEAD_TIMEOUT`` seconds of its first byte (a new connection's first request must start within ``HEAD_TIMEOUT``
+too) and the next request within ``IDLE_TIMEOUT`` (keep-alive), at most ``max_connections`` connections at once
+and never more than a quarter of the open-file limit (when full, the keep-alive connection idle the longest is
+closed to make room; else 503). Malformed requests get 400 and the connection is closed; CONNECT gets 405.
+Headers and tokens are never logged.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import socket
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -76,6 +79,17 @@ class _Metadata:
         return (("x-request-id", self.given),) if self.given else ()
 
 
+def _within_open_files(wanted: int) -> int:
+    """At most a quarter of the process's open-file limit, so a flood of HTTP connections cannot take the
+    descriptors the gRPC listener, the database and Redis need."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or wanted <= soft // 4:
+        return wanted
+    capped = max(soft // 4, 8)
+    log.warning("forward-auth: at most %d connections (a quarter of the open-file limit %d)", capped, soft)
+    return capped
+
+
 class _Connection:
     """One client connection: requests one at a time, keep-alive until idle, closed, or the server stops."""
 
@@ -85,6 +99,9 @@ class _Connection:
         self._writer = writer
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         self.busy = False  # between a request's first byte and its response's last
+        self.answered = 0  # requests answered on this connection
+        self.answering = False  # a whole request head arrived and its answer is not sent yet
+        self.idle_since = asyncio.get_running_loop().time()
 
     def close(self) -> None:
         """Close the transport (an idle connection at shutdown)."""
@@ -98,6 +115,9 @@ class _Connection:
                 if request is None:
                     return
                 await self._answer(request)
+                self.answered += 1
+                self.answering = False
+                self.idle_since = asyncio.get_running_loop().time()
                 if self._h11.our_state is not h11.DONE or self._h11.their_state is not h11.DONE:
                     return  # MUST_CLOSE (HTTP/1.0, "connection: close") or an unread body
                 self._h11.start_next_cycle()
@@ -131,8 +151,10 @@ class _Connection:
                 raise _Close()
             if event is not h11.NEED_DATA:
                 return event
-            if deadline is None:  # waiting for a new request: idle timeout until its first byte
-                data = await asyncio.wait_for(self._reader.read(_READ_SIZE), IDLE_TIMEOUT)
+            if deadline is None:  # waiting for a request: until its first byte, the head timeout on a new
+                # connection (one that never speaks holds a slot no longer than a slow head), the idle one after
+                wait = IDLE_TIMEOUT if self.answered else HEAD_TIMEOUT
+                data = await asyncio.wait_for(self._reader.read(_READ_SIZE), wait)
                 deadline = loop.time() + HEAD_TIMEOUT
             else:
                 data = await asyncio.wait_for(self._reader.read(_READ_SIZE), max(deadline - loop.time(), 0.001))
@@ -152,11 +174,13 @@ class _Connection:
             return None
         if isinstance(event, h11.ConnectionClosed) or not isinstance(event, h11.Request):
             return None
-        self.busy = True
+        self.busy = self.answering = True
         names = {name for name, _ in event.headers}
         if b"content-length" in names and b"transfer-encoding" in names:  # ambiguous framing: request smuggling
             await self._write_raw(_raw(400, _PHRASES[400]))
             raise _Close()
+        if self._h11.they_are_waiting_for_100_continue:  # the body is read (and dropped) before the answer
+            await self._write_raw(self._h11.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
         deadline = asyncio.get_running_loop().time() + HEAD_TIMEOUT
         received = 0
         while True:
@@ -187,6 +211,9 @@ class _Connection:
             elif name == b"x-request-id":
                 given_id = value.decode("latin-1")
         begin_request("ForwardAuth", _Metadata(given_id))
+        if request.method == b"CONNECT":  # a 2xx would turn the connection into a tunnel: not a check to answer
+            await self._send(405, [(b"allow", b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")], b"", False)
+            raise _Close()
         head = request.method == b"HEAD"
         try:
             verdict = await self._server.gateway.check(authorization, cookies)
@@ -251,7 +278,7 @@ class ForwardAuthServer:
         self.gateway = gateway
         host, _, port = listen.rpartition(":")
         self.host, self.port = host.strip("[]") or "127.0.0.1", int(port)
-        self._max = max_connections
+        self._max = _within_open_files(max_connections)
         self._reuse_port = reuse_port
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], _Connection] = {}
@@ -271,6 +298,8 @@ class ForwardAuthServer:
         log.info("forward-auth listening on http://%s:%d", self.host, self.port)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._connections) >= self._max and not self.stopping:
+            self._close_longest_idle()
         if len(self._connections) >= self._max or self.stopping:
             with contextlib.suppress(ConnectionError):
                 writer.write(_BUSY)
@@ -289,20 +318,28 @@ class ForwardAuthServer:
         finally:
             self._connections.pop(task, None)
 
+    def _close_longest_idle(self) -> None:
+        """Full: make room by closing the keep-alive connection idle the longest (none mid-request is touched)."""
+        idle = [c for c in self._connections.values() if not c.busy]
+        if idle:
+            oldest = min(idle, key=lambda c: c.idle_since)
+            oldest.close()
+            self._connections = {task: c for task, c in self._connections.items() if c is not oldest}
+
     @property
     def open_connections(self) -> int:
         """Connections open now."""
         return len(self._connections)
 
     async def stop(self, grace: float) -> None:
-        """Stop accepting, close idle keep-alive connections, let requests in progress finish within ``grace``
+        """Stop accepting, close connections with no request to answer, let requests in progress finish within ``grace``
         seconds (their responses say ``connection: close``), then cut the rest."""
         if self._server is None:
             return
         self.stopping = True
         self._server.close()
         for connection in list(self._connections.values()):
-            if not connection.busy:
+            if not connection.answering:  # idle, or a head still arriving: nothing to finish
                 connection.close()
         pending = set(self._connections)
         if pending:
