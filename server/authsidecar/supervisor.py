@@ -26,6 +26,7 @@ import logging
 import os
 import select
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -92,6 +93,46 @@ def check_workers(settings: Settings) -> None:
                 f"invalid configuration: AUTHSIDECAR_METRICS_LISTEN: worker i listens on port {first} + i, which"
                 f" takes {port}, the gRPC port"
             )
+        if settings.forward_auth_listen:
+            forward = int(settings.forward_auth_listen.rpartition(":")[2])
+            if first and first <= forward <= last:
+                raise ConfigError(
+                    f"invalid configuration: AUTHSIDECAR_METRICS_LISTEN: worker i listens on port {first} + i, which"
+                    f" takes {forward}, the forward-auth port"
+                )
+    for setting, address in _listeners(settings):
+        _check_free(setting, address)
+
+
+def _listeners(settings: Settings) -> list[tuple[str, str]]:
+    """Every TCP address the workers will listen on, with the setting that names it."""
+    found = [("AUTHSIDECAR_LISTEN", settings.listen)]
+    if settings.forward_auth_listen:
+        found.append(("AUTHSIDECAR_FORWARD_AUTH_LISTEN", settings.forward_auth_listen))
+    if settings.metrics_listen:
+        found += [
+            ("AUTHSIDECAR_METRICS_LISTEN", metrics_address(settings.metrics_listen, i)) for i in range(settings.workers)
+        ]
+    return found
+
+
+def _check_free(setting: str, address: str) -> None:
+    """ConfigError when something already listens there: the workers share their ports with each other
+    (SO_REUSEPORT), and would silently share them with another server that set it too (an earlier
+    ``serve --workers`` still running, on another database), splitting the answers between the two."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - a probe, closed at once
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers are no obstacle
+        try:
+            probe.bind((host, int(port)))
+        except OSError as exc:
+            raise ConfigError(
+                f"invalid configuration: {setting}: {address} is already in use ({exc.strerror}); is another"
+                " authsidecar (an earlier serve --workers?) still running there? Workers share a port only with"
+                " each other"
+            ) from None
 
 
 def preflight(settings: Settings) -> None:

@@ -323,18 +323,46 @@ def test_bad_set_ups_fail_once_before_any_worker_starts(
     assert not re.search(r"worker \d \[|starting \d workers", result.stderr), result.stderr  # none started
 
 
-def test_a_worker_that_cannot_start_stops_the_supervisor(tmp_path: Path, backend_env: dict[str, str]) -> None:
+def test_a_taken_port_is_refused_before_any_worker_starts(tmp_path: Path, backend_env: dict[str, str]) -> None:
+    """Workers share their ports only with each other: a listener already there (here on worker 1's metrics port;
+    as often an earlier serve --workers on another database, which would split the answers) is refused at once."""
     metrics = free_port()
-    with socket.socket() as taken:  # worker 1's metrics port (metrics + 1) is someone else's
+    with socket.socket() as taken:
         taken.bind(("127.0.0.1", metrics + 1))
         taken.listen()
         result = serve(
             tmp_path, {**backend_env, "AUTHSIDECAR_METRICS_LISTEN": f"127.0.0.1:{metrics}"}, "--workers", "2"
         )
+    assert result.returncode == 2, result
+    assert f"AUTHSIDECAR_METRICS_LISTEN: 127.0.0.1:{metrics + 1} is already in use" in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1 and "worker 0" not in result.stderr, result.stderr
+
+
+def test_a_second_supervisor_on_the_same_port_is_refused(tmp_path: Path, backend_env: dict[str, str]) -> None:
+    with workers(tmp_path, backend_env) as first:
+        second = serve(tmp_path, {**backend_env, "AUTHSIDECAR_LISTEN": first.address}, "--workers", "2")
+        assert second.returncode == 2, second
+        assert f"AUTHSIDECAR_LISTEN: {first.address} is already in use" in second.stderr, second.stderr
+        assert first.stop() == 0, first.log()
+
+
+def test_a_worker_that_cannot_start_stops_the_supervisor(tmp_path: Path, backend_env: dict[str, str]) -> None:
+    # A hook module that loads in the supervisor's check but refuses to load in a worker.
+    (tmp_path / "worker_refusal.py").write_text(
+        "import sys\n"
+        "if any(arg.startswith('--worker-index') for arg in sys.argv):\n"
+        "    raise ImportError('refuses to load in a worker')\n"
+        "async def after(data, context):\n"
+        "    return None\n"
+    )
+    config = tmp_path / "hooks.toml"
+    config.write_text('[[hooks]]\nevents = ["user.create"]\nwhen = "after"\ncall = "worker_refusal:after"\n')
+    env = {**backend_env, "AUTHSIDECAR_CONFIG": str(config), "PYTHONPATH": str(tmp_path)}
+    result = serve(tmp_path, env, "--workers", "2")
     assert result.returncode == 1, result
     assert re.search(
-        r"worker 1 \(pid \d+\) could not start \(exited with code 1\); stopping every worker", result.stderr
-    )
+        r"worker \d \(pid \d+\) could not start \(exited with code \d+\); stopping every worker", result.stderr
+    ), result.stderr
     assert "restarting" not in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
