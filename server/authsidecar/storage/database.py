@@ -12,6 +12,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -29,6 +30,7 @@ from authsidecar.domain.models import (
 from authsidecar.domain.ports import Database, UnitOfWork
 from authsidecar.errors import AuthSidecarError, BackendUnavailable
 from authsidecar.storage.errors import translate_error
+from authsidecar.storage.hot_connection import HotConnection
 from authsidecar.storage.invalidations import decode_payload, encode_payload
 from authsidecar.storage.rows import record, values
 from authsidecar.storage.schema import SEEDED, Schema
@@ -423,8 +425,9 @@ class SqlDatabase:
     """The store of record over an AsyncEngine (asyncpg for Postgres, aiomysql for MySQL/MariaDB, aiosqlite for
     the embedded default)."""
 
-    def __init__(self, engine: AsyncEngine, schema: Schema) -> None:
+    def __init__(self, engine: AsyncEngine, schema: Schema, hot: HotConnection | None = None) -> None:
         self.engine = engine
+        self._hot = hot  # Postgres: a connection out of the pool for find_session (storage/hot_connection.py)
         self._listeners: list[CommitListener] = []
         self._outbox_listeners: list[Callable[[], None]] = []
         # Single statements need no explicit transaction: no BEGIN/COMMIT round trips around them.
@@ -522,7 +525,14 @@ class SqlDatabase:
         try:
             async with self._autocommit.connect() as conn:
                 raw: Any = (await conn.get_raw_connection()).driver_connection
-                return list(await raw.fetch(sql, *args))
+                try:
+                    return list(await raw.fetch(sql, *args))
+                except BaseException as exc:
+                    # SQLAlchemy did not run this statement, so it cannot tell a dead connection: unless the server
+                    # answered with an error (the connection is fine), it must not go back to the pool.
+                    if not isinstance(exc, asyncpg.PostgresError):
+                        await conn.invalidate()
+                    raise
         except Exception as exc:
             _raise_translated(exc)
 
@@ -591,7 +601,9 @@ class SqlDatabase:
         """Session joined with its user, by stored token; ``checked_at`` is taken before the query."""
         checked_at = time.time()
         if self._find_session_sql is not None:
-            raw = await self._read_raw(self._find_session_sql, stored_token)
+            raw = await self._hot.fetch(self._find_session_sql, stored_token) if self._hot is not None else None
+            if raw is None:  # busy, not open, or failed: through the pool
+                raw = await self._read_raw(self._find_session_sql, stored_token)
             rows = [
                 [
                     value if convert is None else convert(value)
@@ -619,7 +631,9 @@ class SqlDatabase:
             raise BackendUnavailable() from exc
 
     async def close(self) -> None:
-        """Dispose of the pool."""
+        """Close the hot-path connection and dispose of the pool."""
+        if self._hot is not None:
+            await self._hot.close()
         await self.engine.dispose()
 
 
@@ -648,6 +662,7 @@ def create_database(
 ) -> SqlDatabase:
     """Build the engine for a resolved target (no connection is opened yet)."""
     connect_args = dict(target.connect_args)
+    hot = False
     if target.is_sqlite:
         engine = create_async_engine(target.url, connect_args={"timeout": 5.0, **connect_args}, hide_parameters=True)
         sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
@@ -664,15 +679,17 @@ def create_database(
             connect_args.setdefault(
                 "server_settings", {"idle_in_transaction_session_timeout": "15000", "lock_timeout": "10000"}
             )
+        # Postgres: one of the pool_size connections is kept out of the pool for the hot path's cache miss.
+        hot = not target.is_mysql and pool_size >= 2
         engine = create_async_engine(
             target.url,
             connect_args=connect_args,
-            pool_size=pool_size,
+            pool_size=pool_size - 1 if hot else pool_size,
             max_overflow=max_overflow,
             pool_recycle=pool_recycle,
             pool_timeout=connect_timeout,
             hide_parameters=True,  # bound values (password hashes, token digests) never reach a log line
         )
-    db = SqlDatabase(engine, schema)
+    db = SqlDatabase(engine, schema, HotConnection(engine) if hot else None)
     _check: Database = db
     return db
