@@ -148,7 +148,9 @@ def build_cache(settings: Settings, tracer: Tracer | None = None) -> SessionCach
 
         cache = TracedSessionCache(cache, tracer)
     shared = ResilientSessionCache(cache, settings.redis_retry_after)
-    if settings.local_cache_seconds <= 0:
+    if settings.local_cache_seconds <= 0 or settings.outage_grace > 0:
+        # With an outage grace, copies stay trusted while the log cannot be read: a local copy would then outlive
+        # a revocation that another instance did delete from Redis (found by review), so only Redis is used.
         return shared
     return TieredSessionCache(
         MemorySessionCache(settings.memory_cache_max_entries), shared, settings.local_cache_seconds
@@ -323,7 +325,7 @@ def describe(settings: Settings) -> str:
     elif settings.redis_url is not None:
         redis_at = parse_redis_url(settings.redis_url.get_secret_value()).describe()
         cache = f"{redis_at} (prefix {settings.effective_redis_key_prefix})"
-        if settings.local_cache_seconds > 0:
+        if settings.local_cache_seconds > 0 and settings.outage_grace <= 0:
             cache += (
                 f" + in-process tier ({settings.local_cache_seconds:g} s, up to {settings.memory_cache_max_entries})"
             )
@@ -687,7 +689,7 @@ class App:
         if isinstance(self.cache, TieredSessionCache):
             tiered = self.cache
             gauges.counters["authsidecar_session_cache_local_hits"] = (
-                "validations answered from the in-process tier in front of Redis",
+                "lookups that found a copy in the in-process tier in front of Redis (served if the coherence rules trust it)",
                 lambda: tiered.local_hits,
             )
         shared = self.cache.remote if isinstance(self.cache, TieredSessionCache) else self.cache

@@ -80,7 +80,20 @@ async def test_misses_stay_within_the_pool_bound_and_survive_a_killed_connection
         except Exception as exc:  # the pool's own dead connections may fail a call each, as before
             outcomes.append(type(exc).__name__)
         await asyncio.sleep(0.1)
-    # each dead connection fails at most one call, then leaves the pool (it is not handed out again and again)
+    # each dead connection fails at most one call, as UNAVAILABLE (retry), then leaves the pool for good
     assert outcomes.count("ok") >= 15 and outcomes[-10:] == ["ok"] * 10, outcomes
+    assert set(outcomes) <= {"ok", "BackendUnavailable"}, outcomes
     assert await db.find_session(stored) is not None
     assert await _connections(url) <= 5
+
+
+def test_the_hot_connection_is_one_of_the_pools_and_only_when_work_connections_remain() -> None:
+    """It is taken from the pool's size, and only when a connection besides the LISTEN one is left for work."""
+    target = resolve_database_url("postgresql://postgres@127.0.0.1:5432/postgres", "")
+    schema = Schema(Registry())
+    assert create_database(target, schema, pool_size=4, max_overflow=1)._hot is not None
+    assert create_database(target, schema, pool_size=4, max_overflow=1).engine.sync_engine.pool.size() == 3
+    assert create_database(target, schema, pool_size=2, max_overflow=1)._hot is not None
+    assert create_database(target, schema, pool_size=2, max_overflow=0)._hot is None  # LISTEN + 1 for work
+    assert create_database(target, schema, pool_size=2, max_overflow=0).engine.sync_engine.pool.size() == 2
+    assert create_database(target, schema, pool_size=1, max_overflow=5)._hot is None

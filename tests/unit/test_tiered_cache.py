@@ -100,3 +100,20 @@ async def test_the_local_tier_is_bounded(remote: CountingCache, clock: FakeClock
         await tiered.put(f"k{i}", make_entry(session_id=f"{i:032d}", token=f"{i:064d}"), 3600)
     assert len(local) <= 100
     assert await tiered.get("k999") is not None  # the newest stay
+
+
+def test_the_tier_is_on_with_redis_and_off_with_an_outage_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With AUTHSIDECAR_OUTAGE_GRACE copies stay trusted while the log cannot be read: a local one would outlive
+    a revocation another instance removed from Redis, so the tier is left out."""
+    from authsidecar.app import build_cache
+    from authsidecar.cache.resilient import ResilientSessionCache
+    from authsidecar.config import load_settings
+
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
+    monkeypatch.setenv("AUTHSIDECAR_SECRET", "s" * 40)
+    assert isinstance(build_cache(load_settings()), TieredSessionCache)
+    monkeypatch.setenv("AUTHSIDECAR_OUTAGE_GRACE", "30")
+    assert isinstance(build_cache(load_settings()), ResilientSessionCache)
+    monkeypatch.delenv("AUTHSIDECAR_OUTAGE_GRACE")
+    monkeypatch.setenv("AUTHSIDECAR_LOCAL_CACHE_SECONDS", "0")
+    assert isinstance(build_cache(load_settings()), ResilientSessionCache)

@@ -29,7 +29,7 @@ from authsidecar.domain.models import (
 )
 from authsidecar.domain.ports import Database, UnitOfWork
 from authsidecar.errors import AuthSidecarError, BackendUnavailable
-from authsidecar.storage.errors import translate_error
+from authsidecar.storage.errors import connection_lost, translate_error
 from authsidecar.storage.hot_connection import HotConnection
 from authsidecar.storage.invalidations import decode_payload, encode_payload
 from authsidecar.storage.rows import record, values
@@ -529,8 +529,8 @@ class SqlDatabase:
                     return list(await raw.fetch(sql, *args))
                 except BaseException as exc:
                     # SQLAlchemy did not run this statement, so it cannot tell a dead connection: unless the server
-                    # answered with an error (the connection is fine), it must not go back to the pool.
-                    if not isinstance(exc, asyncpg.PostgresError):
+                    # answered an error about the query itself, it must not go back to the pool.
+                    if connection_lost(exc) or not isinstance(exc, asyncpg.PostgresError):
                         await conn.invalidate()
                     raise
         except Exception as exc:
@@ -601,7 +601,10 @@ class SqlDatabase:
         """Session joined with its user, by stored token; ``checked_at`` is taken before the query."""
         checked_at = time.time()
         if self._find_session_sql is not None:
-            raw = await self._hot.fetch(self._find_session_sql, stored_token) if self._hot is not None else None
+            try:
+                raw = await self._hot.fetch(self._find_session_sql, stored_token) if self._hot is not None else None
+            except TimeoutError as exc:
+                _raise_translated(exc)
             if raw is None:  # busy, not open, or failed: through the pool
                 raw = await self._read_raw(self._find_session_sql, stored_token)
             rows = [
@@ -680,7 +683,8 @@ def create_database(
                 "server_settings", {"idle_in_transaction_session_timeout": "15000", "lock_timeout": "10000"}
             )
         # Postgres: one of the pool_size connections is kept out of the pool for the hot path's cache miss.
-        hot = not target.is_mysql and pool_size >= 2
+        # (only when the pool keeps a connection for work besides the one LISTENing for invalidations)
+        hot = not target.is_mysql and pool_size >= 2 and pool_size + max_overflow >= 3
         engine = create_async_engine(
             target.url,
             connect_args=connect_args,
@@ -690,6 +694,6 @@ def create_database(
             pool_timeout=connect_timeout,
             hide_parameters=True,  # bound values (password hashes, token digests) never reach a log line
         )
-    db = SqlDatabase(engine, schema, HotConnection(engine) if hot else None)
+    db = SqlDatabase(engine, schema, HotConnection(engine, connect_args.get("command_timeout", 30)) if hot else None)
     _check: Database = db
     return db

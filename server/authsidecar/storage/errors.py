@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import re
 
+import asyncpg
 from sqlalchemy import exc as sa_exc
 
 from authsidecar.errors import AuthSidecarError, BackendUnavailable, Conflict, FieldViolation, InvalidArgument
 
-__all__ = ["translate_error"]
+__all__ = ["connection_lost", "translate_error"]
 
 _UNIQUE_VIOLATION = "23505"
 _TRY_AGAIN = {"55P03", "40P01", "40001"}  # lock not available (lock_timeout), deadlock, serialization failure
@@ -68,6 +69,19 @@ def translate_error(error: BaseException) -> AuthSidecarError | None:
         if "database is locked" in str(error.orig):
             return BackendUnavailable("the embedded database is busy, retry later", retry_after=0.1)
         return BackendUnavailable()
-    if isinstance(error, OSError | asyncio.TimeoutError | sa_exc.TimeoutError):
+    if isinstance(error, OSError | asyncio.TimeoutError | sa_exc.TimeoutError) or connection_lost(error):
         return BackendUnavailable()
     return None
+
+
+def connection_lost(error: BaseException) -> bool:
+    """A raw asyncpg error (the hot path's read bypasses SQLAlchemy) that says the connection or the server is
+    gone or refusing (closed connection, admin shutdown, too many connections), rather than that the query was
+    wrong: the connection must not be reused, and the caller is told to retry."""
+    return isinstance(
+        error,
+        asyncpg.InterfaceError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.OperatorInterventionError
+        | asyncpg.InsufficientResourcesError,
+    )

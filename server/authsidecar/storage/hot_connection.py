@@ -27,7 +27,7 @@ _RETRY_AFTER = 1.0  # seconds between attempts to open it after a failure
 class HotConnection:
     """A detached asyncpg connection for one read at a time; ``fetch`` returns None when it cannot be used now."""
 
-    def __init__(self, engine: AsyncEngine, timeout: float = 30.0) -> None:
+    def __init__(self, engine: AsyncEngine, timeout: float) -> None:
         self._engine = engine
         self._timeout = timeout
         self._conn: Any = None
@@ -48,9 +48,9 @@ class HotConnection:
         self._busy = True
         try:
             return list(await conn.fetch(sql, *args, timeout=self._timeout))
-        except asyncio.CancelledError:
-            self._drop()  # cancelled mid-query: the connection's state is in doubt
-            raise
+        except (asyncio.CancelledError, TimeoutError):
+            self._drop()  # cancelled or timed out mid-query: the connection's state is in doubt; a stalled
+            raise  # server would stall the pool too, so the timeout is the caller's answer (not a second try)
         except Exception as exc:
             log.info("hot-path connection failed (%s); reading through the pool", type(exc).__name__)
             self._drop()
