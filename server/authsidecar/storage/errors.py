@@ -81,6 +81,7 @@ def connection_lost(error: BaseException) -> bool:
     return isinstance(
         error,
         asyncpg.InterfaceError
+        | asyncpg.InternalClientError  # the protocol in an unexpected state (seen when the server cut it off)
         | asyncpg.PostgresConnectionError
         | asyncpg.OperatorInterventionError
         | asyncpg.InsufficientResourcesError,
