@@ -27,13 +27,12 @@ from typing import Any
 from authsidecar.cache.codec import iso
 from authsidecar.domain.models import (
     Account,
-    Invalidations,
     OutboxEntry,
     Session,
-    SessionWithUser,
     User,
     Verification,
 )
+from authsidecar.domain.passthrough import DatabasePassThrough
 from authsidecar.domain.ports import Database, UnitOfWork
 from authsidecar.errors import AuthSidecarError
 from authsidecar.hooks.context import call_context
@@ -309,11 +308,11 @@ class _HookedUnitOfWork:
         return await self._inner.delete_old_invalidations(before, limit)
 
 
-class HookedDatabase:
+class HookedDatabase(DatabasePassThrough):
     """The inner database with hooked units of work; everything else passes through."""
 
     def __init__(self, inner: Database, hooks: HookRunner, payloads: Payloads) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._hooks = hooks
         self._payloads = payloads
 
@@ -323,42 +322,6 @@ class HookedDatabase:
         rejection rolls it back."""
         async with self._inner.transaction(autocommit and not self._hooks) as inner:
             yield _HookedUnitOfWork(inner, self._hooks, self._payloads)
-
-    async def find_session(self, stored_token: str) -> SessionWithUser | None:
-        """The hot path: not hooked."""
-        return await self._inner.find_session(stored_token)
-
-    def add_commit_listener(self, listener: Callable[[Invalidations], Awaitable[None]]) -> None:
-        """The inner database's."""
-        self._inner.add_commit_listener(listener)
-
-    def add_outbox_listener(self, listener: Callable[[], None]) -> None:
-        """The inner database's."""
-        self._inner.add_outbox_listener(listener)
-
-    async def ping(self, within: float = 2.0) -> None:
-        """The inner database's."""
-        await self._inner.ping(within)
-
-    async def close(self) -> None:
-        """The inner database's."""
-        await self._inner.close()
-
-    async def invalidation_cursor(self) -> int:
-        """The inner log's."""
-        return await self._inner.invalidation_cursor()
-
-    async def invalidations_after(self, seq: int, limit: int) -> list[tuple[int, Invalidations]]:
-        """The inner log's."""
-        return await self._inner.invalidations_after(seq, limit)
-
-    async def invalidations_since(self, since: datetime, upto: int) -> list[tuple[int, Invalidations]]:
-        """The inner log's."""
-        return await self._inner.invalidations_since(since, upto)
-
-    async def listen_for_invalidations(self, wake: Callable[[], None]) -> None:
-        """The inner log's."""
-        await self._inner.listen_for_invalidations(wake)
 
 
 def _check(db: HookedDatabase, uow: _HookedUnitOfWork) -> tuple[Database, UnitOfWork]:

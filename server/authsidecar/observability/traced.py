@@ -8,13 +8,13 @@ call of the session cache (``cache.get`` with ``cache.hit``, ``cache.put``, ``ca
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
 
 from opentelemetry.trace import SpanKind, Tracer
 
-from authsidecar.domain.models import Invalidations, SessionWithUser
+from authsidecar.domain.models import SessionWithUser
+from authsidecar.domain.passthrough import DatabasePassThrough
 from authsidecar.domain.ports import Database, SessionCache, UnitOfWork
 from authsidecar.observability.otel import span
 
@@ -24,11 +24,12 @@ __all__ = ["TracedDatabase", "TracedSessionCache"]
 _SYSTEMS = {"postgresql": "postgresql", "sqlite": "sqlite", "mysql": "mysql", "mariadb": "mariadb"}
 
 
-class TracedDatabase:
-    """The inner Database, with a span per unit of work and per session lookup; everything else passes through."""
+class TracedDatabase(DatabasePassThrough):
+    """The inner Database, with a span per unit of work and per session lookup; everything else passes through
+    (health pings untraced)."""
 
     def __init__(self, inner: Database, tracer: Tracer, dialect: str) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._tracer = tracer
         self._system = _SYSTEMS.get(dialect, "other_sql")
 
@@ -46,38 +47,6 @@ class TracedDatabase:
             found = await self._inner.find_session(stored_token)
             current.set_attribute("authsidecar.found", found is not None)
             return found
-
-    def add_commit_listener(self, listener: Callable[[Invalidations], Awaitable[None]]) -> None:
-        """The inner database's."""
-        self._inner.add_commit_listener(listener)
-
-    def add_outbox_listener(self, listener: Callable[[], None]) -> None:
-        """The inner database's."""
-        self._inner.add_outbox_listener(listener)
-
-    async def ping(self, within: float = 2.0) -> None:
-        """The inner database's (not traced: health checks)."""
-        await self._inner.ping(within)
-
-    async def close(self) -> None:
-        """The inner database's."""
-        await self._inner.close()
-
-    async def invalidation_cursor(self) -> int:
-        """The inner log's."""
-        return await self._inner.invalidation_cursor()
-
-    async def invalidations_after(self, seq: int, limit: int) -> list[tuple[int, Invalidations]]:
-        """The inner log's."""
-        return await self._inner.invalidations_after(seq, limit)
-
-    async def invalidations_since(self, since: datetime, upto: int) -> list[tuple[int, Invalidations]]:
-        """The inner log's."""
-        return await self._inner.invalidations_since(since, upto)
-
-    async def listen_for_invalidations(self, wake: Callable[[], None]) -> None:
-        """The inner log's."""
-        await self._inner.listen_for_invalidations(wake)
 
 
 class TracedSessionCache:
