@@ -125,6 +125,62 @@ async def test_sign_in_rehashes_when_parameters_changed(backend: Backend, hasher
         stronger.close()
 
 
+async def test_a_session_is_inserted_only_while_the_credential_hash_is_unchanged(backend: Backend) -> None:
+    up = await backend.accounts.sign_up(new_email(), PASSWORD, "Ada", None, CLIENT)
+    async with backend.db.transaction() as tx:
+        account = await tx.get_credential_account(up.user.id)
+    assert account is not None and account.password is not None
+    now = backend.clock()
+    async with backend.db.transaction() as tx:
+        await tx.update_account_password(account, "$argon2id$v=19$changed", now)
+    stale, _ = backend.sessions.new_session(up.user.id, CLIENT, True, now)
+    async with backend.db.transaction(autocommit=True) as tx:
+        assert await tx.insert_session_if_credential(account.id, account.password, stale) is None
+    assert await count(backend, "session", user_id=up.user.id) == 1  # the sign-up's only
+    fresh, _ = backend.sessions.new_session(up.user.id, CLIENT, True, now)
+    async with backend.db.transaction(autocommit=True) as tx:
+        stored = await tx.insert_session_if_credential(account.id, "$argon2id$v=19$changed", fresh)
+    assert stored is not None and stored.id  # the database's own id where it makes them
+    assert stored.id == fresh.id or not fresh.id
+    assert await count(backend, "session", user_id=up.user.id) == 2
+    assert await stored_token_column(backend, stored.id) == fresh.stored_token
+
+
+async def test_a_password_change_after_the_check_waits_and_then_revokes_the_new_session(backend: Backend) -> None:
+    """The session insert holds the credential row until its transaction ends: a password change that comes
+    while it is open waits for it, then its revocation sees (and removes) the new session."""
+    up = await backend.accounts.sign_up(new_email(), PASSWORD, "Ada", None, CLIENT)
+    async with backend.db.transaction() as tx:
+        account = await tx.get_credential_account(up.user.id)
+    assert account is not None and account.password is not None
+    now = backend.clock()
+    session, _ = backend.sessions.new_session(up.user.id, CLIENT, True, now)
+    inserted = asyncio.Event()
+    release = asyncio.Event()
+
+    async def sign_in_write() -> None:
+        async with backend.db.transaction() as tx:
+            assert await tx.insert_session_if_credential(account.id, account.password or "", session) is not None
+            inserted.set()
+            await release.wait()
+
+    async def change_password() -> list[str]:
+        async with backend.db.transaction() as tx:
+            await tx.update_account_password(account, "$argon2id$v=19$changed", now)
+            return [s.id for s in await tx.delete_user_sessions(up.user.id)]
+
+    writer = asyncio.create_task(sign_in_write())
+    await asyncio.wait_for(inserted.wait(), 10)
+    change = asyncio.create_task(change_password())
+    await asyncio.sleep(0.5)
+    assert not change.done(), "the password change did not wait for the session insert's lock"
+    release.set()
+    await writer
+    revoked = await asyncio.wait_for(change, 10)
+    assert len(revoked) == 2  # the sign-up's session and the one inserted meanwhile
+    assert await count(backend, "session", user_id=up.user.id) == 0
+
+
 async def test_validate_unknown_token_is_invalid_token(backend: Backend) -> None:
     with pytest.raises(errors.InvalidToken):
         await backend.sessions.validate(secrets.token_urlsafe(32))

@@ -97,6 +97,14 @@ class UnitOfWork(Protocol):
     async def insert_session(self, session: Session) -> Session:
         """Insert a session row; returns it as stored."""
 
+    async def insert_session_if_credential(
+        self, account_id: str, password_hash: str, session: Session
+    ) -> Session | None:
+        """Insert a session row only while the credential account's hash is still ``password_hash``, with that
+        account's row locked until the transaction ends (a password change or reset that committed first wins;
+        one that comes later waits, then revokes this session too); returns it as stored, None when the hash
+        changed. One statement, so it is atomic even in an autocommit block."""
+
     async def refresh_session(self, session: Session, expires_at: datetime, now: datetime) -> bool:
         """Extend a session; False when it no longer exists."""
 

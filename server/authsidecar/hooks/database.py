@@ -211,12 +211,27 @@ class _HookedUnitOfWork:
 
     async def insert_session(self, session: Session) -> Session:
         """session.create: before hooks may replace expiresAt, ipAddress, userAgent and additional fields."""
-        if self._hooks.has_before("session", "create"):
-            answer = await self._before("session", "create", self._payloads.session(session))
-            session = self._payloads.apply_session(session, answer)
-        session = await self._inner.insert_session(session)
+        session = await self._inner.insert_session(await self._creating(session))
         self._after("session", "create", self._payloads.session(session), session.user_id)
         return session
+
+    async def insert_session_if_credential(
+        self, account_id: str, password_hash: str, session: Session
+    ) -> Session | None:
+        """session.create, when the credential is unchanged (the before hooks run first, with no lock held)."""
+        inserted = await self._inner.insert_session_if_credential(
+            account_id, password_hash, await self._creating(session)
+        )
+        if inserted is not None:
+            self._after("session", "create", self._payloads.session(inserted), inserted.user_id)
+        return inserted
+
+    async def _creating(self, session: Session) -> Session:
+        """The session as the session.create before hooks answer it."""
+        if not self._hooks.has_before("session", "create"):
+            return session
+        answer = await self._before("session", "create", self._payloads.session(session))
+        return self._payloads.apply_session(session, answer)
 
     async def refresh_session(self, session: Session, expires_at: datetime, now: datetime) -> bool:
         """session.update (a sliding refresh)."""

@@ -215,12 +215,14 @@ class AccountService:
             return AuthResult(user, challenge=challenge)
         now = self._clock()
         session, token = self._sessions.new_session(user.id, client, remember_me, now)
-        async with self._db.transaction() as tx:
+        # One statement (no BEGIN/COMMIT round trips) unless the hash is replaced too.
+        async with self._db.transaction(autocommit=new_hash is None) as tx:
             # The password was checked against the hash read above, outside any transaction; a reset or password
             # change that committed since must win, or its revocation would miss this new session.
-            if not await tx.lock_credential(account.id, account.password):
+            inserted = await tx.insert_session_if_credential(account.id, account.password, session)
+            if inserted is None:
                 raise InvalidCredentials()
-            session = await tx.insert_session(session)
+            session = inserted
             if new_hash is not None:
                 await tx.update_account_password(account, new_hash, now)
         await self._sessions.remember(SessionWithUser(session, user, read_at))

@@ -186,8 +186,10 @@ class LoginGuard:
 
     async def succeeded(self, email: str, ip: str | None) -> None:
         """The right password: this IP's attempts on the account are forgiven."""
+        if not self.limits.enabled:
+            return
         pair, _ = self._keys(email, ip)
-        if self.limits.enabled and pair is not None:
+        if pair is not None:
             await self.limits.reset(pair)
 
 

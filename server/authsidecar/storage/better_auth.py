@@ -188,6 +188,17 @@ class _UnitOfWork:
             return await self._sql.insert_session(session)
         return replace(session, id=session.id or alphanumeric(32))  # Better Auth's fallback: database-made ids
 
+    async def insert_session_if_credential(
+        self, account_id: str, password_hash: str, session: Session
+    ) -> Session | None:
+        """Insert the row while the credential is unchanged (when sessions live in SQL); else check the credential
+        (the Redis document is written after commit)."""
+        if self._sessions_in_sql:
+            return await self._sql.insert_session_if_credential(account_id, password_hash, session)
+        if not await self._sql.lock_credential(account_id, password_hash):
+            return None
+        return await self.insert_session(session)
+
     async def refresh_session(self, session: Session, expires_at: datetime, now: datetime) -> bool:
         """Extend the row (when sessions live in SQL); the document is refreshed by the session manager."""
         if self._sessions_in_sql:

@@ -57,10 +57,12 @@ class _Statements:
     def __init__(self, schema: Schema) -> None:
         self.registry = schema.registry
         u, a, s = schema.user, schema.account, schema.session
+        self._session, self._account = s, a
         p = sa.bindparam
         self.insert_user = sa.insert(u)
         self.insert_account = sa.insert(a)
         self.insert_session = sa.insert(s)
+        self._session_if_credential: dict[tuple[tuple[str, ...], bool], sa.Insert] = {}
         self.account_keys = [c.key for c in a.c]
         self.user_with_credential = (
             sa.select(*u.c, *(c.label(f"a_{c.key}") for c in a.c))
@@ -144,6 +146,25 @@ class _Statements:
             .where(s.c.user_id == p("s_user"), s.c.expires_at > p("s_now"))
             .order_by(s.c.created_at.desc(), s.c.id)
         )
+
+    def session_if_credential(self, keys: tuple[str, ...], returning_id: bool) -> sa.Insert:
+        """INSERT INTO session (keys) SELECT :v0, :v1, ... FROM account WHERE id = :a_id AND password = :a_password
+        FOR UPDATE: the session row exists only if the credential still has that hash, and the account row stays
+        locked until commit (SQLite has no FOR UPDATE: its writes are serialised whole). Built once per column set."""
+        stmt = self._session_if_credential.get((keys, returning_id))
+        if stmt is None:
+            s, a = self._session, self._account
+            p = sa.bindparam
+            select = (
+                sa.select(*(p(f"v{i}", type_=s.c[key].type) for i, key in enumerate(keys)))
+                .where(a.c.id == p("a_id"), a.c.password == p("a_password"))
+                .with_for_update()
+            )
+            stmt = sa.insert(s).from_select(list(keys), select)
+            if returning_id:
+                stmt = stmt.returning(s.c.id)
+            self._session_if_credential[(keys, returning_id)] = stmt
+        return stmt
 
 
 class SqlUnitOfWork:
@@ -382,6 +403,24 @@ class SqlUnitOfWork:
         return replace(
             session, id=await self._insert(self._q.insert_session, values(self._q.registry.session, session))
         )
+
+    async def insert_session_if_credential(
+        self, account_id: str, password_hash: str, session: Session
+    ) -> Session | None:
+        """Insert the session in the statement that locks the credential account and checks its hash: one round
+        trip, atomic without a transaction; None when the hash changed."""
+        row = values(self._q.registry.session, session)
+        generated = not row.get("id")
+        if generated:  # an empty id: the database makes it
+            row.pop("id", None)
+        keys = tuple(row)
+        returning = generated and self._conn.dialect.insert_returning
+        params = {f"v{i}": row[key] for i, key in enumerate(keys)} | {"a_id": account_id, "a_password": password_hash}
+        result = await self._conn.execute(self._q.session_if_credential(keys, returning), params)
+        if not generated:
+            return session if result.rowcount > 0 else None
+        made = result.scalar_one_or_none() if returning else (result.lastrowid if result.rowcount > 0 else None)
+        return None if made is None else replace(session, id=str(made))
 
     async def refresh_session(self, session: Session, expires_at: datetime, now: datetime) -> bool:
         """Extend a session; False when it no longer exists."""
