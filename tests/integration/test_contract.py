@@ -268,6 +268,7 @@ async def test_expired_session_is_rejected_even_from_the_cache(backend: Backend)
     assert up.session.expires_at - up.session.created_at == timedelta(days=1)
     key = backend.tokens.cache_key(backend.tokens.stored(up.token))
     assert await backend.cache.get(key) is not None
+    await backend.sessions.validate(up.token)  # a hit: its deadlines are remembered for this cached object
     backend.clock.now += timedelta(days=1, seconds=1)
     with pytest.raises(errors.SessionExpired):
         await backend.sessions.validate(up.token)

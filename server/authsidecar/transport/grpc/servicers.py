@@ -6,7 +6,7 @@ from typing import Any
 
 import grpc
 
-from authsidecar.cache.memo import BoundedMemo
+from authsidecar.cache.memo import BoundedMemo, IdentityMemo
 from authsidecar.domain.models import SessionWithUser
 from authsidecar.errors import InvalidArgument
 from authsidecar.services.accounts import AccountService, AuthResult
@@ -221,7 +221,10 @@ class SessionServicer(session_grpc.SessionServiceServicer):
         self._sessions = sessions
         self._convert = convert or Converter()
         self.callers: CallerPolicy | None = None  # caller authentication, when configured
-        # Replies by (immutable) entry: validating the same unchanged session again reuses its reply.
+        # Replies by (immutable) entry: validating the same unchanged session again reuses its reply. Looked up by
+        # identity first (the in-process tiers hand out the same object: no hashing of its fields), then by value
+        # (a snapshot decoded from Redis again).
+        self._replies_by_id: IdentityMemo[SessionWithUser, session_pb.ValidateSessionResponse] = IdentityMemo(4096)
         self._replies: BoundedMemo[SessionWithUser, session_pb.ValidateSessionResponse] = BoundedMemo(4096)
 
     @rpc
@@ -236,12 +239,15 @@ class SessionServicer(session_grpc.SessionServiceServicer):
             if not token or len(token) > 256 or "\x00" in token:
                 token = _token(request)  # raises the precise INVALID_ARGUMENT
             entry = await self._sessions.validate(token)
-        reply = self._replies.get(entry)
+        reply = self._replies_by_id.get(entry)
         if reply is None:
-            reply = session_pb.ValidateSessionResponse(
-                session=self._convert.session(entry.session), user=self._convert.user(entry.user)
-            )
-            self._replies.put(entry, reply)
+            reply = self._replies.get(entry)
+            if reply is None:
+                reply = session_pb.ValidateSessionResponse(
+                    session=self._convert.session(entry.session), user=self._convert.user(entry.user)
+                )
+                self._replies.put(entry, reply)
+            self._replies_by_id.put(entry, reply)
         return reply
 
     @staticmethod
