@@ -7,7 +7,7 @@ from typing import Any
 import grpc
 
 from authsidecar.cache.memo import BoundedMemo, IdentityMemo
-from authsidecar.domain.models import SessionWithUser
+from authsidecar.domain.models import Session, SessionWithUser, User
 from authsidecar.errors import InvalidArgument
 from authsidecar.services.accounts import AccountService, AuthResult
 from authsidecar.services.profile import ProfileService
@@ -221,11 +221,11 @@ class SessionServicer(session_grpc.SessionServiceServicer):
         self._sessions = sessions
         self._convert = convert or Converter()
         self.callers: CallerPolicy | None = None  # caller authentication, when configured
-        # Replies by (immutable) entry: validating the same unchanged session again reuses its reply. Looked up by
-        # identity first (the in-process tiers hand out the same object: no hashing of its fields), then by value
-        # (a snapshot decoded from Redis again).
+        # Replies of unchanged sessions are reused. Looked up by the entry's identity first (the in-process tiers
+        # hand out the same object: no hashing of its fields), then by its session and user (a snapshot decoded
+        # from Redis or read from SQL again: equal values in new objects, with another check time).
         self._replies_by_id: IdentityMemo[SessionWithUser, session_pb.ValidateSessionResponse] = IdentityMemo(4096)
-        self._replies: BoundedMemo[SessionWithUser, session_pb.ValidateSessionResponse] = BoundedMemo(4096)
+        self._replies: BoundedMemo[tuple[Session, User], session_pb.ValidateSessionResponse] = BoundedMemo(4096)
 
     @rpc
     async def ValidateSession(
@@ -241,12 +241,13 @@ class SessionServicer(session_grpc.SessionServiceServicer):
             entry = await self._sessions.validate(token)
         reply = self._replies_by_id.get(entry)
         if reply is None:
-            reply = self._replies.get(entry)
+            values = (entry.session, entry.user)
+            reply = self._replies.get(values)
             if reply is None:
                 reply = session_pb.ValidateSessionResponse(
                     session=self._convert.session(entry.session), user=self._convert.user(entry.user)
                 )
-                self._replies.put(entry, reply)
+                self._replies.put(values, reply)
             self._replies_by_id.put(entry, reply)
         return reply
 
