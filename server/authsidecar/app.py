@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import gc
 import logging
@@ -436,6 +437,7 @@ def build_core(
         store = hooked(store)
         sessions = SessionManager(store, cache, tokens, policy, coherence, session_fields=session_fields, ids=ids)
     database.add_commit_listener(coherence.committed)
+    database.stamp = coherence.clock  # snapshots read from SQL are stamped in the database's time
     return Core(store, cache, coherence, sessions, ids, shared, better_auth_store, jwt_secret)
 
 
@@ -758,6 +760,10 @@ class App:
         if self.forward_auth is not None:
             await self.forward_auth.start()
         serving = await self._database_reachable()
+        if serving and self.settings.cache_enabled:
+            # Snapshots are stamped in the database's time from the first call on (the follower reads it again).
+            with contextlib.suppress(Exception):
+                await self.coherence.clock.measure(self.database.database_time)
         await self.server.set_serving(serving)
         if not serving:
             log.warning("database unreachable: health is NOT_SERVING")

@@ -49,6 +49,9 @@ def coherence_costs() -> dict[str, float]:
         async def invalidation_cursor(self) -> int:
             return 0
 
+        async def database_time(self) -> float:
+            return time.time()
+
         async def invalidations_after(self, seq: int, limit: int) -> list[tuple[int, Invalidations]]:
             return []
 

@@ -5,6 +5,7 @@ the call returns. Both backends."""
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
@@ -176,3 +177,25 @@ async def test_a_sign_in_racing_a_password_change_gets_no_session(
     with pytest.raises(errors.InvalidCredentials):
         await backend.accounts.sign_in(email, PASSWORD, CLIENT)
     assert (await backend.accounts.sign_in(email, NEW_PASSWORD, CLIENT)).token
+
+
+async def test_snapshots_are_stamped_in_the_databases_time_whatever_this_machines_clock_says(
+    backend: Backend,
+) -> None:
+    """The coherence reads the database's clock even when this machine's runs 10 minutes ahead, and every
+    snapshot (written at sign-up, read from SQL) is stamped with that estimate, never with this machine's clock."""
+    before = time.time()
+    database_now = await backend.db.database_time()
+    assert abs(database_now - (before + time.time()) / 2) < 2.0  # one machine: the two clocks agree
+    clock = backend.coherence.clock
+    clock._local = lambda: time.time() + 600  # type: ignore[method-assign]  # noqa: SLF001
+    assert await clock.measure(backend.db.database_time)  # as the coherence does every CLOCK_EVERY seconds
+    assert clock.offset == pytest.approx(-600, abs=2.0) and abs(clock() - time.time()) < 2.0
+    clock.offset += 1000  # now a stamp taken from anything but this clock would show
+    up = await backend.accounts.sign_up(new_email(), PASSWORD, "Ada", None, CLIENT)
+    assert up.token
+    stored = backend.tokens.stored(up.token)
+    cached = await backend.cache.get(backend.tokens.cache_key(stored))
+    assert cached is not None and cached.checked_at == pytest.approx(clock(), abs=2.0)
+    found = await backend.db.find_session(stored)
+    assert found is not None and found.checked_at == pytest.approx(clock(), abs=2.0)

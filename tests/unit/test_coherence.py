@@ -16,7 +16,8 @@ from authsidecar.cache.memory import MemorySessionCache
 from authsidecar.domain.models import Invalidations, SessionWithUser, version_of
 from authsidecar.errors import FieldNotAllowed, InvalidArgument, MissingField
 from authsidecar.security.tokens import HashedTokenPolicy
-from authsidecar.services.coherence import FUTURE_TOLERANCE, RETENTION_MARGIN, CacheCoherence
+from authsidecar.services.clock import MAX_ROUND_TRIP, DatabaseClock
+from authsidecar.services.coherence import CLOCK_EVERY, FUTURE_TOLERANCE, RETENTION_MARGIN, CacheCoherence
 from authsidecar.services.extra_fields import ExtraFieldRules
 from authsidecar.storage.invalidations import decode_payload, encode_payload
 from tests.unit.test_cache import FakeClock, make_entry
@@ -27,7 +28,8 @@ WALL0 = 1_800_000_000.0
 class FakeLog:
     """An InvalidationLog in memory (entries are numbered from 1, like the counter row)."""
 
-    def __init__(self) -> None:
+    def __init__(self, wall: Callable[[], float] = lambda: WALL0) -> None:
+        self.wall = wall  # the database's clock
         self.entries: list[tuple[int, Invalidations, float]] = []
         self.reads = 0
         self.fail = False
@@ -47,6 +49,10 @@ class FakeLog:
     async def invalidation_cursor(self) -> int:
         self._read()
         return len(self.entries)
+
+    async def database_time(self) -> float:
+        self._read()
+        return self.wall()
 
     async def invalidations_after(self, seq: int, limit: int) -> list[tuple[int, Invalidations]]:
         self._read()
@@ -69,7 +75,7 @@ class World:
         self.wall = FakeClock(WALL0)
         self.mono = FakeClock(100.0)
         self.cache = MemorySessionCache(clock=self.mono)
-        self.log = FakeLog()
+        self.log = FakeLog(self.wall)
         self.coherence = CacheCoherence(
             self.cache, HashedTokenPolicy(), trust, bound, outage_grace, wall=self.wall, monotonic=self.mono
         )
@@ -156,6 +162,51 @@ class TestTrust:
         await world.coherence.catch_up(world.log)
         assert not world.coherence.trusted(ahead)
         assert world.coherence.future_snapshots == 2
+
+    async def test_an_instance_whose_clock_is_far_ahead_stamps_and_judges_in_the_databases_time(self) -> None:
+        """Instance B's own clock runs 300 s ahead of the database's. Its snapshot of a session, taken just before
+        the session was revoked elsewhere, must not outlive the revocation memory on instance A once A's clock
+        catches up with the stamp (which is what happened when stamps were each instance's own clock)."""
+        a = World()
+        b_local = FakeClock(WALL0 + 300)
+        b = CacheCoherence(a.cache, HashedTokenPolicy(), wall=b_local, monotonic=a.mono)
+        await a.coherence.catch_up(a.log)
+        await b.catch_up(a.log)  # reads the database's clock
+        assert b.clock() == pytest.approx(a.wall(), abs=1e-6)
+        snapshot = replace(make_entry(), checked_at=b.clock())  # B's stamp
+        assert a.coherence.trusted(snapshot) and b.trusted(snapshot)
+        a.coherence.note(Invalidations(sessions=((snapshot.user.id, snapshot.session.stored_token),), seq=1))
+        for seconds in (30.0, 30.0, RETENTION_MARGIN + 1):  # past the trust time, then past the revocation memory
+            a.advance(seconds)
+            b_local.advance(seconds)
+            await a.coherence.catch_up(a.log)
+            assert not a.coherence.trusted(snapshot)
+        assert a.coherence.future_snapshots == 0
+
+    async def test_the_databases_clock_is_read_again_every_clock_every_seconds(self, world: World) -> None:
+        world.log.wall = lambda: world.wall() + 7.0  # the database's clock is 7 s ahead of this machine's
+        await world.coherence.catch_up(world.log)
+        assert world.coherence.clock.offset == pytest.approx(7.0)
+        world.log.wall = lambda: world.wall() - 2.0  # ... and then, after a correction, 2 s behind
+        world.advance(CLOCK_EVERY / 2)
+        await world.coherence.catch_up(world.log)
+        assert world.coherence.clock.offset == pytest.approx(7.0)
+        world.advance(CLOCK_EVERY / 2)
+        await world.coherence.catch_up(world.log)
+        assert world.coherence.clock.offset == pytest.approx(-2.0)
+
+    async def test_the_offset_is_taken_from_the_middle_of_the_reading_and_slow_readings_are_dropped(self) -> None:
+        local = FakeClock(1000.0)
+
+        async def database(took: float, says: float) -> float:
+            local.advance(took)
+            return says
+
+        clock = DatabaseClock(local)
+        assert await clock.measure(lambda: database(0.2, 1100.1))
+        assert clock.offset == pytest.approx(1100.1 - 1000.1) and clock() == pytest.approx(1100.2)
+        assert not await clock.measure(lambda: database(MAX_ROUND_TRIP + 0.1, 5000.0))
+        assert clock.offset == pytest.approx(100.0)  # kept
 
     async def test_a_revoked_session_is_never_trusted(self, world: World) -> None:
         await world.coherence.catch_up(world.log)

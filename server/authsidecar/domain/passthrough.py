@@ -61,6 +61,10 @@ class DatabasePassThrough:
         """The inner log's."""
         await self._inner.listen_for_invalidations(wake)
 
+    async def database_time(self) -> float:
+        """The inner store's clock."""
+        return await self._inner.database_time()
+
 
 def _check(db: DatabasePassThrough) -> Database:
     return db

@@ -143,6 +143,9 @@ class InvalidationLog(Protocol):
         """Call ``wake`` soon after any instance logs an entry, until cancelled; return at once when the store
         cannot announce entries (then polling alone applies)."""
 
+    async def database_time(self) -> float:
+        """The store's own wall clock now (Unix seconds), the time every instance stamps snapshots in."""
+
 
 class Outbox(Protocol):
     """The delivery side of the transactional outbox."""

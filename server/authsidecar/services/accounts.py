@@ -8,7 +8,6 @@ same hash time whether or not the email exists.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -156,7 +155,7 @@ class AccountService:
         if self._auto_sign_in and not self._verification.required:
             await self._sessions.check_writable()  # nothing is written when the session could not be
             session, token = self._sessions.new_session(user.id, client, remember_me, now)
-        written_at = time.time()
+        written_at = self._sessions.stamp()
         try:
             async with self._db.transaction() as tx:  # ids may be the database's own (generate_id false / serial)
                 user = await tx.insert_user(user)
@@ -188,7 +187,7 @@ class AccountService:
             await self._guard.failed(email, ip)
             raise InvalidCredentials()  # no stored password can be this long; do not spend a hash on it
         with self._hasher.admitted(client_key(ip) if ip else ""):  # shed load before touching the database
-            read_at = time.time()
+            read_at = self._sessions.stamp()
             async with self._db.transaction(autocommit=True) as tx:
                 found = await tx.get_user_with_credential(email)
             user, account = found if found is not None else (None, None)

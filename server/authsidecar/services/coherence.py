@@ -13,6 +13,9 @@ crash of the instance that wrote it. Every instance then:
   2. the snapshot was checked against SQL less than ``trust_seconds`` ago (writers outside authsidecar);
   3. its session is not among the recently revoked ones, and its user has no newer version.
 
+Stamps and ages are in the database's clock, as each instance estimates it (services/clock.py DatabaseClock, read
+at start and every CLOCK_EVERY seconds): instances whose own clocks disagree still agree on how old a snapshot is.
+
 Recent invalidations are kept for ``trust_seconds`` + a margin: a snapshot checked before an invalidation is no
 longer trusted by rule 2 once that much time has passed, so older ones need not be remembered. Stale documents
 left in Redis are therefore harmless and are removed when met.
@@ -35,6 +38,7 @@ from authsidecar.domain.models import Invalidations, SessionWithUser, version_of
 from authsidecar.domain.ports import InvalidationLog, SessionCache
 from authsidecar.errors import AuthSidecarError
 from authsidecar.security.tokens import TokenPolicy
+from authsidecar.services.clock import DatabaseClock
 
 __all__ = ["FUTURE_TOLERANCE", "RETENTION_MARGIN", "CacheCoherence"]
 
@@ -43,11 +47,13 @@ log = logging.getLogger(__name__)
 # Added to trust_seconds to get how long invalidations are remembered: covers clock differences between
 # instances and the time a snapshot spends between its SQL read and the cache.
 RETENTION_MARGIN = 60.0
-# A snapshot stamped further in the future than this came from a clock ahead of ours: trusting it for the trust
-# time from its stamp would outlast how long revocations are remembered (trust time + RETENTION_MARGIN), so it is
-# refused. Half the margin leaves room for ordinary NTP error.
+# A snapshot stamped further in the future than this came from an instance whose estimate of the database's clock
+# is off (stamps are in the database's time): trusting it for the trust time from its stamp would outlast how long
+# revocations are remembered (trust time + RETENTION_MARGIN), so it is refused.
 FUTURE_TOLERANCE = RETENTION_MARGIN / 2
 _PAGE = 1000
+CLOCK_EVERY = 30.0  # seconds between readings of the database's clock
+CLOCK_WARNING = 5.0  # seconds: an offset from the database's clock worth a warning
 
 
 class CacheCoherence:
@@ -69,7 +75,10 @@ class CacheCoherence:
         self._bound = bound
         self._outage_grace = outage_grace
         self.retention = trust_seconds + RETENTION_MARGIN
-        self._wall = wall
+        # Snapshot stamps and ages are in the database's time (``wall`` is this process's own clock).
+        self.clock = DatabaseClock(wall)
+        self._wall = self.clock
+        self._clock_due = -math.inf  # when to read the database's clock again (monotonic)
         self._mono = monotonic
         self._revoked: dict[str, float] = {}  # stored token -> forget at (monotonic)
         self._users: dict[str, tuple[str, int, float]] = {}  # user id -> (current version, log seq, forget at)
@@ -80,6 +89,7 @@ class CacheCoherence:
         self._feed_failing = False
         self._stopping = False
         self._wake: asyncio.Event | None = None
+        self._clock_warned_at = -math.inf
         self.future_snapshots = 0  # refused: checked by an instance whose clock is ahead (counted, logged)
         self._future_logged_at = -math.inf
 
@@ -165,6 +175,8 @@ class CacheCoherence:
         """Read what the log has that this instance has not seen; on success, cached reads are trusted for
         ``bound`` seconds from the moment the read started."""
         started = self._mono()
+        if started >= self._clock_due:
+            await self._measure_clock(db)
         if self._cursor is None:
             # Entries are found by createdAt, which is when their transaction began: one that committed long after
             # could be missed here. So nothing cached before this instance started is trusted without a re-check.
@@ -190,6 +202,21 @@ class CacheCoherence:
                 break
         self._fresh_until = started + self._bound
         self._prune()
+
+    async def _measure_clock(self, db: InvalidationLog) -> None:
+        """Read the database's clock (at start, then every CLOCK_EVERY seconds); warn when this process's clock
+        is off it by more than CLOCK_WARNING seconds (snapshots stay right: they are stamped in its time)."""
+        if not await self.clock.measure(db.database_time):
+            return  # too slow a reading: the next catch-up tries again
+        self._clock_due = self._mono() + CLOCK_EVERY
+        if abs(self.clock.offset) > CLOCK_WARNING and self._mono() - self._clock_warned_at >= 3600.0:
+            self._clock_warned_at = self._mono()
+            log.warning(
+                "this machine's clock is %.1f s %s the database's: cached sessions are stamped and judged in the"
+                " database's time, but synchronise clocks with NTP",
+                abs(self.clock.offset),
+                "behind" if self.clock.offset > 0 else "ahead of",
+            )
 
     async def _learn(self, invalidations: Invalidations) -> None:
         self.note(invalidations)

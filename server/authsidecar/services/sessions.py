@@ -113,6 +113,10 @@ class SessionManager:
         self.hits = 0  # validations answered from the secondary storage / from SQL, for the metrics
         self.misses = 0
 
+    def stamp(self) -> float:
+        """Now by the database's clock (Unix seconds): when a snapshot about to be read or written was checked."""
+        return self._coherence.clock()
+
     def new_session(self, user_id: str, client: ClientInfo, remember_me: bool, now: datetime) -> tuple[Session, str]:
         """A session record (not yet stored) and its bearer token."""
         token = self._tokens.generate()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -188,7 +187,7 @@ class AccountFlows:
     async def verify_email(self, token: str, client: ClientInfo) -> AuthResult:
         """Consume a verify-email or change-email token and apply it."""
         await self._limits.check("VerifyEmail", client.ip_address, None)
-        now, read_at = self._clock(), time.time()
+        now, read_at = self._clock(), self._sessions.stamp()
         try:
             if self._jwt_secret is not None and token.count(".") == 2:
                 user, applied = await self._apply_jwt(token, now)

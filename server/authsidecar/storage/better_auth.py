@@ -356,6 +356,10 @@ class BetterAuthDatabase:
         """Close the inner database."""
         await self._inner.close()
 
+    async def database_time(self) -> float:
+        """The inner store's clock."""
+        return await self._inner.database_time()
+
     async def invalidation_cursor(self) -> int:
         """The inner log's cursor."""
         return await self._inner.invalidation_cursor()

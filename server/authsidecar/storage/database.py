@@ -473,6 +473,15 @@ class SqlDatabase:
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.schema = schema
         self._statements = _Statements(schema)
+        # What snapshots read here are stamped with (Unix seconds): the database's clock once the app wires in the
+        # coherence's estimate of it (services/clock.py DatabaseClock).
+        self.stamp: Callable[[], float] = time.time
+        self._clock_sql = sa.text(
+            {
+                "postgresql": "SELECT extract(epoch FROM clock_timestamp())::float8",
+                "mysql": "SELECT UNIX_TIMESTAMP(NOW(6))",
+            }.get(engine.dialect.name, "SELECT (julianday('now') - 2440587.5) * 86400.0")
+        )
         s, u = schema.session, schema.user
         # The hot path's cache-miss query, built once: session JOIN user by token, one round trip.
         self._session_keys = [c.key for c in s.c]
@@ -621,6 +630,11 @@ class SqlDatabase:
             except sa.exc.IntegrityError:
                 pass  # another instance created it at the same moment
 
+    async def database_time(self) -> float:
+        """The database server's wall clock now (Unix seconds; SQLite's is this machine's)."""
+        rows = await self._read(self._clock_sql, {})
+        return float(rows[0][0])
+
     async def invalidation_cursor(self) -> int:
         """The sequence number of the last committed invalidation log entry (0: none yet)."""
         rows = await self._read(self._statements.last_seq, {})
@@ -638,7 +652,7 @@ class SqlDatabase:
 
     async def find_session(self, stored_token: str) -> SessionWithUser | None:
         """Session joined with its user, by stored token; ``checked_at`` is taken before the query."""
-        checked_at = time.time()
+        checked_at = self.stamp()
         if self._find_session_sql is not None:
             try:
                 raw = await self._hot.fetch(self._find_session_sql, stored_token) if self._hot is not None else None

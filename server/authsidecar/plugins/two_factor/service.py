@@ -272,7 +272,7 @@ class TwoFactorService:
                 await self._put_challenge(challenge, {**state, "attempts": attempts + 1}, expires, now)
                 raise
             raise InvalidTwoFactorCode("invalid two-factor code; this challenge is used up: sign in again") from None
-        checked_at = time.time()
+        checked_at = self._sessions.stamp()
         async with self._db.transaction(autocommit=True) as tx:
             user = await tx.get_user_by_id(user_id)
         if user is None:
