@@ -188,7 +188,7 @@ async def test_snapshots_are_stamped_in_the_databases_time_whatever_this_machine
     database_now = await backend.db.database_time()
     assert abs(database_now - (before + time.time()) / 2) < 2.0  # one machine: the two clocks agree
     clock = backend.coherence.clock
-    clock._local = lambda: time.time() + 600  # type: ignore[method-assign]  # noqa: SLF001
+    clock._local = lambda: time.time() + 600  # type: ignore[method-assign]
     assert await clock.measure(backend.db.database_time)  # as the coherence does every CLOCK_EVERY seconds
     assert clock.offset == pytest.approx(-600, abs=2.0) and abs(clock() - time.time()) < 2.0
     clock.offset += 1000  # now a stamp taken from anything but this clock would show
