@@ -103,6 +103,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stat_cpu_seconds(stat: Path) -> float:
+    """User + system CPU time in a /proc/<pid>/stat or /proc/<pid>/task/<tid>/stat file (utime and stime: fields 11
+    and 12 after the command name's closing parenthesis)."""
+    fields = stat.read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class ServerProcess:
     """A server subprocess listening on ``address``, logging to ``log_path``."""
@@ -153,8 +160,21 @@ class ServerProcess:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time used so far (Linux /proc)."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return stat_cpu_seconds(Path(f"/proc/{self.process.pid}/stat"))
+
+    def thread_cpu_seconds(self) -> dict[int, tuple[str, float]]:
+        """Each live thread's name (/proc/<pid>/task/<tid>/comm) and user + system CPU time so far, by thread id.
+
+        A thread that has ended is not listed: what it used since an earlier sample is lost.
+        """
+        threads: dict[int, tuple[str, float]] = {}
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            try:
+                comm = (task / "comm").read_text().rstrip("\n")
+                threads[int(task.name)] = (comm, stat_cpu_seconds(task / "stat"))
+            except (FileNotFoundError, ProcessLookupError):  # ended since the directory was listed
+                continue
+        return threads
 
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM, wait, SIGKILL as a last resort; returns the exit code."""

@@ -7,6 +7,8 @@ Every loop is bounded both by a call count and by time; every call has a deadlin
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import itertools
 import time
 from collections import Counter
 from collections.abc import Coroutine
@@ -172,6 +174,13 @@ async def _timed_sign_in(stub: auth_service_pb2_grpc.AuthServiceStub, request: A
     return time.perf_counter() - start, result
 
 
+def _own_client(n: int) -> resources_pb2.ClientContext:
+    """CLIENT with the ``n``-th address of 10.0.0.0/8 (n >= 1) instead of CLIENT's: one end user."""
+    return resources_pb2.ClientContext(
+        ip_address=str(ipaddress.IPv4Address(0x0A00_0000 + n)), user_agent=CLIENT.user_agent
+    )
+
+
 def sign_in_load(
     address: str, credentials: list[tuple[str, str]], in_flight: int, seconds: float, queue: Queue[Any]
 ) -> None:
@@ -179,19 +188,38 @@ def sign_in_load(
     _report(queue, _sign_in_load(address, credentials, in_flight, seconds))
 
 
+def sign_in_load_own_ips(
+    address: str, credentials: list[tuple[str, str]], in_flight: int, seconds: float, queue: Queue[Any]
+) -> None:
+    """sign_in_load, but every call (the warm-up too) comes from its own client IP, 10.0.0.1, 10.0.0.2, ... from a
+    counter in this process, as if each were another end user: none repeats (this is the run's only such job), so
+    a server with the abuse limits on pays for them on every call without any client IP reaching its limit."""
+    _report(queue, _sign_in_load(address, credentials, in_flight, seconds, own_ips=True))
+
+
 async def _sign_in_load(
-    address: str, credentials: list[tuple[str, str]], in_flight: int, seconds: float
+    address: str, credentials: list[tuple[str, str]], in_flight: int, seconds: float, own_ips: bool = False
 ) -> dict[str, Any]:
     requests = _sign_in_requests(credentials)
+    clients = itertools.count(1)
     outcomes: Counter[str] = Counter()
+
+    def request(i: int) -> auth_service_pb2.SignInRequest:
+        same = requests[i % len(requests)]
+        if not own_ips:
+            return same
+        return auth_service_pb2.SignInRequest(
+            email=same.email, password=same.password, client=_own_client(next(clients))
+        )
+
     async with grpc.aio.insecure_channel(address) as channel:
         stub = auth_service_pb2_grpc.AuthServiceStub(channel)
-        await _timed_sign_in(stub, requests[0])  # connect and warm up
+        await _timed_sign_in(stub, request(0))  # connect and warm up
 
         async def caller(first: int, end: float) -> None:
             i = first
             while time.perf_counter() < end and i < first + MAX_CALLS_PER_CLIENT:
-                outcomes[(await _timed_sign_in(stub, requests[i % len(requests)]))[1]] += 1
+                outcomes[(await _timed_sign_in(stub, request(i)))[1]] += 1
                 i += 1
 
         start = time.perf_counter()

@@ -2,8 +2,9 @@
 
 In one run, against real server processes on Postgres + Redis and a bare grpc.aio echo server as the floor:
 ValidateSession sequential latency and max throughput (echo / cache hit / cache disabled), SignIn throughput
-against the raw argon2 verify rate, a SignIn overload burst, and ``serve --workers 2`` against 1 worker and a
-2-process echo floor (workers.py), and the same figures with 1,000 vs 1,000,000 users and sessions (scale.py).
+(where the server's CPU goes, by thread; also with the abuse limits on) against the raw argon2 verify rate, a SignIn
+overload burst, and ``serve --workers 2`` against 1 worker and a 2-process echo floor (workers.py), and the same
+figures with 1,000 vs 1,000,000 users and sessions (scale.py).
 Everything it creates (database, Redis keys, processes) is removed at the end, also on failure. It reports; it never
 fails on a missed target. ``--only workers`` / ``--only scale`` measures and prints those rows alone (RESULTS.md is
 left alone).
@@ -55,6 +56,9 @@ ARGON2_ENV |= {"AUTHSIDECAR_ARGON2_PARALLELISM": "1"}  # OWASP minimum = the ser
 RESULTS = Path(__file__).with_name("RESULTS.md")
 ECHO, HIT, NOCACHE = "echo (floor)", "ValidateSession, cache hit (Redis)", "ValidateSession, cache disabled (SQL)"
 METRICS = "ValidateSession, cache hit, metrics on"
+LIMITS = "SignIn, abuse limits on"  # SignIn only: not a ValidateSession target
+HASH_POOL, EVENT_LOOP, GRPC_CORE = "other threads (the password-hash pool)", "event loop", "gRPC core threads"
+GRPC_CORE_THREADS = ("event_engine", "grpc_global_tim", "lifeguard")  # comm prefixes (15 characters at most)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -126,6 +130,19 @@ class Figures:
     workers: worker_rows.WorkerFigures | None = None
     scale: scale_rows.ScaleFigures | None = None
     local_tier: tuple[float, float, int] | None = None
+    sign_in_pool_ms: float = 0.0  # server CPU per sign-in by thread group (HASH_POOL, EVENT_LOOP, GRPC_CORE)
+    sign_in_loop_ms: float = 0.0
+    sign_in_grpc_ms: float = 0.0
+    limits_on: LimitsOn | None = None
+
+
+@dataclass
+class LimitsOn:
+    """SignIn throughput against the server with its abuse limits on, every call from its own client IP."""
+
+    rate: float
+    outcomes: dict[str, int]
+    cpu_ms: float
 
 
 def sign_up_users(address: str, tag: str) -> tuple[list[str], list[tuple[str, str]], bytes]:
@@ -175,10 +192,57 @@ def raw_argon2_rate(seconds: float) -> tuple[float, int]:
     return total / (time.perf_counter() - start), threads
 
 
+def thread_group(pid: int, tid: int, comm: str) -> str:
+    """EVENT_LOOP for the main thread, GRPC_CORE for gRPC core's own threads, HASH_POOL for any other (in the server
+    only its password-hash ThreadPoolExecutor starts threads)."""
+    if tid == pid:
+        return EVENT_LOOP
+    return GRPC_CORE if comm.startswith(GRPC_CORE_THREADS) else HASH_POOL
+
+
+def cpu_by_thread_group(
+    pid: int, before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds each thread group used between two ServerProcess.thread_cpu_seconds samples (a thread first seen
+    in ``after`` counts from 0)."""
+    used = dict.fromkeys((HASH_POOL, EVENT_LOOP, GRPC_CORE), 0.0)
+    for tid, (comm, seconds) in after.items():
+        used[thread_group(pid, tid, comm)] += seconds - before.get(tid, (comm, 0.0))[1]
+    return used
+
+
+def per_call_ms(seconds: float, outcomes: dict[str, int]) -> float:
+    """``seconds`` of CPU spread over every call counted in ``outcomes``, in ms."""
+    return 1e3 * seconds / max(sum(outcomes.values()), 1)
+
+
+def sign_in_phase(
+    target: Callable[..., None], server: infra.ServerProcess, credentials: list[tuple[str, str]]
+) -> tuple[dict[str, Any], float, dict[str, float]]:
+    """SIGNIN_IN_FLIGHT callers for SIGNIN_SECONDS against ``server`` (``target``: load.sign_in_load or a variant):
+    the job's result, the server's CPU seconds meanwhile, and those by thread group."""
+    args = [(server.address, credentials, SIGNIN_IN_FLIGHT, SIGNIN_SECONDS)]
+    cpu_before, threads_before = server.cpu_seconds(), server.thread_cpu_seconds()
+    (result,) = run_jobs(target, args, timeout=SIGNIN_SECONDS + 60)
+    threads_after, cpu = server.thread_cpu_seconds(), server.cpu_seconds() - cpu_before
+    return result, cpu, cpu_by_thread_group(server.process.pid, threads_before, threads_after)
+
+
+def limits_on_phase(server: infra.ServerProcess, credentials: list[tuple[str, str]]) -> LimitsOn:
+    """The SignIn throughput phase against ``server`` (abuse limits on), each call from its own client IP."""
+    result, cpu, _ = sign_in_phase(load.sign_in_load_own_ips, server, credentials)
+    outcomes: dict[str, int] = result["outcomes"]
+    return LimitsOn(outcomes.get("OK", 0) / result["s"], outcomes, per_call_ms(cpu, outcomes))
+
+
 def measure(
-    servers: dict[str, infra.ServerProcess], tokens: list[str], credentials: list[tuple[str, str]], prefix: str
+    servers: dict[str, infra.ServerProcess],
+    tokens: list[str],
+    credentials: list[tuple[str, str]],
+    prefix: str,
+    limited: infra.ServerProcess | None = None,
 ) -> Figures:
-    """Every phase in turn; servers not under test are idle."""
+    """Every phase in turn; servers not under test are idle. ``limited`` (abuse limits on) is only signed in to."""
     addresses = {label: srv.address for label, srv in servers.items()}
     print("sequential latency ...", flush=True)
     (seq,) = run_jobs(load.sequential, [(addresses, tokens, SEQ_WARMUP, SEQ_CALLS, SEQ_ROUNDS)], timeout=120)
@@ -211,12 +275,10 @@ def measure(
     hit_keys = [f"{prefix}{{session:{hashlib.sha256(t.encode()).hexdigest()}}}" for t in tokens]
     cached = f"{infra.redis_exists(hit_keys)}/{len(tokens)}"
 
-    print("raw argon2 verify rate / SignIn throughput / raw argon2 verify rate ...", flush=True)
+    print("raw argon2 verify rate / SignIn throughput (limits off, on) / raw argon2 verify rate ...", flush=True)
     argon2_before, threads = raw_argon2_rate(ARGON2_SECONDS)
-    signin_args = [(servers[HIT].address, credentials, SIGNIN_IN_FLIGHT, SIGNIN_SECONDS)]
-    cpu_before = servers[HIT].cpu_seconds()
-    (signin,) = run_jobs(load.sign_in_load, signin_args, timeout=SIGNIN_SECONDS + 60)
-    signin_cpu = servers[HIT].cpu_seconds() - cpu_before
+    signin, signin_cpu, by_thread = sign_in_phase(load.sign_in_load, servers[HIT], credentials)
+    limits_on = None if limited is None else limits_on_phase(limited, credentials)
     argon2_after, _ = raw_argon2_rate(ARGON2_SECONDS)
     time.sleep(0.5)
     print("SignIn overload burst ...", flush=True)
@@ -232,7 +294,7 @@ def measure(
         cpu_us=cpu_us,
         sign_in_rate=signin["outcomes"].get("OK", 0) / signin["s"],
         sign_in_outcomes=signin["outcomes"],
-        sign_in_cpu_ms=1e3 * signin_cpu / max(sum(signin["outcomes"].values()), 1),
+        sign_in_cpu_ms=per_call_ms(signin_cpu, signin["outcomes"]),
         argon2_rate=(argon2_before + argon2_after) / 2,
         argon2_rates=(argon2_before, argon2_after),
         argon2_threads=threads,
@@ -240,6 +302,10 @@ def measure(
         cached_documents=cached,
         micro=coherence_costs(),
         fairness=fair,
+        sign_in_pool_ms=per_call_ms(by_thread[HASH_POOL], signin["outcomes"]),
+        sign_in_loop_ms=per_call_ms(by_thread[EVENT_LOOP], signin["outcomes"]),
+        sign_in_grpc_ms=per_call_ms(by_thread[GRPC_CORE], signin["outcomes"]),
+        limits_on=limits_on,
     )
 
 
@@ -331,6 +397,22 @@ def _fairness_lines(fair: dict[str, dict[str, int]] | None) -> list[str]:
     ]
 
 
+def _limits_on_lines(limits_on: LimitsOn | None) -> list[str]:
+    if limits_on is None:
+        return []
+    return [
+        f"- SignIn throughput with the abuse limits on (each call from its own client IP; {SIGNIN_IN_FLIGHT} in "
+        f"flight, {SIGNIN_SECONDS:.0f} s, limits-on server): {limits_on.rate:.1f} successful sign-ins/s; outcomes "
+        f"{dict(sorted(limits_on.outcomes.items()))}; server CPU {limits_on.cpu_ms:.1f} ms per sign-in",
+    ]
+
+
+def _limits_on_ratios(limits_on: LimitsOn | None, argon2_rate: float) -> list[tuple[str, float, str]]:
+    if limits_on is None:
+        return []
+    return [("SignIn/s with limits on / raw argon2 verify/s", limits_on.rate / argon2_rate, "-")]
+
+
 def verdict(value: float, target: str) -> str:
     """PASS/FAIL for '<= x' / '>= x' targets; '-' for informational ratios."""
     if target == "-":
@@ -391,16 +473,19 @@ def report(f: Figures, problems: list[str]) -> str:
         ]
     burst_codes = Counter(outcome for _, outcome in f.burst)
     latencies = [t for t, _ in f.burst]
+    raw_verify_ms = 1e3 * f.argon2_threads / f.argon2_rate
     lines += [
         "",
         "## SignIn (argon2id m=19456 KiB, t=2, p=1)",
         "",
         f"- SignIn throughput ({SIGNIN_IN_FLIGHT} in flight, {SIGNIN_SECONDS:.0f} s, cache-on server): "
         f"{f.sign_in_rate:.1f} successful sign-ins/s; outcomes {dict(sorted(f.sign_in_outcomes.items()))}; "
-        f"server CPU {f.sign_in_cpu_ms:.1f} ms per sign-in (a raw verify: {1e3 * f.argon2_threads / f.argon2_rate:.1f} "
-        "ms of a core)",
+        f"server CPU {f.sign_in_cpu_ms:.1f} ms per sign-in (a raw verify: {raw_verify_ms:.1f} ms of a core)",
+        f"- server CPU per sign-in by thread: hash pool {f.sign_in_pool_ms:.1f} ms (a raw verify: {raw_verify_ms:.1f} "
+        f"ms), event loop {f.sign_in_loop_ms:.1f} ms, gRPC core {f.sign_in_grpc_ms:.1f} ms",
+        *_limits_on_lines(f.limits_on),
         f"- raw argon2-cffi verify, {f.argon2_threads} threads in the benchmark process: {f.argon2_rate:.1f} "
-        f"verifies/s (mean of {f.argon2_rates[0]:.1f} before and {f.argon2_rates[1]:.1f} after the SignIn phase)",
+        f"verifies/s (mean of {f.argon2_rates[0]:.1f} before and {f.argon2_rates[1]:.1f} after the SignIn phases)",
         f"- overload, {BURST_CALLS} concurrent SignIn at once: {dict(sorted(burst_codes.items()))}; latency of all "
         f"calls p50 {percentile(latencies, 0.5) * ms:.1f} ms, p99 {percentile(latencies, 0.99) * ms:.1f} ms, "
         f"max {max(latencies) * ms:.1f} ms",
@@ -417,7 +502,6 @@ def report(f: Figures, problems: list[str]) -> str:
         "|---|---|---|---|",
     ]
     p99 = {label: percentile(v, 0.99) for label, v in f.seq.items()}
-    raw_verify_ms = 1e3 * f.argon2_threads / f.argon2_rate
     ratios = [
         ("cache hit p50 / echo p50", p50[HIT] / p50[ECHO], "<= 1.1"),
         ("cache hit throughput / echo throughput", f.rate[HIT] / f.rate[ECHO], ">= 0.90"),
@@ -425,6 +509,7 @@ def report(f: Figures, problems: list[str]) -> str:
         ("cache miss (SQL) p50 / echo p50", p50[NOCACHE] / p50[ECHO], "<= 1.6"),
         ("SignIn/s / raw argon2 verify/s", f.sign_in_rate / f.argon2_rate, ">= 0.90"),
         ("SignIn server CPU / raw verify CPU", f.sign_in_cpu_ms / raw_verify_ms, "<= 1.1"),
+        *_limits_on_ratios(f.limits_on, f.argon2_rate),
         ("cache disabled throughput / echo throughput", f.rate[NOCACHE] / f.rate[ECHO], "-"),
         ("cache hit p50 / cache disabled p50", p50[HIT] / p50[NOCACHE], "-"),
         ("metrics on / off: cache hit p50", p50[METRICS] / p50[HIT], "<= 1.05"),
@@ -484,17 +569,19 @@ def main(argv: list[str] | None = None) -> int:
         cleanup.callback(infra.purge_redis, prefix)
         env = {"DATABASE_URL": db_url, "REDIS_URL": infra.REDIS_URL, "AUTHSIDECAR_REDIS_KEY_PREFIX": prefix}
         env |= ARGON2_ENV | {"AUTHSIDECAR_SECRET": secrets.token_hex(32), "AUTHSIDECAR_DRAIN_DELAY": "0"}
+        limits_env = dict(env)  # the abuse limits at their defaults, as in production
         env |= {"AUTHSIDECAR_RATE_LIMIT_ENABLED": "false"}  # the load generators are one client IP
         serve = [sys.executable, "-m", "authsidecar", "serve"]
         servers: dict[str, infra.ServerProcess] = {}
-        for label, name, extra in (
-            (HIT, "cache-on", {}),
-            (NOCACHE, "cache-off", {"AUTHSIDECAR_CACHE_ENABLED": "false"}),
-            (METRICS, "metrics-on", {"AUTHSIDECAR_METRICS_LISTEN": "127.0.0.1:0"}),
+        for label, name, server_env in (
+            (HIT, "cache-on", env),
+            (NOCACHE, "cache-off", env | {"AUTHSIDECAR_CACHE_ENABLED": "false"}),
+            (METRICS, "metrics-on", env | {"AUTHSIDECAR_METRICS_LISTEN": "127.0.0.1:0"}),
+            (LIMITS, "limits-on", limits_env),
         ):
             if only is not None and label != HIT:  # HIT signs the users up
                 continue
-            servers[label] = srv = infra.ServerProcess.start(name, serve, env | extra, log_dir)
+            servers[label] = srv = infra.ServerProcess.start(name, serve, server_env, log_dir)
             cleanup.callback(srv.stop)
         for srv in servers.values():
             srv.wait_serving()
@@ -510,16 +597,18 @@ def main(argv: list[str] | None = None) -> int:
         echo = infra.ServerProcess.start("echo", echo_argv, {"PYTHONPATH": str(infra.ROOT)}, log_dir)
         cleanup.callback(echo.stop)
         echo.wait_serving()
+        limited = servers.pop(LIMITS)
         servers = {ECHO: echo, **servers}
         print(f"servers up; ValidateSessionResponse is {len(sample)} bytes", flush=True)
-        figures = measure(servers, tokens, credentials, prefix)
+        figures = measure(servers, tokens, credentials, prefix, limited)
         figures.workers, worker_problems = worker_rows.measure_workers(env, tokens, sample, log_dir, run_jobs)
         figures.scale, scale_problems = scale_rows.measure_scales(env, tag, log_dir, run_jobs)
         figures.local_tier = scale_rows.local_tier_memory()
         if installed():
             figures.side = side_by_side(f"{db_name}_ba", f"{prefix}ba:", log_dir, cleanup)
-        problems = [f"[{srv.name}] exit code {code} after SIGTERM" for srv in servers.values() if (code := srv.stop())]
-        problems += [f"[{srv.name}] {line}" for srv in servers.values() for line in srv.log_problems()]
+        every = [*servers.values(), limited]
+        problems = [f"[{srv.name}] exit code {code} after SIGTERM" for srv in every if (code := srv.stop())]
+        problems += [f"[{srv.name}] {line}" for srv in every for line in srv.log_problems()]
         text = report(figures, problems + worker_problems + scale_problems)
     print()
     print(text)
