@@ -1,4 +1,4 @@
-"""Composition root: builds every component from Settings; owns start-up and shutdown order."""
+"""Composition root: wires the parts (assembly.py) into an App; owns start-up and shutdown order."""
 
 from __future__ import annotations
 
@@ -11,435 +11,71 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import IO, TYPE_CHECKING
-from urllib.parse import urlsplit
 
 import httpx
 import sqlalchemy as sa
-from redis.asyncio import Redis
 
-from authsidecar import __version__
-from authsidecar.cache import MemorySessionCache, NullSessionCache, RedisSessionCache, ResilientSessionCache
+from authsidecar.cache import ResilientSessionCache
 from authsidecar.cache.better_auth import BetterAuthRedis
-from authsidecar.cache.integrity import DocumentSigner, derive_key
-from authsidecar.cache.ratelimit import Limit, MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from authsidecar.cache.tiered import TieredSessionCache
-from authsidecar.cache.topology import connect_redis, hot_path_getter, parse_redis_url
 from authsidecar.config import ConfigError, Settings
-from authsidecar.delivery import DeliveryQueue, LogSender, Sender, SmtpSender, WebhookSender
+from authsidecar.delivery import DeliveryQueue
 from authsidecar.delivery.senders import http_client
-from authsidecar.domain.ports import Database, SessionCache
+from authsidecar.domain.ports import SessionCache
 from authsidecar.errors import AuthSidecarError, BackendUnavailable
-from authsidecar.hooks.context import tracking
-from authsidecar.hooks.database import HookedDatabase
 from authsidecar.hooks.dispatcher import OutboxDispatcher
-from authsidecar.hooks.payloads import Payloads
 from authsidecar.hooks.setup import HookSetup, build_hooks
 from authsidecar.observability.metrics import Gauges, MetricsServer
-from authsidecar.observability.tracing import start_tracing
 from authsidecar.plugins.base import PluginHost
-from authsidecar.security.cookie_cache import CookieCache
-from authsidecar.security.cookies import SessionCookies
-from authsidecar.security.ids import IdGenerator, id_generator
-from authsidecar.security.passwords import Argon2Parameters, PasswordHasher
-from authsidecar.security.tokens import HashedTokenPolicy, PlainTokenPolicy, TokenPolicy
+from authsidecar.security.passwords import PasswordHasher
 from authsidecar.services.accounts import AccountService, VerificationPolicy
-from authsidecar.services.better_auth import BetterAuthSessionManager
 from authsidecar.services.cleanup import remove_expired
 from authsidecar.services.clock import utc_now
 from authsidecar.services.coherence import CacheCoherence
 from authsidecar.services.extra_fields import ExtraFieldRules
-from authsidecar.services.limits import DEFAULT_RULES, Limits, LoginGuard, MailThrottle, RpcRule
+from authsidecar.services.limits import Limits
 from authsidecar.services.profile import ProfileService
 from authsidecar.services.rules import CredentialRules
-from authsidecar.services.sessions import SessionManager, SessionPolicy
-from authsidecar.services.verification import AccountFlows, FlowSettings
+from authsidecar.services.sessions import SessionManager
+from authsidecar.services.verification import AccountFlows
 from authsidecar.storage.better_auth import BetterAuthDatabase
-from authsidecar.storage.database import SqlDatabase, create_database
+from authsidecar.storage.database import SqlDatabase
 from authsidecar.storage.errors import translate_error
-from authsidecar.storage.explain import explain_database_error, where
+from authsidecar.storage.explain import explain_database_error
 from authsidecar.storage.migrate import schema_status
 from authsidecar.storage.outbox import SqlOutbox
-from authsidecar.storage.schema import Schema
-from authsidecar.storage.urls import DatabaseTarget, resolve_database_url
-from authsidecar.transport.gateway import Gateway, IdentityHeaders, cookie_source
-from authsidecar.transport.grpc.callers import Caller, CallerPolicy
 from authsidecar.transport.grpc.convert import Converter
 from authsidecar.transport.grpc.envoy import SERVICE_NAME as ENVOY_SERVICE
 from authsidecar.transport.grpc.envoy import EnvoyAuthorizationServicer
 from authsidecar.transport.grpc.envoy import add_to_server as add_envoy_servicer
 from authsidecar.transport.grpc.server import GrpcServer
 from authsidecar.transport.grpc.servicers import AuthServicer, SessionServicer
-from authsidecar.transport.grpc.tls import TlsFiles, is_loopback, server_credentials
 from authsidecar.transport.http import ForwardAuthServer
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Tracer
-
     from authsidecar.observability.otel import Tracing
 
-__all__ = [
-    "AlreadyServing",
-    "App",
-    "Core",
-    "SchemaNotReady",
-    "build_cache",
-    "build_core",
-    "build_database",
-    "build_hasher",
-    "database_target",
-    "run",
-]
+from authsidecar.assembly import (
+    build_callers,
+    build_core,
+    build_database,
+    build_flow_settings,
+    build_forward_auth,
+    build_gateway,
+    build_hasher,
+    build_limits,
+    build_sender,
+    build_session_policy,
+    build_tls,
+    build_tracing,
+    database_target,
+    describe,
+)
+
+__all__ = ["AlreadyServing", "App", "SchemaNotReady", "lock_sqlite", "run"]
 
 log = logging.getLogger("authsidecar")
-
-
-def database_target(settings: Settings) -> DatabaseTarget:
-    """DATABASE_URL (or the embedded SQLite file), resolved for SQLAlchemy."""
-    raw = settings.database_url.get_secret_value() if settings.database_url else None
-    try:
-        return resolve_database_url(raw, settings.sqlite_path)
-    except ValueError as exc:
-        raise ConfigError(f"invalid configuration: DATABASE_URL: {exc}") from None
-
-
-def build_database(settings: Settings) -> SqlDatabase:
-    """The SQL store of record."""
-    return create_database(
-        database_target(settings),
-        Schema(settings.registry()),
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_max_overflow,
-        connect_timeout=settings.db_connect_timeout,
-        pool_recycle=settings.db_pool_recycle,
-    )
-
-
-def build_cache(settings: Settings, tracer: Tracer | None = None) -> SessionCache:
-    """Redis when REDIS_URL is set (fail-open; with ``tracer``, a span per Redis call), else in-process; nothing
-    when caching is disabled."""
-    if not settings.cache_enabled:
-        return NullSessionCache()
-    if settings.redis_url is None:
-        return MemorySessionCache(settings.memory_cache_max_entries)
-    url = settings.redis_url.get_secret_value()
-    if settings.secret is None:
-        raise ConfigError(
-            "invalid configuration: AUTHSIDECAR_SECRET: required with REDIS_URL (32+ characters, the same on every"
-            " instance; for example: openssl rand -hex 32)"
-        )
-    try:
-        target = parse_redis_url(url)
-        client = connect_redis(target, settings.redis_timeout, settings.redis_max_connections)
-        getter = hot_path_getter(target, client, settings.redis_timeout)
-    except ValueError as exc:
-        raise ConfigError(f"invalid configuration: REDIS_URL: {exc}") from None
-    signer = DocumentSigner(derive_key(settings.secret.get_secret_value(), "cache-documents"))
-    cache: SessionCache = RedisSessionCache(
-        client,
-        settings.redis_key_prefix,
-        signer,
-        getter,
-        registry=settings.registry(),
-        cluster=target.mode == "cluster",
-    )
-    if tracer is not None:
-        from authsidecar.observability.traced import TracedSessionCache
-
-        cache = TracedSessionCache(cache, tracer)
-    shared = ResilientSessionCache(cache, settings.redis_retry_after)
-    if settings.local_cache_seconds <= 0 or settings.outage_grace > 0:
-        # With an outage grace, copies stay trusted while the log cannot be read: a local copy would then outlive
-        # a revocation that another instance did delete from Redis (found by review), so only Redis is used.
-        return shared
-    return TieredSessionCache(
-        MemorySessionCache(settings.memory_cache_max_entries), shared, settings.local_cache_seconds
-    )
-
-
-def build_tracing() -> Tracing | None:
-    """OpenTelemetry traces when an OTLP endpoint is configured (the standard OTEL_* variables), else None
-    (and OpenTelemetry is not imported)."""
-    try:
-        return start_tracing(__version__)
-    except ValueError as exc:
-        raise ConfigError(f"invalid configuration: {exc}") from None
-
-
-def build_hasher(settings: Settings) -> PasswordHasher:
-    """argon2id (or Better Auth's scrypt) with the configured cost and concurrency bounds."""
-    params = Argon2Parameters(settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism)
-    return PasswordHasher(
-        params,
-        settings.hash_workers,
-        settings.effective_hash_max_pending,
-        settings.effective_password_hash,
-        settings.hash_max_pending_per_client,
-    )
-
-
-def build_tls(settings: Settings) -> TlsFiles | None:
-    """The listener's certificates, checked now; plaintext on a non-loopback address needs ALLOW_INSECURE."""
-    cert, key, ca = settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
-    if not cert and not key:
-        if ca:
-            raise ConfigError(
-                "invalid configuration: AUTHSIDECAR_TLS_CLIENT_CA_FILE: needs TLS_CERT_FILE and TLS_KEY_FILE"
-            )
-        if not is_loopback(settings.listen) and not settings.allow_insecure:
-            raise ConfigError(
-                f"invalid configuration: AUTHSIDECAR_LISTEN: {settings.listen} is reachable from other machines"
-                " and would carry passwords and tokens in plaintext: set AUTHSIDECAR_TLS_CERT_FILE and"
-                " AUTHSIDECAR_TLS_KEY_FILE (and AUTHSIDECAR_TLS_CLIENT_CA_FILE for mTLS), or"
-                " AUTHSIDECAR_ALLOW_INSECURE=true behind a trusted network"
-            )
-        return None
-    if not (cert and key):
-        raise ConfigError("invalid configuration: AUTHSIDECAR_TLS_CERT_FILE: set both TLS_CERT_FILE and TLS_KEY_FILE")
-    files = TlsFiles(cert, key, ca)
-    try:
-        server_credentials(files)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(
-            f"invalid configuration: AUTHSIDECAR_TLS_CERT_FILE: cannot load the certificates: {exc}"
-        ) from None
-    return files
-
-
-def build_callers(settings: Settings) -> CallerPolicy | None:
-    """Caller authentication, when callers are configured."""
-    if not settings.callers:
-        return None
-    if settings.tls_client_ca_file is None and any(c.certificate_names for c in settings.callers.values()):
-        raise ConfigError(
-            "invalid configuration: callers: certificate_names need AUTHSIDECAR_TLS_CLIENT_CA_FILE (mTLS)"
-        )
-    return CallerPolicy(
-        Caller(name, frozenset(c.allow), c.key_sha256, frozenset(c.certificate_names))
-        for name, c in settings.callers.items()
-    )
-
-
-def build_gateway(settings: Settings, sessions: SessionManager) -> Gateway:
-    """What Envoy's ext_authz and the forward-auth endpoint check: the session of a proxied request."""
-    identity = IdentityHeaders(
-        settings.gateway_user_id_header, settings.gateway_session_id_header, settings.gateway_email_header
-    )
-    return Gateway(sessions, cookie_source(sessions, settings.gateway_cookie_name), identity)
-
-
-def build_forward_auth(settings: Settings, gateway: Gateway) -> ForwardAuthServer | None:
-    """The forward-auth listener, when configured; plaintext HTTP carries tokens, so a non-loopback address
-    needs ALLOW_INSECURE (a trusted network between the proxy and this process)."""
-    listen = settings.forward_auth_listen
-    if listen is None:
-        return None
-    if not is_loopback(listen) and not settings.allow_insecure:
-        raise ConfigError(
-            f"invalid configuration: AUTHSIDECAR_FORWARD_AUTH_LISTEN: {listen} is reachable from other machines and"
-            " would carry session tokens in plaintext HTTP: listen on loopback next to the proxy, or set"
-            " AUTHSIDECAR_ALLOW_INSECURE=true behind a trusted network"
-        )
-    return ForwardAuthServer(gateway, listen, settings.forward_auth_max_connections, settings.reuse_port)
-
-
-def build_limits(settings: Settings) -> tuple[Limits, LoginGuard, MailThrottle]:
-    """Rate limits (the defaults overridden per RPC), brute-force protection and the mail throttle, counted in
-    Redis when REDIS_URL is set, else in this process."""
-    rules = dict(DEFAULT_RULES)
-    for rpc, conf in settings.rate_limits.items():
-        base = rules.get(rpc, RpcRule())
-        rules[rpc] = RpcRule(ip=_limit(conf.ip, base.ip), identifier=_limit(conf.identifier, base.identifier))
-    limiter: RateLimiter
-    if settings.redis_url is not None:
-        url = settings.redis_url.get_secret_value()
-        try:
-            client = connect_redis(url, settings.redis_timeout, settings.redis_max_connections)
-            limiter = RedisRateLimiter(client, settings.effective_redis_key_prefix)
-        except ValueError as exc:
-            raise ConfigError(f"invalid configuration: REDIS_URL: {exc}") from None
-    else:
-        limiter = MemoryRateLimiter()
-    limits = Limits(limiter, rules, settings.rate_limit_enabled, settings.redis_retry_after)
-    guard = LoginGuard(
-        limits,
-        Limit.parse(settings.login_failures_per_ip),
-        Limit.parse(settings.login_failures_per_account),
-        settings.login_slowdown,
-    )
-    return limits, guard, MailThrottle(limits, settings.mail_interval)
-
-
-def _limit(text: str | None, default: Limit | None) -> Limit | None:
-    if text is None:
-        return default
-    return None if text == "off" else Limit.parse(text)
-
-
-def build_cookie_cache(settings: Settings, secret: str) -> CookieCache | None:
-    """The app's session_data cookie reader, when turned on (compat profile)."""
-    if settings.cookie_cache == "off":
-        return None
-    name = f"{settings.cookie_prefix}.session_data"
-    names = {True: (f"__Secure-{name}",), False: (name,), None: (f"__Secure-{name}", name)}[settings.secure_cookies]
-    return CookieCache(secret, settings.cookie_cache, settings.cookie_cache_version, names)
-
-
-def build_better_auth_redis(settings: Settings) -> BetterAuthRedis | None:
-    """Better Auth's Redis layout (compat profile), when REDIS_URL is set."""
-    if settings.redis_url is None:
-        return None
-    url = settings.redis_url.get_secret_value()
-    try:
-        target = parse_redis_url(url)
-        client = connect_redis(target, settings.redis_timeout, settings.redis_max_connections)
-        getter = hot_path_getter(target, client, settings.redis_timeout)
-    except ValueError as exc:
-        raise ConfigError(f"invalid configuration: REDIS_URL: {exc}") from None
-    if not isinstance(client, Redis):  # load_settings refuses a Cluster in this profile
-        raise ConfigError("invalid configuration: REDIS_URL: the compat profile cannot use a Redis Cluster")
-    revoked_ttl = max(settings.session_expires_in, 86_400)  # Better Auth's revokedBeforeTTL
-    return BetterAuthRedis(client, settings.effective_redis_key_prefix, settings.registry(), revoked_ttl, getter)
-
-
-def build_session_policy(settings: Settings) -> SessionPolicy:
-    """Lifetimes from settings."""
-    if settings.session_short_expires_in >= settings.session_expires_in:
-        raise ConfigError(
-            "invalid configuration: AUTHSIDECAR_SESSION_SHORT_EXPIRES_IN: must be shorter than session_expires_in"
-        )
-    return SessionPolicy(
-        expires_in=timedelta(seconds=settings.session_expires_in),
-        update_age=timedelta(seconds=settings.session_update_age),
-        short_expires_in=timedelta(seconds=settings.session_short_expires_in),
-        fresh_age=timedelta(seconds=settings.session_fresh_age),
-        max_lifetime=timedelta(seconds=settings.session_max_lifetime) if settings.session_max_lifetime else None,
-    )
-
-
-def describe(settings: Settings) -> str:
-    """The start-up line: which database, cache, delivery, hooks and plugins this server uses (no secrets)."""
-    target = database_target(settings)
-    if not settings.cache_enabled:
-        cache = "none"
-    elif settings.redis_url is not None:
-        redis_at = parse_redis_url(settings.redis_url.get_secret_value()).describe()
-        cache = f"{redis_at} (prefix {settings.effective_redis_key_prefix})"
-        if settings.local_cache_seconds > 0 and settings.outage_grace <= 0:
-            cache += (
-                f" + in-process tier ({settings.local_cache_seconds:g} s, up to {settings.memory_cache_max_entries})"
-            )
-    else:
-        cache = f"in-process (up to {settings.memory_cache_max_entries} sessions)"
-    delivery = {
-        "log": "log (links in this log)",
-        "smtp": f"smtp {settings.smtp_host}:{settings.smtp_port} ({settings.smtp_security})",
-        "webhook": f"webhook {urlsplit(settings.webhook_url or '').netloc}",
-    }[settings.delivery]
-    plugins = ", ".join(name for name, conf in settings.plugins.items() if conf.enabled) or "none"
-    profile = " (Better Auth compatibility)" if settings.better_auth else ""
-    gateways = [name for name, on in (("envoy ext_authz", settings.ext_authz),) if on]
-    if settings.forward_auth_listen:
-        gateways.append(f"forward-auth {settings.forward_auth_listen}")
-    return (
-        f"authsidecar {__version__}{profile}: database {where(target)}; cache {cache}; delivery {delivery};"
-        f" hooks {len(settings.hooks)}; events {settings.event_stream}; plugins {plugins};"
-        f" gateways {', '.join(gateways) or 'none'}"
-    )
-
-
-@dataclass
-class Core:
-    """What every process that changes users or sessions wires the same way (the server, the admin CLI): the store
-    as services write to it (hooks and the outbox; Better Auth's Redis layout in that profile), the session cache
-    and its coherence (applying this process's invalidations after each commit), and the session manager."""
-
-    store: Database
-    cache: SessionCache
-    coherence: CacheCoherence
-    sessions: SessionManager
-    ids: IdGenerator
-    shared: BetterAuthRedis | None = None
-    better_auth_store: BetterAuthDatabase | None = None
-    jwt_secret: str | None = None
-
-
-def build_core(
-    settings: Settings, database: SqlDatabase, hooks: HookSetup, policy: SessionPolicy, tracer: Tracer | None = None
-) -> Core:
-    """The store, cache, coherence and session manager over ``database``; registers the coherence as its commit
-    listener. With ``tracer``: spans around units of work, session lookups and Redis calls."""
-    registry = database.schema.registry
-    plugins = any(conf.enabled for conf in settings.plugins.values())
-
-    def hooked(store: Database) -> Database:
-        if not hooks.runner and not plugins:  # plugins may add hooks at set-up
-            return store
-        tracking.on = True
-        return HookedDatabase(store, hooks.runner, Payloads(registry))
-
-    session_fields = ExtraFieldRules(registry.session).for_create({})
-    try:
-        ids = id_generator(str(settings.db_schema.generate_id))
-        ids("user")  # a custom function that returns no usable id stops start-up, not every sign-up
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"invalid configuration: schema.generate_id: {exc}") from None
-    shared: BetterAuthRedis | None = None
-    jwt_secret: str | None = None
-    store: Database = database
-    if tracer is not None:
-        from authsidecar.observability.traced import TracedDatabase
-
-        store = TracedDatabase(database, tracer, database.engine.dialect.name)
-    better_auth_store: BetterAuthDatabase | None = None
-    sessions: SessionManager
-    if settings.better_auth:
-        jwt_secret = settings.better_auth_current_secret()
-        shared = build_better_auth_redis(settings)
-        cookies = SessionCookies(jwt_secret, settings.cookie_prefix, settings.secure_cookies)
-        in_sql = settings.store_session_in_database or shared is None
-        store = better_auth_store = BetterAuthDatabase(
-            store, shared, in_sql, settings.store_verification_in_database or shared is None, utc_now
-        )
-        store = hooked(store)
-        cache: SessionCache = NullSessionCache()
-        tokens: TokenPolicy = PlainTokenPolicy()
-        coherence = CacheCoherence(
-            cache, tokens, settings.cache_trust_seconds, settings.invalidation_bound, settings.outage_grace
-        )
-        sessions = BetterAuthSessionManager(
-            store,
-            shared,
-            cookies,
-            in_sql,
-            policy,
-            coherence,
-            session_fields=session_fields,
-            ids=ids,
-            retry_after=settings.redis_retry_after,
-            cookie_cache=build_cookie_cache(settings, jwt_secret),
-            registry=registry,
-            preserve_sessions=settings.preserve_session_in_database,
-        )
-        better_auth_store.on_revoked = coherence.note
-        if settings.database_url is None:
-            log.warning(
-                "AUTHSIDECAR_COMPAT=better-auth on the embedded SQLite file: nothing is shared with a Better Auth"
-                " app unless it uses that file (set DATABASE_URL to the app's database)"
-            )
-    else:
-        cache = build_cache(settings, tracer)
-        tokens = HashedTokenPolicy()
-        coherence = CacheCoherence(
-            cache, tokens, settings.cache_trust_seconds, settings.invalidation_bound, settings.outage_grace
-        )
-        store = hooked(store)
-        sessions = SessionManager(store, cache, tokens, policy, coherence, session_fields=session_fields, ids=ids)
-    database.add_commit_listener(coherence.committed)
-    database.stamp = coherence.clock  # snapshots read from SQL are stamped in the database's time
-    return Core(store, cache, coherence, sessions, ids, shared, better_auth_store, jwt_secret)
-
 
 # Better Auth plugins that can refuse a sign-in, by the user column they add: in the compatibility profile, ours
 # must be on when the app's is.
@@ -473,51 +109,6 @@ def lock_sqlite(settings: Settings) -> IO[bytes] | None:
             " supports one serving process: stop the other one, or use Postgres (DATABASE_URL) to run several"
         ) from None
     return handle
-
-
-def build_sender(settings: Settings, client: httpx.AsyncClient | None = None) -> Sender:
-    """The configured message delivery."""
-    if settings.delivery == "smtp":
-        return SmtpSender(
-            settings.smtp_host,
-            settings.smtp_port,
-            settings.smtp_security,
-            settings.smtp_username,
-            settings.smtp_password.get_secret_value() if settings.smtp_password else None,
-            settings.smtp_from,
-            {
-                "verify-email": settings.mail_subject_verify_email,
-                "approve-email-change": settings.mail_subject_approve_email_change,
-                "change-email": settings.mail_subject_change_email,
-                "email-changed": settings.mail_subject_email_changed,
-                "reset-password": settings.mail_subject_reset_password,
-            },
-            settings.mail_body_template,
-            settings.smtp_timeout,
-            settings.mail_notice_template,
-            settings.smtp_ca_file,
-        )
-    if settings.delivery == "webhook":
-        if not (settings.webhook_url and settings.webhook_secret):
-            raise ConfigError(
-                "invalid configuration: AUTHSIDECAR_WEBHOOK_URL: webhook delivery needs a URL and a secret"
-            )
-        return WebhookSender(
-            settings.webhook_url, settings.webhook_secret.get_secret_value(), settings.webhook_timeout, client
-        )
-    return LogSender()
-
-
-def build_flow_settings(settings: Settings) -> FlowSettings:
-    """Token lifetimes and flow switches from settings."""
-    return FlowSettings(
-        link_template=settings.link_url_template,
-        verify_email_ttl=timedelta(seconds=settings.verify_email_expires_in),
-        change_email_ttl=timedelta(seconds=settings.change_email_expires_in),
-        reset_password_ttl=timedelta(seconds=settings.reset_password_expires_in),
-        auto_sign_in_after_verification=settings.auto_sign_in_after_verification,
-        revoke_sessions_on_password_reset=settings.revoke_sessions_on_password_reset,
-    )
 
 
 @dataclass

@@ -87,7 +87,7 @@ def _worker_role(args: argparse.Namespace) -> WorkerRole | None:
 
 
 def _migrate(settings: Settings, check_only: bool, dry_run: bool) -> int:
-    from authsidecar.app import database_target
+    from authsidecar.assembly import database_target
     from authsidecar.storage.explain import explain_database_error
     from authsidecar.storage.migrate import check, upgrade
     from authsidecar.storage.schema import Schema
@@ -148,7 +148,7 @@ def _generate(settings: Settings, dialect_name: str, output_format: str, output:
 
 
 def _cleanup(settings: Settings) -> int:
-    from authsidecar.app import build_database
+    from authsidecar.assembly import build_database
     from authsidecar.errors import AuthSidecarError
     from authsidecar.services.cleanup import remove_expired
     from authsidecar.storage.outbox import SqlOutbox

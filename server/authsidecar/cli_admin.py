@@ -1,7 +1,7 @@
 """``authsidecar users ...`` and ``authsidecar sessions ...``: administration from the command line.
 
 This module parses arguments and prints; the rules are services/admin.py's (and the admin plugin's bans). It is
-wired as the server is (``app.build_core``): the same store with hooks and the outbox, the same cache and coherence,
+wired as the server is (``assembly.build_core``): the same store with hooks and the outbox, the same cache and coherence,
 so a revocation made here is logged in its transaction, dropped from Redis at once and followed by every server
 within ``AUTHSIDECAR_INVALIDATION_BOUND``. Hooks see ``rpc`` = ``"cli users delete"`` and so on.
 
@@ -261,7 +261,7 @@ def _session_line(session: Session) -> str:
 @asynccontextmanager
 async def _tools(settings: Settings) -> AsyncIterator[_Tools]:
     """The admin service, wired as the server wires its services; the database checked as ``serve`` checks it."""
-    from authsidecar.app import build_core, build_database, build_hasher, build_session_policy
+    from authsidecar.assembly import build_core, build_database, build_hasher, build_session_policy
     from authsidecar.delivery.senders import http_client
     from authsidecar.hooks.payloads import Payloads
     from authsidecar.hooks.setup import build_hooks
@@ -430,7 +430,7 @@ async def _main(settings: Settings, args: argparse.Namespace) -> int:
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     """Run a ``users`` or ``sessions`` command; errors are one line on stderr."""
-    from authsidecar.app import database_target
+    from authsidecar.assembly import database_target
     from authsidecar.storage.explain import explain_database_error
 
     try:

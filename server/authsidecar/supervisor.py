@@ -55,7 +55,7 @@ def restart_delay(quick_deaths: int) -> float:
 
 def check_workers(settings: Settings) -> None:
     """What several workers need; ConfigError (one line naming the setting) otherwise."""
-    from authsidecar.app import database_target
+    from authsidecar.assembly import database_target
 
     count = settings.workers
     name = "invalid configuration: AUTHSIDECAR_WORKERS"

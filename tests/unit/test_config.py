@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from authsidecar.app import build_cache
+from authsidecar.assembly import build_cache
 from authsidecar.cache import NullSessionCache
 from authsidecar.config import ConfigError, Settings, load_settings
 

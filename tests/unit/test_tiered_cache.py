@@ -105,7 +105,7 @@ async def test_the_local_tier_is_bounded(remote: CountingCache, clock: FakeClock
 def test_the_tier_is_on_with_redis_and_off_with_an_outage_grace(monkeypatch: pytest.MonkeyPatch) -> None:
     """With AUTHSIDECAR_OUTAGE_GRACE copies stay trusted while the log cannot be read: a local one would outlive
     a revocation another instance removed from Redis, so the tier is left out."""
-    from authsidecar.app import build_cache
+    from authsidecar.assembly import build_cache
     from authsidecar.cache.resilient import ResilientSessionCache
     from authsidecar.config import load_settings
 
