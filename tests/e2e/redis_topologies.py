@@ -80,7 +80,8 @@ class _Servers:
         )
         process = self.processes[port]
         end = time.monotonic() + 15
-        while cli(port, "ping") != "PONG":
+        # Its own answer: PONG could come from another server that holds the port (this one then fails to bind).
+        while info_field(port, "server", "process_id") != str(process.pid):
             log = workdir / "redis.log"
             if process.poll() is not None or time.monotonic() > end:
                 tail = log.read_text()[-800:] if log.exists() else "(no log)"
@@ -178,30 +179,46 @@ def info_field_cluster(port: int) -> str:
 
 
 class RedisSentinel(_Servers):
-    """A primary, one replica and three sentinels (quorum 2) watching service ``authsidecar``."""
+    """A primary, one replica and three sentinels (quorum 2) watching service ``authsidecar``.
+
+    ``down_after_ms`` is how long the primary must not answer before a sentinel deems it down (a crash is
+    detected that much later); ``failover_timeout_ms`` bounds a failover, and twice it is the wait before the
+    sentinels try again after an election that produced no leader.
+    """
 
     service = "authsidecar"
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, down_after_ms: int = 1000, failover_timeout_ms: int = 5000) -> None:
         super().__init__(root)
-        self.primary, self.replica = free_port(), free_port()
-        self.sentinels = [free_port() for _ in range(3)]
+        ports: list[int] = []
+        while len(ports) < 5:  # free_port() can name the same port twice
+            port = free_port()
+            if port not in ports:
+                ports.append(port)
+        self.primary, self.replica, *self.sentinels = ports
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
 
     @property
     def url(self) -> str:
         return "redis+sentinel://" + ",".join(f"127.0.0.1:{p}" for p in self.sentinels) + f"/{self.service}/0"
 
+    def spawn_data_node(self, port: int, *args: str) -> None:
+        """A primary or replica. A primary serves a replica's full sync at once (the default waits 5 s for more
+        replicas to share a diskless transfer)."""
+        self.spawn(port, "--repl-diskless-sync-delay", "0", *args)
+
     def start(self) -> None:
-        self.spawn(self.primary)
-        self.spawn(self.replica, "--replicaof", "127.0.0.1", str(self.primary))
+        self.spawn_data_node(self.primary)
+        self.spawn_data_node(self.replica, "--replicaof", "127.0.0.1", str(self.primary))
         _wait(lambda: info_field(self.replica, "replication", "master_link_status") == "up", "the replica's link")
         for port in self.sentinels:
             conf = self.root / f"sentinel-{port}.conf"
             conf.write_text(
                 f"port {port}\nbind 127.0.0.1\n"
                 f"sentinel monitor {self.service} 127.0.0.1 {self.primary} 2\n"
-                f"sentinel down-after-milliseconds {self.service} 1000\n"
-                f"sentinel failover-timeout {self.service} 5000\n"
+                f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.service} {self.failover_timeout_ms}\n"
                 f"sentinel parallel-syncs {self.service} 1\n"
             )
             self.spawn(port, str(conf), "--sentinel")
@@ -226,16 +243,38 @@ class RedisSentinel(_Servers):
         """SENTINEL FAILOVER; returns the new primary's port once it serves as one and the sentinels agree."""
         old = self.current_primary()
         assert cli(self.sentinels[0], "sentinel", "failover", self.service) == "OK"
+        return self.await_new_primary(old)
+
+    def await_new_primary(self, old: int, deadline: float = 15.0) -> int:
+        """Once every sentinel names another primary than ``old`` and it serves as one: its port."""
         _wait(
             lambda: all(
-                cli(s, "sentinel", "get-master-addr-by-name", self.service).split()[1:] != [str(old)]
+                cli(s, "sentinel", "get-master-addr-by-name", self.service).split()[1:] not in ([], [str(old)])
                 for s in self.sentinels
             ),
             "the sentinels to name a new primary",
+            deadline,
         )
         new = self.current_primary()
         _wait(lambda: info_field(new, "replication", "role") == "master", "the new primary")
         return new
+
+    def restart(self, port: int) -> None:
+        """Start a data node again on its port, empty and, until a sentinel reconfigures it, a primary."""
+        self.spawn_data_node(port)
+
+    def await_replica_of(self, port: int, primary: int, deadline: float = 20.0) -> None:
+        """Until ``port`` replicates ``primary`` with its link up (a sentinel turns a returning old primary into a
+        replica only after it has reported itself a primary for 8 s: Redis' SENTINEL_PUBLISH_PERIOD x 4)."""
+        _wait(
+            lambda: (
+                info_field(port, "replication", "role") == "slave"
+                and info_field(port, "replication", "master_port") == str(primary)
+                and info_field(port, "replication", "master_link_status") == "up"
+            ),
+            f"{port} to replicate {primary}",
+            deadline,
+        )
 
 
 def _sentinel_knows(port: int, service: str, others: int, replicas: int) -> bool:
