@@ -3,11 +3,12 @@
 In one run, against real server processes on Postgres + Redis and a bare grpc.aio echo server as the floor:
 ValidateSession sequential latency and max throughput (echo / cache hit / cache disabled), SignIn throughput
 (where the server's CPU goes, by thread; also with the abuse limits on) against the raw argon2 verify rate, a SignIn
-overload burst, and ``serve --workers 2`` against 1 worker and a 2-process echo floor (workers.py), and the same
-figures with 1,000 vs 1,000,000 users and sessions (scale.py).
-Everything it creates (database, Redis keys, processes) is removed at the end, also on failure. It reports; it never
-fails on a missed target. ``--only workers`` / ``--only scale`` measures and prints those rows alone (RESULTS.md is
-left alone).
+overload burst, ``serve --workers 2`` against 1 worker and a 2-process echo floor (workers.py), the same
+figures with 1,000 vs 1,000,000 users and sessions (scale.py), and ValidateSession cache hits served by a single Redis
+vs a three-master Redis Cluster (topology.py).
+Everything it creates (databases, Redis keys, processes, the Redis Cluster) is removed at the end, also on failure. It
+reports; it never fails on a missed target. ``--only workers`` / ``--only scale`` / ``--only topology`` measures and
+prints those rows alone (RESULTS.md is left alone).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import grpc
 from authsidecar_client.v1 import auth_service_pb2, auth_service_pb2_grpc, session_service_pb2, session_service_pb2_grpc
 from tests.benchmarks import better_auth, infra, load
 from tests.benchmarks import scale as scale_rows
+from tests.benchmarks import topology as topology_rows
 from tests.benchmarks import workers as worker_rows
 from tests.benchmarks.micro import coherence_costs
 from tests.better_auth.harness import SECRET as BETTER_AUTH_SECRET
@@ -134,6 +136,7 @@ class Figures:
     sign_in_loop_ms: float = 0.0
     sign_in_grpc_ms: float = 0.0
     limits_on: LimitsOn | None = None
+    topology: topology_rows.TopologyFigures | None = None
 
 
 @dataclass
@@ -471,6 +474,7 @@ def report(f: Figures, problems: list[str]) -> str:
             f"were put into it: {size:,} entries, {after:.0f} MB.",
             "",
         ]
+    lines += topology_rows.section(f.topology)
     burst_codes = Counter(outcome for _, outcome in f.burst)
     latencies = [t for t, _ in f.burst]
     raw_verify_ms = 1e3 * f.argon2_threads / f.argon2_rate
@@ -517,6 +521,7 @@ def report(f: Figures, problems: list[str]) -> str:
         ("metrics on / off: server CPU per cache hit", f.cpu_us[METRICS] / f.cpu_us[HIT], "<= 1.05"),
         *worker_rows.ratios(f.workers),
         *scale_rows.ratios(f.scale),
+        *topology_rows.ratios(f.topology),
     ]
     lines += [f"| {name} | {value:.2f} | {target} | {verdict(value, target)} |" for name, value, target in ratios]
     lines += side_by_side_report(f.side)
@@ -543,6 +548,15 @@ def scale_report(rows: scale_rows.ScaleFigures, problems: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def topology_report(rows: topology_rows.TopologyFigures | None, problems: list[str]) -> str:
+    """The Redis topology rows alone (``--only topology``), as Markdown."""
+    lines = [*topology_rows.section(rows), "", "| ratio | value | target | verdict |", "|---|---|---|---|"]
+    lines += [f"| {n} | {v:.2f} | {t} | {verdict(v, t)} |" for n, v, t in topology_rows.ratios(rows)]
+    lines += ["", "## Server logs (WARNING and above)", ""]
+    lines += [f"    {p}" for p in problems[:20]] or ["none"]
+    return "\n".join(lines) + "\n"
+
+
 def _exit_on_sigterm(signum: int, _frame: Any) -> NoReturn:
     raise SystemExit(128 + signum)
 
@@ -552,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.run", description=__doc__)
     parser.add_argument(
         "--only",
-        choices=("workers", "scale"),
+        choices=("workers", "scale", "topology"),
         help="measure these rows only and print them (RESULTS.md is left alone)",
     )
     only = parser.parse_args(argv).only
@@ -593,6 +607,10 @@ def main(argv: list[str] | None = None) -> int:
             scale, scale_problems = scale_rows.measure_scales(env, tag, log_dir, run_jobs)
             print(scale_report(scale, scale_problems))
             return 0
+        if only == "topology":
+            topology, topology_problems = topology_rows.measure_topology(env, tag, log_dir, run_jobs, sign_up_users)
+            print(topology_report(topology, topology_problems))
+            return 0
         echo_argv = [sys.executable, "-m", "tests.benchmarks.echo_server", "{listen}", sample.hex()]
         echo = infra.ServerProcess.start("echo", echo_argv, {"PYTHONPATH": str(infra.ROOT)}, log_dir)
         cleanup.callback(echo.stop)
@@ -604,12 +622,13 @@ def main(argv: list[str] | None = None) -> int:
         figures.workers, worker_problems = worker_rows.measure_workers(env, tokens, sample, log_dir, run_jobs)
         figures.scale, scale_problems = scale_rows.measure_scales(env, tag, log_dir, run_jobs)
         figures.local_tier = scale_rows.local_tier_memory()
+        figures.topology, topology_problems = topology_rows.measure_topology(env, tag, log_dir, run_jobs, sign_up_users)
         if installed():
             figures.side = side_by_side(f"{db_name}_ba", f"{prefix}ba:", log_dir, cleanup)
         every = [*servers.values(), limited]
         problems = [f"[{srv.name}] exit code {code} after SIGTERM" for srv in every if (code := srv.stop())]
         problems += [f"[{srv.name}] {line}" for srv in every for line in srv.log_problems()]
-        text = report(figures, problems + worker_problems + scale_problems)
+        text = report(figures, problems + worker_problems + scale_problems + topology_problems)
     print()
     print(text)
     RESULTS.write_text(text)
