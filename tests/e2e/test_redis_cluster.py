@@ -15,11 +15,12 @@ import pytest
 from grpc_health.v1 import health_pb2
 from redis.exceptions import RedisClusterException
 
+from authsidecar.cache.cluster_get import SlotRoutedGetClient
 from authsidecar.cache.integrity import DocumentSigner, derive_key
 from authsidecar.cache.ratelimit import Limit, RedisRateLimiter
 from authsidecar.cache.redis import RedisSessionCache
 from authsidecar.cache.stream import RedisEventStream
-from authsidecar.cache.topology import connect_redis
+from authsidecar.cache.topology import connect_redis, hot_path_getter, parse_redis_url
 from authsidecar.config import ConfigError, load_settings
 from authsidecar.domain.models import Session, SessionWithUser, User
 from authsidecar_client.v1 import auth_service_pb2 as auth_pb
@@ -217,3 +218,36 @@ def test_compat_profile_refuses_a_cluster_url(monkeypatch: pytest.MonkeyPatch, c
     monkeypatch.setenv("AUTHSIDECAR_COMPAT", "better-auth")
     with pytest.raises(ConfigError, match="REDIS_URL: the compat profile uses Better Auth's key names"):
         load_settings()
+
+
+async def test_hot_path_gets_go_to_the_slots_primary_and_follow_a_moved_slot(cluster: RedisCluster) -> None:
+    """The hot path's GET is routed by slot over a pipelined connection per primary; when the slot moves to
+    another master (a resharding), the old owner's MOVED sends that GET through redis-py, which refreshes its map,
+    and the next GET goes straight to the new owner."""
+    target = parse_redis_url(cluster.url)
+    client = connect_redis(target, 1.0)
+    getter = hot_path_getter(target, client, 1.0)
+    assert isinstance(getter, SlotRoutedGetClient)
+    key = f"authsidecar-test:{{session:{secrets.token_hex(32)}}}"
+    try:
+        await client.set(key, b"v1")
+        assert await getter.get(key) == b"v1"  # the first GET loads redis-py's map
+        slot = int(cli(cluster.ports[0], "cluster", "keyslot", key))
+        owner = next(p for p in cluster.ports if cli(p, "cluster", "countkeysinslot", str(slot)) == "1")
+        assert await getter.get(key) == b"v1"
+        assert getter.connected_to() == {owner}  # routed: a pipelined connection to the slot's primary only
+        new_owner = next(p for p in cluster.ports if p != owner)
+        owner_id, new_id = cli(owner, "cluster", "myid"), cli(new_owner, "cluster", "myid")
+        assert cli(new_owner, "cluster", "setslot", str(slot), "importing", owner_id) == "OK"
+        assert cli(owner, "cluster", "setslot", str(slot), "migrating", new_id) == "OK"
+        assert cli(owner, "migrate", "127.0.0.1", str(new_owner), key, "0", "5000") == "OK"
+        for port in cluster.ports:
+            assert cli(port, "cluster", "setslot", str(slot), "node", new_id) == "OK"
+        assert await getter.get(key) == b"v1"  # MOVED from the old owner: through redis-py
+        assert await getter.get(key) == b"v1"
+        assert new_owner in getter.connected_to()
+        assert await getter.get(f"authsidecar-test:{{session:{secrets.token_hex(32)}}}") is None
+    finally:
+        await client.delete(key)
+        await getter.close()
+        await client.aclose()

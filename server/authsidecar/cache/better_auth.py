@@ -34,7 +34,7 @@ from redis.exceptions import RedisError
 
 from authsidecar.cache.codec import StaleDocument, decode_session, encode_session, iso, user_document
 from authsidecar.cache.memo import BoundedMemo
-from authsidecar.cache.resp import PipelinedGetClient
+from authsidecar.cache.resp import HotGetter
 from authsidecar.domain.fields import Registry
 from authsidecar.domain.models import Session, SessionWithUser, User, Verification
 from authsidecar.errors import BackendUnavailable
@@ -132,7 +132,7 @@ class BetterAuthRedis:
         prefix: str,
         registry: Registry,
         revoked_before_ttl: int,
-        getter: PipelinedGetClient | None = None,
+        getter: HotGetter | None = None,
     ) -> None:
         self._redis = client
         self._getter = getter

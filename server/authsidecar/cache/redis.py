@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 from authsidecar.cache.codec import StaleDocument, decode_session, encode_session
 from authsidecar.cache.integrity import DocumentSigner
 from authsidecar.cache.memo import BoundedMemo
-from authsidecar.cache.resp import PipelinedGetClient
+from authsidecar.cache.resp import HotGetter
 from authsidecar.cache.topology import RedisClient, connect_redis
 from authsidecar.domain.fields import Registry
 from authsidecar.domain.models import SessionWithUser
@@ -95,7 +95,7 @@ class RedisSessionCache:
         client: RedisClient,
         prefix: str,
         signer: DocumentSigner,
-        getter: PipelinedGetClient | None = None,
+        getter: HotGetter | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         registry: Registry | None = None,
         cluster: bool = False,

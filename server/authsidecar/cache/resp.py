@@ -22,14 +22,27 @@ import asyncio
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import hiredis
 from redis.asyncio.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-__all__ = ["PipelinedGetClient"]
+__all__ = ["HotGetter", "PipelinedGetClient"]
+
+
+class HotGetter(Protocol):
+    """What the hot path needs of a GET client (PipelinedGetClient; cluster_get.SlotRoutedGetClient)."""
+
+    async def get(self, key: str) -> bytes | None:
+        """The value of ``key`` or None."""
+
+    async def get_many(self, *keys: str) -> list[bytes | None]:
+        """The values of several keys."""
+
+    async def close(self) -> None:
+        """Close its connections."""
 
 
 def _encode(*args: bytes) -> bytes:
@@ -110,6 +123,11 @@ class PipelinedGetClient:
         self._watcher: asyncio.Task[None] | None = None
         self._protocol: _Protocol | None = None
         self._lock = asyncio.Lock()
+
+    @property
+    def connected(self) -> bool:
+        """Whether its connection is open."""
+        return self._protocol is not None and not self._protocol.closed
 
     async def get(self, key: str) -> bytes | None:
         """The value of ``key`` or None; raises redis-py's ConnectionError / ResponseError, or TimeoutError."""

@@ -30,7 +30,8 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from authsidecar.cache.resp import PipelinedGetClient
+from authsidecar.cache.cluster_get import SlotRoutedGetClient
+from authsidecar.cache.resp import HotGetter, PipelinedGetClient
 
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
@@ -146,13 +147,12 @@ def _parse_multi(
     if mode == "cluster" and db != 0:
         raise ValueError(f"{scheme}://: a Redis Cluster has only database 0")
     tls_options = tuple((k, v) for k, v in params.items() if k in _TLS_PARAMS)
-    data_url = ""
-    if mode == "sentinel":  # the data nodes' URL, host filled in at connect time (for the hot-path client)
-        creds = ""
-        if username or password:
-            creds = f"{quote(username or '', safe='')}:{quote(password or '', safe='')}@"
-        extra = "&".join(f"{k}={quote(v, safe='')}" for k, v in tls_options)
-        data_url = f"{'rediss' if tls else 'redis'}://{creds}primary/{db}" + (f"?{extra}" if extra else "")
+    # The data nodes' URL, host filled in at connect time (for the hot path's pipelined clients).
+    creds = ""
+    if username or password:
+        creds = f"{quote(username or '', safe='')}:{quote(password or '', safe='')}@"
+    extra = "&".join(f"{k}={quote(v, safe='')}" for k, v in tls_options)
+    data_url = f"{'rediss' if tls else 'redis'}://{creds}node/{db}" + (f"?{extra}" if extra else "")
     return RedisTarget(
         mode,
         data_url,
@@ -262,13 +262,14 @@ def _tls_connection(target: RedisTarget) -> dict[str, Any]:
     return {"connection_class": SSLConnection, **dict(target.tls_options)}
 
 
-def hot_path_getter(target: RedisTarget, client: RedisClient, timeout: float) -> PipelinedGetClient | None:
-    """The single-connection GET client of the hot path: to the one server, or to the primary the sentinels
-    name (re-asked on every reconnect); None for a Cluster, whose GETs go through redis-py's slot routing."""
+def hot_path_getter(target: RedisTarget, client: RedisClient, timeout: float) -> HotGetter:
+    """The pipelined GET client of the hot path: to the one server, to the primary the sentinels name (re-asked
+    on every reconnect), or, in a Cluster, to the primary of the key's slot (cluster_get.py)."""
     if target.mode == "server":
         return PipelinedGetClient(target.url, timeout)
     if target.mode == "cluster":
-        return None
+        assert isinstance(client, RedisCluster)
+        return SlotRoutedGetClient(client, target.url, timeout)
     assert isinstance(client, Redis)
     pool = client.connection_pool
     assert isinstance(pool, SentinelConnectionPool)
