@@ -31,7 +31,7 @@ from authsidecar.plugins.base import PluginHost
 from authsidecar.security.passwords import PasswordHasher
 from authsidecar.services.accounts import AccountService, VerificationPolicy
 from authsidecar.services.cleanup import remove_expired
-from authsidecar.services.clock import utc_now
+from authsidecar.services.clock import MAX_ROUND_TRIP, utc_now
 from authsidecar.services.coherence import CacheCoherence
 from authsidecar.services.extra_fields import ExtraFieldRules
 from authsidecar.services.limits import Limits
@@ -354,7 +354,8 @@ class App:
         if serving and self.settings.cache_enabled:
             # Snapshots are stamped in the database's time from the first call on (the follower reads it again).
             with contextlib.suppress(Exception):
-                await self.coherence.clock.measure(self.database.database_time)
+                async with asyncio.timeout(MAX_ROUND_TRIP):  # a slower reading is not used anyway
+                    await self.coherence.clock.measure(self.database.database_time)
         await self.server.set_serving(serving)
         if not serving:
             log.warning("database unreachable: health is NOT_SERVING")

@@ -420,7 +420,7 @@ def build_core(
         store = hooked(store)
         sessions = SessionManager(store, cache, tokens, policy, coherence, session_fields=session_fields, ids=ids)
     database.add_commit_listener(coherence.committed)
-    database.stamp = coherence.clock  # snapshots read from SQL are stamped in the database's time
+    database.stamp = coherence.clock.stamp  # snapshots read from SQL are stamped in the database's time
     return Core(store, cache, coherence, sessions, ids, shared, better_auth_store, jwt_secret)
 
 

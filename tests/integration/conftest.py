@@ -186,7 +186,7 @@ async def build_backend(name: str, databases: Databases, hasher: PasswordHasher)
     tokens = HashedTokenPolicy()
     coherence = CacheCoherence(cache, tokens)
     db.add_commit_listener(coherence.committed)
-    db.stamp = coherence.clock
+    db.stamp = coherence.clock.stamp
     await coherence.catch_up(db)
     follower = asyncio.create_task(coherence.follow(db))
     ids = id_generator(registry.generate_id)

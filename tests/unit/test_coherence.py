@@ -195,18 +195,72 @@ class TestTrust:
         await world.coherence.catch_up(world.log)
         assert world.coherence.clock.offset == pytest.approx(-2.0)
 
-    async def test_the_offset_is_taken_from_the_middle_of_the_reading_and_slow_readings_are_dropped(self) -> None:
-        local = FakeClock(1000.0)
+    async def test_the_offset_is_taken_from_the_middle_of_the_reading_and_bad_readings_are_dropped(self) -> None:
+        local, mono = FakeClock(1000.0), FakeClock(50.0)
 
-        async def database(took: float, says: float) -> float:
-            local.advance(took)
+        async def database(took: float, says: float, local_step: float = 0.0) -> float:
+            local.advance(took + local_step)
+            mono.advance(took)
             return says
 
-        clock = DatabaseClock(local)
-        assert await clock.measure(lambda: database(0.2, 1100.1))
+        clock = DatabaseClock(local, mono)
+        assert clock.stamp() == 0.0  # not read yet: a snapshot stamped now is never trusted
+        assert await clock.measure(lambda: database(0.2, 1100.1)) == 0.0
         assert clock.offset == pytest.approx(1100.1 - 1000.1) and clock() == pytest.approx(1100.2)
-        assert not await clock.measure(lambda: database(MAX_ROUND_TRIP + 0.1, 5000.0))
+        assert clock.stamp() == pytest.approx(1100.2)
+        assert await clock.measure(lambda: database(MAX_ROUND_TRIP + 0.1, 5000.0)) is None  # too slow
+        assert await clock.measure(lambda: database(0.1, 5000.0, local_step=30.0)) is None  # this clock stepped
         assert clock.offset == pytest.approx(100.0)  # kept
+
+    async def test_a_database_clock_that_steps_back_is_noticed(self) -> None:
+        local, mono = FakeClock(1000.0), FakeClock(50.0)
+        database_time = [1000.0]
+
+        async def database() -> float:
+            return database_time[0]
+
+        clock = DatabaseClock(local, mono)
+        assert await clock.measure(database) == 0.0
+        for _ in range(3):  # in step
+            local.advance(30.0)
+            mono.advance(30.0)
+            database_time[0] += 30.0
+            assert await clock.measure(database) == 0.0
+        local.advance(30.0)
+        mono.advance(30.0)
+        database_time[0] += 30.0 - 120.0  # the database's clock is set back two minutes
+        assert await clock.measure(database) == pytest.approx(120.0)
+
+    async def test_nothing_is_trusted_until_the_databases_clock_was_read(self, world: World) -> None:
+        async def slow() -> float:
+            world.advance(MAX_ROUND_TRIP + 1)
+            return world.wall()
+
+        world.log.database_time = slow  # type: ignore[method-assign]
+        await world.coherence.catch_up(world.log)
+        assert not world.coherence.clock.measured
+        assert not world.coherence.trusted(world.fresh_entry())
+        del world.log.database_time  # prompt again
+        world.advance(1.0)
+        await world.coherence.catch_up(world.log)
+        assert world.coherence.trusted(world.fresh_entry())
+
+    async def test_after_the_databases_clock_stepped_back_older_snapshots_are_never_trusted_again(
+        self, world: World
+    ) -> None:
+        """Snapshots stamped before the database's clock was set back two minutes look two minutes younger than they
+        are: without a re-check one could outlive the revocation memory."""
+        await world.coherence.catch_up(world.log)
+        before_step = world.fresh_entry()
+        world.coherence.note(Invalidations(sessions=((before_step.user.id, before_step.session.stored_token),), seq=1))
+        world.advance(CLOCK_EVERY)
+        world.log.wall = lambda: world.wall() - 120.0
+        await world.coherence.catch_up(world.log)
+        for _ in range(10):  # past the revocation memory, and then some
+            assert not world.coherence.trusted(before_step)
+            world.advance(CLOCK_EVERY)
+            await world.coherence.catch_up(world.log)
+        assert world.coherence.trusted(replace(world.fresh_entry(), checked_at=world.coherence.clock()))
 
     async def test_a_revoked_session_is_never_trusted(self, world: World) -> None:
         await world.coherence.catch_up(world.log)

@@ -76,7 +76,7 @@ class CacheCoherence:
         self._outage_grace = outage_grace
         self.retention = trust_seconds + RETENTION_MARGIN
         # Snapshot stamps and ages are in the database's time (``wall`` is this process's own clock).
-        self.clock = DatabaseClock(wall)
+        self.clock = DatabaseClock(wall, monotonic)
         self._wall = self.clock
         self._clock_due = -math.inf  # when to read the database's clock again (monotonic)
         self._mono = monotonic
@@ -90,6 +90,7 @@ class CacheCoherence:
         self._stopping = False
         self._wake: asyncio.Event | None = None
         self._clock_warned_at = -math.inf
+        self._clock_unread_logged = False
         self.future_snapshots = 0  # refused: checked by an instance whose clock is ahead (counted, logged)
         self._future_logged_at = -math.inf
 
@@ -200,15 +201,32 @@ class CacheCoherence:
                 await self._learn(invalidations)
             if len(page) < _PAGE:
                 break
-        self._fresh_until = started + self._bound
+        if self.clock.measured:  # stamps and ages are in the database's time only from then on
+            self._fresh_until = started + self._bound
         self._prune()
 
     async def _measure_clock(self, db: InvalidationLog) -> None:
-        """Read the database's clock (at start, then every CLOCK_EVERY seconds); warn when this process's clock
-        is off it by more than CLOCK_WARNING seconds (snapshots stay right: they are stamped in its time)."""
-        if not await self.clock.measure(db.database_time):
-            return  # too slow a reading: the next catch-up tries again
+        """Read the database's clock (at start, then every CLOCK_EVERY seconds). Until a first reading succeeds
+        nothing cached is trusted (catch_up does not renew trust). When the database's clock stepped back, every
+        snapshot stamped before the step could look younger than it is: all of them, and those stamped until the
+        database's time is back where it was, are re-checked against SQL. Warns when this process's clock is off
+        the database's by more than CLOCK_WARNING seconds."""
+        stepped = await self.clock.measure(db.database_time)
+        if stepped is None:  # too slow a reading, or this machine's clock stepped meanwhile: try again soon
+            if not self.clock.measured and not self._clock_unread_logged:
+                self._clock_unread_logged = True
+                log.warning(
+                    "cannot read the database's clock promptly: cached sessions are not trusted until it is read"
+                )
+            return
         self._clock_due = self._mono() + CLOCK_EVERY
+        if stepped:
+            self._trust_floor = max(self._trust_floor, self._wall() + stepped)
+            log.warning(
+                "the database's clock stepped back %.1f s: cached sessions are re-checked against SQL until its time"
+                " is past where it was",
+                stepped,
+            )
         if abs(self.clock.offset) > CLOCK_WARNING and self._mono() - self._clock_warned_at >= 3600.0:
             self._clock_warned_at = self._mono()
             log.warning(

@@ -114,8 +114,9 @@ class SessionManager:
         self.misses = 0
 
     def stamp(self) -> float:
-        """Now by the database's clock (Unix seconds): when a snapshot about to be read or written was checked."""
-        return self._coherence.clock()
+        """When a snapshot about to be read or written is checked: now by the database's clock (Unix seconds), 0
+        (never trusted) until that clock has been read."""
+        return self._coherence.clock.stamp()
 
     def new_session(self, user_id: str, client: ClientInfo, remember_me: bool, now: datetime) -> tuple[Session, str]:
         """A session record (not yet stored) and its bearer token."""
@@ -165,8 +166,8 @@ class SessionManager:
 
     async def remember(self, entry: SessionWithUser) -> None:
         """Write a session this instance just stored through to the cache (saves the first validation a query).
-        ``entry.checked_at`` must say when its user snapshot was read: the copy is trusted from then, not from now."""
-        assert entry.checked_at > 0, "a remembered session needs the time its user snapshot was read"
+        ``entry.checked_at`` must say when its user snapshot was read (``stamp()``): the copy is trusted from then,
+        not from now (0, before the database's clock was read: never trusted)."""
         ttl = _ttl(entry.session.expires_at, self._clock())
         await self._cache.put(self._tokens.cache_key(entry.session.stored_token), entry, ttl)
 
