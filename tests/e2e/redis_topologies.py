@@ -1,5 +1,5 @@
 """Private Redis Cluster and Sentinel deployments for the tests, started from redis-server on free ports in temporary
-directories (no Docker, nothing shared with other tests)."""
+directories (no Docker, nothing shared with other tests); in plaintext, or TLS-only when given a ``RedisTls``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,17 +24,55 @@ def _binary(name: str) -> str:
     return path
 
 
-def cli(port: int, *args: str) -> str:
-    """redis-cli against 127.0.0.1:port; its stdout, stripped."""
-    out = subprocess.run(
-        [_binary("redis-cli"), "-p", str(port), *args], capture_output=True, text=True, timeout=10, check=False
-    )
+@dataclass(frozen=True)
+class RedisTls:
+    """TLS-only nodes (``--port 0``): every node serves TLS on its port with ``cert``/``key``, presents
+    ``client_cert``/``client_key`` when it connects to another node (replication, the cluster bus, a sentinel's
+    links), and trusts ``ca``; with ``auth_clients`` every client must present a certificate signed by ``ca`` too.
+    redis-cli talks to the nodes with ``ca`` and the client certificate."""
+
+    ca: str
+    cert: str
+    key: str
+    client_cert: str
+    client_key: str
+    auth_clients: bool = True
+
+    def settings(self, port: int) -> list[tuple[str, str]]:
+        """The node's TLS settings (name, value): as ``--name value`` arguments or config-file lines."""
+        return [
+            ("port", "0"),
+            ("tls-port", str(port)),
+            ("tls-cert-file", self.cert),
+            ("tls-key-file", self.key),
+            ("tls-client-cert-file", self.client_cert),
+            ("tls-client-key-file", self.client_key),
+            ("tls-ca-cert-file", self.ca),
+            ("tls-auth-clients", "yes" if self.auth_clients else "no"),
+            ("tls-replication", "yes"),  # replicas to their primary, sentinels to everyone: TLS
+            ("tls-cluster", "yes"),  # the cluster bus (ignored outside a cluster)
+        ]
+
+    def arguments(self, port: int) -> list[str]:
+        return [arg for name, value in self.settings(port) for arg in (f"--{name}", value)]
+
+    def config(self, port: int) -> str:
+        return "".join(f"{name} {value}\n" for name, value in self.settings(port))
+
+    def cli_arguments(self) -> list[str]:
+        return ["--tls", "--cacert", self.ca, "--cert", self.client_cert, "--key", self.client_key]
+
+
+def cli(port: int, *args: str, tls: RedisTls | None = None) -> str:
+    """redis-cli against 127.0.0.1:port (over TLS with ``tls``); its stdout, stripped."""
+    command = [_binary("redis-cli"), *(tls.cli_arguments() if tls else ()), "-p", str(port), *args]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
     return out.stdout.strip()
 
 
-def info_field(port: int, section: str, name: str) -> str:
+def info_field(port: int, section: str, name: str, tls: RedisTls | None = None) -> str:
     """One field of INFO <section> (empty when absent)."""
-    for line in cli(port, "info", section).splitlines():
+    for line in cli(port, "info", section, tls=tls).splitlines():
         key, _, value = line.partition(":")
         if key == name:
             return value.strip()
@@ -51,19 +90,28 @@ def _wait(condition: object, what: str, deadline: float = 15.0) -> None:
 
 
 class _Servers:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, tls: RedisTls | None = None) -> None:
         self.root = root
+        self.tls = tls
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
+
+    def cli(self, port: int, *args: str) -> str:
+        """redis-cli against one of these nodes (over TLS when they speak only TLS)."""
+        return cli(port, *args, tls=self.tls)
+
+    def info_field(self, port: int, section: str, name: str) -> str:
+        """One field of a node's INFO <section>."""
+        return info_field(port, section, name, tls=self.tls)
 
     def spawn(self, port: int, *args: str) -> None:
         workdir = self.root / str(port)
         workdir.mkdir(parents=True, exist_ok=True)
+        listen = self.tls.arguments(port) if self.tls else ["--port", str(port)]
         self.processes[port] = subprocess.Popen(
             [
                 _binary("redis-server"),
                 *args,
-                "--port",
-                str(port),
+                *listen,
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -81,7 +129,7 @@ class _Servers:
         process = self.processes[port]
         end = time.monotonic() + 15
         # Its own answer: PONG could come from another server that holds the port (this one then fails to bind).
-        while info_field(port, "server", "process_id") != str(process.pid):
+        while self.info_field(port, "server", "process_id") != str(process.pid):
             log = workdir / "redis.log"
             if process.poll() is not None or time.monotonic() > end:
                 tail = log.read_text()[-800:] if log.exists() else "(no log)"
@@ -106,14 +154,14 @@ class _Servers:
 
     def keys_on(self, port: int, pattern: str) -> list[str]:
         """Matching keys on one server."""
-        return [k for k in cli(port, "--scan", "--pattern", pattern).splitlines() if k]
+        return [k for k in self.cli(port, "--scan", "--pattern", pattern).splitlines() if k]
 
 
 class RedisCluster(_Servers):
-    """Three masters, no replicas, every slot assigned."""
+    """Three masters, no replicas, every slot assigned; TLS-only (clients and the cluster bus) with ``tls``."""
 
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
+    def __init__(self, root: Path, tls: RedisTls | None = None) -> None:
+        super().__init__(root, tls)
         self.ports: list[int] = []
         while len(self.ports) < 3:
             port = _cluster_port()
@@ -122,7 +170,9 @@ class RedisCluster(_Servers):
 
     @property
     def url(self) -> str:
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports[:2])  # the third is discovered
+        """``redis+cluster://`` (``rediss+cluster://`` with TLS: the caller adds its ``?ssl_...`` parameters)."""
+        scheme = "rediss+cluster" if self.tls else "redis+cluster"
+        return f"{scheme}://" + ",".join(f"127.0.0.1:{p}" for p in self.ports[:2])  # the third is discovered
 
     def start(self) -> None:
         for port in self.ports:
@@ -130,6 +180,7 @@ class RedisCluster(_Servers):
         out = subprocess.run(
             [
                 _binary("redis-cli"),
+                *(self.tls.cli_arguments() if self.tls else ()),
                 "--cluster",
                 "create",
                 *(f"127.0.0.1:{p}" for p in self.ports),
@@ -142,13 +193,13 @@ class RedisCluster(_Servers):
         )
         assert out.returncode == 0, out.stdout + out.stderr
         _wait(
-            lambda: all(info_field_cluster(p) == "ok" for p in self.ports),
+            lambda: all(info_field_cluster(p, self.tls) == "ok" for p in self.ports),
             "cluster_state:ok on every node",
         )
 
     def total(self, section: str, name: str) -> int:
         """The sum of an INFO field over the masters."""
-        return sum(int(info_field(p, section, name) or 0) for p in self.ports)
+        return sum(int(self.info_field(p, section, name) or 0) for p in self.ports)
 
     def keys(self, pattern: str) -> list[str]:
         """Matching keys on every master."""
@@ -170,8 +221,8 @@ def _cluster_port() -> int:
     pytest.fail("no free port pair for a cluster node")
 
 
-def info_field_cluster(port: int) -> str:
-    for line in cli(port, "cluster", "info").splitlines():
+def info_field_cluster(port: int, tls: RedisTls | None = None) -> str:
+    for line in cli(port, "cluster", "info", tls=tls).splitlines():
         key, _, value = line.partition(":")
         if key == "cluster_state":
             return value.strip()
@@ -183,13 +234,16 @@ class RedisSentinel(_Servers):
 
     ``down_after_ms`` is how long the primary must not answer before a sentinel deems it down (a crash is
     detected that much later); ``failover_timeout_ms`` bounds a failover, and twice it is the wait before the
-    sentinels try again after an election that produced no leader.
+    sentinels try again after an election that produced no leader. With ``tls`` every node, sentinels included,
+    speaks only TLS, and the sentinels reach the data nodes and each other over TLS.
     """
 
     service = "authsidecar"
 
-    def __init__(self, root: Path, down_after_ms: int = 1000, failover_timeout_ms: int = 5000) -> None:
-        super().__init__(root)
+    def __init__(
+        self, root: Path, down_after_ms: int = 1000, failover_timeout_ms: int = 5000, tls: RedisTls | None = None
+    ) -> None:
+        super().__init__(root, tls)
         ports: list[int] = []
         while len(ports) < 5:  # free_port() can name the same port twice
             port = free_port()
@@ -201,7 +255,9 @@ class RedisSentinel(_Servers):
 
     @property
     def url(self) -> str:
-        return "redis+sentinel://" + ",".join(f"127.0.0.1:{p}" for p in self.sentinels) + f"/{self.service}/0"
+        """``redis+sentinel://`` (``rediss+sentinel://`` with TLS: the caller adds its ``?ssl_...`` parameters)."""
+        scheme = "rediss+sentinel" if self.tls else "redis+sentinel"
+        return f"{scheme}://" + ",".join(f"127.0.0.1:{p}" for p in self.sentinels) + f"/{self.service}/0"
 
     def spawn_data_node(self, port: int, *args: str) -> None:
         """A primary or replica. A primary serves a replica's full sync at once (the default waits 5 s for more
@@ -211,11 +267,12 @@ class RedisSentinel(_Servers):
     def start(self) -> None:
         self.spawn_data_node(self.primary)
         self.spawn_data_node(self.replica, "--replicaof", "127.0.0.1", str(self.primary))
-        _wait(lambda: info_field(self.replica, "replication", "master_link_status") == "up", "the replica's link")
+        _wait(lambda: self.info_field(self.replica, "replication", "master_link_status") == "up", "the replica's link")
         for port in self.sentinels:
             conf = self.root / f"sentinel-{port}.conf"
+            listen = self.tls.config(port) if self.tls else f"port {port}\n"
             conf.write_text(
-                f"port {port}\nbind 127.0.0.1\n"
+                f"{listen}bind 127.0.0.1\n"
                 f"sentinel monitor {self.service} 127.0.0.1 {self.primary} 2\n"
                 f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
                 f"sentinel failover-timeout {self.service} {self.failover_timeout_ms}\n"
@@ -224,39 +281,40 @@ class RedisSentinel(_Servers):
             self.spawn(port, str(conf), "--sentinel")
         _wait(
             lambda: all(
-                cli(s, "sentinel", "get-master-addr-by-name", self.service).split() == ["127.0.0.1", str(self.primary)]
-                and "num-other-sentinels" in cli(s, "sentinel", "master", self.service)
+                self.cli(s, "sentinel", "get-master-addr-by-name", self.service).split()
+                == ["127.0.0.1", str(self.primary)]
+                and "num-other-sentinels" in self.cli(s, "sentinel", "master", self.service)
                 for s in self.sentinels
             ),
             "the sentinels",
         )
         _wait(
-            lambda: all(_sentinel_knows(s, self.service, 2, 1) for s in self.sentinels),
+            lambda: all(_sentinel_knows(s, self.service, 2, 1, self.tls) for s in self.sentinels),
             "the sentinels to see each other and the replica",
         )
 
     def current_primary(self) -> int:
         """The port the sentinels name."""
-        return int(cli(self.sentinels[0], "sentinel", "get-master-addr-by-name", self.service).split()[1])
+        return int(self.cli(self.sentinels[0], "sentinel", "get-master-addr-by-name", self.service).split()[1])
 
     def fail_over(self) -> int:
         """SENTINEL FAILOVER; returns the new primary's port once it serves as one and the sentinels agree."""
         old = self.current_primary()
-        assert cli(self.sentinels[0], "sentinel", "failover", self.service) == "OK"
+        assert self.cli(self.sentinels[0], "sentinel", "failover", self.service) == "OK"
         return self.await_new_primary(old)
 
     def await_new_primary(self, old: int, deadline: float = 15.0) -> int:
         """Once every sentinel names another primary than ``old`` and it serves as one: its port."""
         _wait(
             lambda: all(
-                cli(s, "sentinel", "get-master-addr-by-name", self.service).split()[1:] not in ([], [str(old)])
+                self.cli(s, "sentinel", "get-master-addr-by-name", self.service).split()[1:] not in ([], [str(old)])
                 for s in self.sentinels
             ),
             "the sentinels to name a new primary",
             deadline,
         )
         new = self.current_primary()
-        _wait(lambda: info_field(new, "replication", "role") == "master", "the new primary")
+        _wait(lambda: self.info_field(new, "replication", "role") == "master", "the new primary")
         return new
 
     def restart(self, port: int) -> None:
@@ -268,17 +326,17 @@ class RedisSentinel(_Servers):
         replica only after it has reported itself a primary for 8 s: Redis' SENTINEL_PUBLISH_PERIOD x 4)."""
         _wait(
             lambda: (
-                info_field(port, "replication", "role") == "slave"
-                and info_field(port, "replication", "master_port") == str(primary)
-                and info_field(port, "replication", "master_link_status") == "up"
+                self.info_field(port, "replication", "role") == "slave"
+                and self.info_field(port, "replication", "master_port") == str(primary)
+                and self.info_field(port, "replication", "master_link_status") == "up"
             ),
             f"{port} to replicate {primary}",
             deadline,
         )
 
 
-def _sentinel_knows(port: int, service: str, others: int, replicas: int) -> bool:
-    fields = cli(port, "sentinel", "master", service).splitlines()
+def _sentinel_knows(port: int, service: str, others: int, replicas: int, tls: RedisTls | None = None) -> bool:
+    fields = cli(port, "sentinel", "master", service, tls=tls).splitlines()
     info = dict(zip(fields[::2], fields[1::2], strict=False))
     return int(info.get("num-other-sentinels", 0)) >= others and int(info.get("num-slaves", 0)) >= replicas
 

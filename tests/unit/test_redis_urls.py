@@ -25,9 +25,9 @@ def test_sentinel_form() -> None:
     assert (target.service, target.db) == ("mymaster", 3)
     assert (target.username, target.password) == ("app", "data@pw")
     assert (target.sentinel_username, target.sentinel_password) == (None, "s3cret")
-    assert target.url == "redis://app:data%40pw@primary/3"  # the data nodes' URL, host found at connect time
+    assert target.url == "redis://app:data%40pw@node/3"  # the data nodes' URL, host found at connect time
     assert "s3cret" not in target.describe() and "data" not in target.describe()
-    assert parse_redis_url("rediss+sentinel://h/svc").url == "rediss://primary/0"
+    assert parse_redis_url("rediss+sentinel://h/svc").url == "rediss://node/0"
 
 
 def test_cluster_form() -> None:

@@ -23,18 +23,17 @@ answer.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from authsidecar.cache.codec import StaleDocument, decode_session, encode_session, iso, user_document
 from authsidecar.cache.memo import BoundedMemo
 from authsidecar.cache.resp import HotGetter
+from authsidecar.cache.topology import UNAVAILABLE_ERRORS
 from authsidecar.domain.fields import Registry
 from authsidecar.domain.models import Session, SessionWithUser, User, Verification
 from authsidecar.errors import BackendUnavailable
@@ -116,7 +115,7 @@ return 1
 """
 _ATTEMPTS = 3  # compare-and-set rounds before giving up on a document that keeps changing
 
-_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+_ERRORS = UNAVAILABLE_ERRORS
 
 
 def _ms(value: datetime) -> int:

@@ -15,14 +15,11 @@ below what one node serves.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from redis.exceptions import RedisError
-
-from authsidecar.cache.topology import RedisClient
+from authsidecar.cache.topology import UNAVAILABLE_ERRORS, RedisClient
 from authsidecar.errors import BackendUnavailable
 
 __all__ = ["Check", "Limit", "MemoryRateLimiter", "RateLimiter", "RedisRateLimiter"]
@@ -96,7 +93,7 @@ end
 return 0
 """
 
-_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+_ERRORS = UNAVAILABLE_ERRORS
 
 
 def _us(seconds: float) -> int:

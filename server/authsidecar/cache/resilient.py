@@ -8,14 +8,12 @@ store of record), and a stale document left behind is removed when it is met.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from redis.exceptions import RedisError
-
+from authsidecar.cache.topology import UNAVAILABLE_ERRORS, describe_unavailable
 from authsidecar.domain.models import SessionWithUser
 from authsidecar.domain.ports import SessionCache
 
@@ -23,7 +21,7 @@ __all__ = ["ResilientSessionCache"]
 
 log = logging.getLogger(__name__)
 
-_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+_ERRORS = UNAVAILABLE_ERRORS
 
 
 class ResilientSessionCache:
@@ -97,7 +95,7 @@ class ResilientSessionCache:
             self._down = True
             log.warning(
                 "secondary storage unavailable (%s); validating sessions against the database",
-                type(exc).__name__,
+                describe_unavailable(exc),
             )
 
     def _recovered(self) -> None:

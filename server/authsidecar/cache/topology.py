@@ -29,6 +29,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
 
 from authsidecar.cache.cluster_get import SlotRoutedGetClient
 from authsidecar.cache.resp import HotGetter, PipelinedGetClient
@@ -180,6 +181,18 @@ def _node(item: str, default_port: int, scheme: str) -> tuple[str, int]:
     if port_text and not (port_text.isdigit() and 0 < int(port_text) < 65536):
         raise ValueError(f"{scheme}://: invalid port {port_text!r}")
     return host, int(port_text) if port_text else default_port
+
+
+# What a Redis call raises when Redis cannot serve it (down, unreachable, refusing TLS, timed out): the callers
+# fall back to SQL. redis-py's RedisClusterException ("Redis Cluster cannot be connected") is not a RedisError.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError, TimeoutError)
+
+
+def describe_unavailable(exc: BaseException) -> str:
+    """The error's type and the first line of its message, for a log line (redis-py's messages name the node and
+    the cause, e.g. a failed certificate check, never a password)."""
+    message = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 def _retry() -> Retry:
