@@ -17,8 +17,9 @@ from authsidecar.cache import MemorySessionCache, NullSessionCache, RedisSession
 from authsidecar.cache.better_auth import BetterAuthRedis
 from authsidecar.cache.integrity import DocumentSigner, derive_key
 from authsidecar.cache.ratelimit import Limit, MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from authsidecar.cache.resp import HotGetter
 from authsidecar.cache.tiered import TieredSessionCache
-from authsidecar.cache.topology import connect_redis, hot_path_getter, parse_redis_url
+from authsidecar.cache.topology import RedisClient, RedisTarget, connect_redis, hot_path_getter, parse_redis_url
 from authsidecar.config import ConfigError, Settings
 from authsidecar.delivery import LogSender, Sender, SmtpSender, WebhookSender
 from authsidecar.domain.ports import Database, SessionCache
@@ -99,6 +100,16 @@ def build_database(settings: Settings) -> SqlDatabase:
     )
 
 
+def _redis_clients(settings: Settings, url: str) -> tuple[RedisTarget, RedisClient, HotGetter]:
+    """Where REDIS_URL points (one server, Sentinel or Cluster), its client, and the hot path's GET client."""
+    try:
+        target = parse_redis_url(url)
+        client = connect_redis(target, settings.redis_timeout, settings.redis_max_connections)
+        return target, client, hot_path_getter(target, client, settings.redis_timeout)
+    except ValueError as exc:
+        raise ConfigError(f"invalid configuration: REDIS_URL: {exc}") from None
+
+
 def build_cache(settings: Settings, tracer: Tracer | None = None) -> SessionCache:
     """Redis when REDIS_URL is set (fail-open; with ``tracer``, a span per Redis call), else in-process; nothing
     when caching is disabled."""
@@ -112,12 +123,7 @@ def build_cache(settings: Settings, tracer: Tracer | None = None) -> SessionCach
             "invalid configuration: AUTHSIDECAR_SECRET: required with REDIS_URL (32+ characters, the same on every"
             " instance; for example: openssl rand -hex 32)"
         )
-    try:
-        target = parse_redis_url(url)
-        client = connect_redis(target, settings.redis_timeout, settings.redis_max_connections)
-        getter = hot_path_getter(target, client, settings.redis_timeout)
-    except ValueError as exc:
-        raise ConfigError(f"invalid configuration: REDIS_URL: {exc}") from None
+    target, client, getter = _redis_clients(settings, url)
     signer = DocumentSigner(derive_key(settings.secret.get_secret_value(), "cache-documents"))
     cache: SessionCache = RedisSessionCache(
         client,
@@ -274,12 +280,7 @@ def build_better_auth_redis(settings: Settings) -> BetterAuthRedis | None:
     if settings.redis_url is None:
         return None
     url = settings.redis_url.get_secret_value()
-    try:
-        target = parse_redis_url(url)
-        client = connect_redis(target, settings.redis_timeout, settings.redis_max_connections)
-        getter = hot_path_getter(target, client, settings.redis_timeout)
-    except ValueError as exc:
-        raise ConfigError(f"invalid configuration: REDIS_URL: {exc}") from None
+    _, client, getter = _redis_clients(settings, url)
     if not isinstance(client, Redis):  # load_settings refuses a Cluster in this profile
         raise ConfigError("invalid configuration: REDIS_URL: the compat profile cannot use a Redis Cluster")
     revoked_ttl = max(settings.session_expires_in, 86_400)  # Better Auth's revokedBeforeTTL

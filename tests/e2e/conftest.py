@@ -18,7 +18,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from authsidecar_client.v1 import auth_service_pb2_grpc, session_service_pb2_grpc
+from authsidecar_client.v1 import auth_service_pb2_grpc, session_service_pb2, session_service_pb2_grpc
 from tests.conftest import REDIS_URL, TEST_SECRET
 
 # Every test server: cheap hashing, a secret (needed with REDIS_URL), no drain delay (tests that are about
@@ -262,3 +262,16 @@ def error_details(exc: grpc.aio.AioRpcError) -> ErrorDetails:
         field_violations=[(v.field, v.description) for v in bad.field_violations],
         retry_delay=retry.retry_delay.ToTimedelta().total_seconds() if has_retry else None,
     )
+
+
+async def validation_outcome(stubs: Stubs, token: str) -> str:
+    """ValidateSession's answer in one word: "ok", or the error's machine reason (INVALID_TOKEN always comes as
+    UNAUTHENTICATED)."""
+    try:
+        await stubs.sessions.ValidateSession(session_service_pb2.ValidateSessionRequest(token=token), timeout=5)
+    except grpc.aio.AioRpcError as exc:
+        details = error_details(exc)
+        if details.reason == "INVALID_TOKEN":
+            assert details.code == grpc.StatusCode.UNAUTHENTICATED
+        return details.reason
+    return "ok"

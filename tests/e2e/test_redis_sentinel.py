@@ -33,6 +33,7 @@ from authsidecar_client.v1 import resources_pb2
 from authsidecar_client.v1 import session_service_pb2 as session_pb
 from tests.conftest import PG_ADMIN_URL
 from tests.e2e.conftest import Server, Stubs, error_details, start_server, stubs_for
+from tests.e2e.conftest import validation_outcome as outcome
 from tests.e2e.redis_topologies import RedisSentinel, connections_by_remote_port, info_field
 
 PASSWORD = "correct horse battery"
@@ -82,17 +83,6 @@ def get_calls(port: int) -> int:
     """GETs a Redis server has executed."""
     stats = info_field(port, "commandstats", "cmdstat_get")  # calls=N,usec=...
     return int(stats.split(",")[0].removeprefix("calls=")) if stats else 0
-
-
-async def outcome(stubs: Stubs, token: str) -> str:
-    try:
-        await stubs.sessions.ValidateSession(session_pb.ValidateSessionRequest(token=token), timeout=5)
-    except grpc.aio.AioRpcError as exc:
-        details = error_details(exc)
-        if details.reason == "INVALID_TOKEN":
-            assert details.code == grpc.StatusCode.UNAUTHENTICATED
-        return details.reason
-    return "ok"
 
 
 async def sign_up(stubs: Stubs) -> auth_pb.SignUpResponse:

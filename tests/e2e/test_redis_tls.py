@@ -31,9 +31,9 @@ from authsidecar.cache.cluster_get import SlotRoutedGetClient
 from authsidecar.cache.topology import connect_redis, hot_path_getter, parse_redis_url
 from authsidecar_client.v1 import auth_service_pb2 as auth_pb
 from authsidecar_client.v1 import resources_pb2
-from authsidecar_client.v1 import session_service_pb2 as session_pb
 from tests.conftest import TEST_SECRET
-from tests.e2e.conftest import Server, Stubs, error_details, start_server, stubs_for
+from tests.e2e.conftest import Server, Stubs, start_server, stubs_for
+from tests.e2e.conftest import validation_outcome as outcome
 from tests.e2e.redis_topologies import RedisCluster, RedisSentinel, RedisTls, cli
 from tests.e2e.test_transport_security import Pki
 
@@ -144,17 +144,6 @@ def get_calls(nodes: RedisCluster | RedisSentinel, port: int) -> int:
     """GETs a node has executed."""
     stats = nodes.info_field(port, "commandstats", "cmdstat_get")  # calls=N,usec=...
     return int(stats.split(",")[0].removeprefix("calls=")) if stats else 0
-
-
-async def outcome(stubs: Stubs, token: str) -> str:
-    try:
-        await stubs.sessions.ValidateSession(session_pb.ValidateSessionRequest(token=token), timeout=5)
-    except grpc.aio.AioRpcError as exc:
-        details = error_details(exc)
-        if details.reason == "INVALID_TOKEN":
-            assert details.code == grpc.StatusCode.UNAUTHENTICATED
-        return details.reason
-    return "ok"
 
 
 async def sign_up(stubs: Stubs) -> auth_pb.SignUpResponse:
