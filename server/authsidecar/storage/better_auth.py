@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -36,6 +36,7 @@ from authsidecar.domain.models import (
     User,
     Verification,
 )
+from authsidecar.domain.passthrough import DatabasePassThrough
 from authsidecar.domain.ports import Database, UnitOfWork
 from authsidecar.errors import AuthSidecarError
 from authsidecar.security.tokens import alphanumeric
@@ -273,8 +274,9 @@ class _UnitOfWork:
         return sorted(sessions, key=lambda s: s.created_at, reverse=True)
 
 
-class BetterAuthDatabase:
-    """A Database whose units of work also keep Better Auth's Redis layout (``redis`` None: SQL only)."""
+class BetterAuthDatabase(DatabasePassThrough):
+    """A Database whose units of work also keep Better Auth's Redis layout (``redis`` None: SQL only); the rest is
+    the inner database's."""
 
     def __init__(
         self,
@@ -286,7 +288,7 @@ class BetterAuthDatabase:
     ) -> None:
         if redis is None and not (sessions_in_database and verification_in_database):
             raise ValueError("without Redis, sessions and verification values live in the database")
-        self._inner = inner
+        super().__init__(inner)
         self.redis = redis
         self.sessions_in_database = sessions_in_database
         self.verification_in_database = verification_in_database
@@ -331,18 +333,6 @@ class BetterAuthDatabase:
             return None
         return await self._inner.find_session(stored_token)
 
-    def add_commit_listener(self, listener: Callable[[Invalidations], Awaitable[None]]) -> None:
-        """Listeners of the inner database."""
-        self._inner.add_commit_listener(listener)
-
-    def add_outbox_listener(self, listener: Callable[[], None]) -> None:
-        """Listeners of the inner database."""
-        self._inner.add_outbox_listener(listener)
-
-    async def ping(self, within: float = 2.0) -> None:
-        """The inner database's ping."""
-        await self._inner.ping(within)
-
     async def flush(self) -> None:
         """At shutdown: the repetitions still planned are made now, once."""
         pending = list(self._later.items())
@@ -351,30 +341,6 @@ class BetterAuthDatabase:
         for task, work in pending:
             await asyncio.gather(task, return_exceptions=True)
             await self._now(work)
-
-    async def close(self) -> None:
-        """Close the inner database."""
-        await self._inner.close()
-
-    async def database_time(self) -> float:
-        """The inner store's clock."""
-        return await self._inner.database_time()
-
-    async def invalidation_cursor(self) -> int:
-        """The inner log's cursor."""
-        return await self._inner.invalidation_cursor()
-
-    async def invalidations_after(self, seq: int, limit: int) -> list[tuple[int, Invalidations]]:
-        """The inner log's entries after ``seq``."""
-        return await self._inner.invalidations_after(seq, limit)
-
-    async def invalidations_since(self, since: datetime, upto: int) -> list[tuple[int, Invalidations]]:
-        """The inner log's entries since ``since``."""
-        return await self._inner.invalidations_since(since, upto)
-
-    async def listen_for_invalidations(self, wake: Callable[[], None]) -> None:
-        """The inner log's announcements."""
-        await self._inner.listen_for_invalidations(wake)
 
 
 def _check_ports(db: BetterAuthDatabase, uow: _UnitOfWork) -> tuple[Database, UnitOfWork]:
