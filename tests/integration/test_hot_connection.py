@@ -1,5 +1,5 @@
-"""The connection kept out of the pool for the cache-miss query (Postgres): used when free, replaced after a
-failure, and never more connections than the pool's bound."""
+"""The connection kept out of the pool for the hot statements (Postgres): used when free, replaced after a
+failure, never more connections than the pool's bound, and a write on it is never run a second time."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import hashlib
 import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
 
 from authsidecar.domain.fields import Registry
-from authsidecar.domain.models import Session, User
+from authsidecar.domain.models import CREDENTIAL_PROVIDER, Account, Session, User
+from authsidecar.errors import BackendUnavailable, Conflict
 from authsidecar.storage.database import SqlDatabase, create_database
 from authsidecar.storage.schema import Schema
 from authsidecar.storage.urls import resolve_database_url
@@ -97,3 +99,124 @@ def test_the_hot_connection_is_one_of_the_pools_and_only_when_work_connections_r
     assert create_database(target, schema, pool_size=2, max_overflow=0)._hot is None  # LISTEN + 1 for work
     assert create_database(target, schema, pool_size=2, max_overflow=0).engine.sync_engine.pool.size() == 2
     assert create_database(target, schema, pool_size=1, max_overflow=5)._hot is None
+
+
+async def _credential(db: SqlDatabase) -> tuple[User, Account]:
+    now = datetime.now(UTC)
+    user = User(secrets.token_hex(16), "Hot", f"hot-{secrets.token_hex(4)}@example.com", False, None, now, now)
+    account = Account(secrets.token_hex(16), user.id, CREDENTIAL_PROVIDER, user.id, "$argon2id$v=19$hash", now, now)
+    async with db.transaction() as tx:
+        await tx.insert_user(user)
+        await tx.insert_account(account)
+    return user, account
+
+
+def _new_session(user: User) -> Session:
+    now = datetime.now(UTC)
+    stored = hashlib.sha256(secrets.token_bytes(16)).hexdigest()
+    return Session(secrets.token_hex(16), user.id, stored, now + timedelta(days=1), now, now, "10.0.0.1", "ua")
+
+
+async def _hot_connection_open(db: SqlDatabase) -> None:
+    await db.find_session("no-such-token")  # opens it in the background
+    for _ in range(50):
+        if db._hot is not None and db._hot._conn is not None:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the hot connection did not open")
+
+
+async def test_sign_in_statements_go_to_the_driver_and_read_back_as_through_sqlalchemy(
+    database: tuple[SqlDatabase, str],
+) -> None:
+    """A sign-in's credential read and session insert (autocommit) run on the hot connection: no connection is
+    checked out of the pool for them, and their values are what the SQLAlchemy path returns and writes."""
+    db, _ = database
+    user, account = await _credential(db)
+    await _hot_connection_open(db)
+    pool: Any = db.engine.sync_engine.pool
+    session = _new_session(user)
+    async with db.transaction(autocommit=True) as tx:
+        direct = await tx.get_user_with_credential(user.email.upper().lower())
+        assert pool.checkedout() == 0
+        inserted = await tx.insert_session_if_credential(account.id, account.password or "", session)
+        assert pool.checkedout() == 0
+        assert await tx.insert_session_if_credential(account.id, "another hash", _new_session(user)) is None
+        assert await tx.get_user_with_credential("nobody@example.com") is None
+    assert inserted == session
+    async with db.transaction() as tx:  # a real transaction: SQLAlchemy's own execution
+        assert await tx.get_user_with_credential(user.email) == direct == (user, account)
+        assert await tx.get_session(session.stored_token) == session
+
+
+async def test_a_failed_write_on_the_hot_connection_is_reported_and_never_run_twice(
+    database: tuple[SqlDatabase, str],
+) -> None:
+    db, url = database
+    user, account = await _credential(db)
+    await _hot_connection_open(db)
+    session = _new_session(user)
+    async with db.transaction(autocommit=True) as tx:
+        await tx.insert_session_if_credential(account.id, account.password or "", session)
+    # the server refuses the statement itself (the same id again): the domain error, and the connection stays
+    with pytest.raises(Conflict):
+        async with db.transaction(autocommit=True) as tx:
+            await tx.insert_session_if_credential(account.id, account.password or "", session)
+    assert db._hot is not None and db._hot._conn is not None
+
+    name = url.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(url.rsplit("/", 1)[0] + "/postgres")
+    try:  # every connection dies: each write succeeds or fails as UNAVAILABLE; a failed one left no row
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
+    finally:
+        await admin.close()
+    written = 1
+    outcomes = []
+    for _ in range(12):
+        try:
+            async with db.transaction(autocommit=True) as tx:
+                stored = await tx.insert_session_if_credential(account.id, account.password or "", _new_session(user))
+            assert stored is not None
+            written += 1
+            outcomes.append("ok")
+        except BackendUnavailable:
+            outcomes.append("unavailable")
+        await asyncio.sleep(0.1)
+    assert outcomes[-5:] == ["ok"] * 5, outcomes
+    async with db.transaction() as tx:
+        assert len(await tx.list_user_sessions(user.id, datetime.now(UTC))) == written
+
+
+class _Failing:
+    """A driver connection whose statement fails as ``error`` (after it may have reached the server)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.terminated = False
+
+    def is_closed(self) -> bool:
+        return self.terminated
+
+    async def fetch(self, *_args: Any, **_kwargs: Any) -> list[Any]:
+        raise self.error
+
+    def terminate(self) -> None:
+        self.terminated = True
+
+
+@pytest.mark.parametrize("error", [ConnectionResetError(), asyncpg.exceptions.ConnectionDoesNotExistError("gone")])
+async def test_a_lost_connection_fails_a_write_but_sends_a_read_elsewhere(error: Exception) -> None:
+    target = resolve_database_url("postgresql://postgres@127.0.0.1:5432/postgres", "")
+    hot = create_database(target, Schema(Registry()))._hot
+    assert hot is not None
+    hot._conn = failing = _Failing(error)
+    assert await hot.fetch("SELECT 1") is None  # a read: through the pool instead
+    assert failing.terminated
+    hot._conn = failing = _Failing(error)
+    with pytest.raises(type(error)):  # a write: it may have been applied, so it is the caller's error
+        await hot.fetch("INSERT ...", write=True)
+    assert failing.terminated
+    hot._conn = failing = _Failing(asyncpg.UniqueViolationError("duplicate key"))
+    with pytest.raises(asyncpg.UniqueViolationError):  # the statement's own error: the connection stays
+        await hot.fetch("INSERT ...", write=True)
+    assert not failing.terminated

@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -32,6 +32,7 @@ from authsidecar.errors import AuthSidecarError, BackendUnavailable
 from authsidecar.storage.errors import connection_lost, translate_error
 from authsidecar.storage.hot_connection import HotConnection
 from authsidecar.storage.invalidations import decode_payload, encode_payload
+from authsidecar.storage.raw_statement import RawStatement
 from authsidecar.storage.rows import record, values
 from authsidecar.storage.schema import SEEDED, Schema
 from authsidecar.storage.urls import DatabaseTarget
@@ -167,6 +168,80 @@ class _Statements:
         return stmt
 
 
+class _DirectStatements:
+    """Postgres: the hot statements compiled once for asyncpg (storage/raw_statement.py) and run outside any
+    transaction (each commits on its own), on the hot connection when it is free, else on a pooled connection's
+    driver connection."""
+
+    def __init__(
+        self, statements: _Statements, find_session: sa.Select[Any], engine: AsyncEngine, hot: HotConnection | None
+    ) -> None:
+        self._statements = statements
+        self._dialect = engine.dialect
+        self._engine = engine  # AUTOCOMMIT
+        self._hot = hot
+        self.find_session = RawStatement(find_session, self._dialect)
+        self.user_with_credential = RawStatement(statements.user_with_credential, self._dialect)
+        self._session_if_credential: dict[tuple[str, ...], RawStatement] = {}
+
+    def session_if_credential(self, keys: tuple[str, ...]) -> RawStatement:
+        """The credential-checked session insert for this column set, RETURNING the session's id."""
+        stmt = self._session_if_credential.get(keys)
+        if stmt is None:
+            stmt = RawStatement(self._statements.session_if_credential(keys, True), self._dialect)
+            self._session_if_credential[keys] = stmt
+        return stmt
+
+    async def run(self, stmt: RawStatement, params: Mapping[str, Any], write: bool = False) -> list[Any]:
+        """The statement's raw rows; driver errors leave as domain errors. A ``write`` that failed is not tried
+        again elsewhere (it may have been applied)."""
+        args = stmt.args(params)
+        if self._hot is not None:
+            try:
+                rows = await self._hot.fetch(stmt.sql, *args, write=write)
+            except Exception as exc:
+                _raise_translated(exc)
+            if rows is not None:
+                return rows
+        return await self._pooled(stmt.sql, args)
+
+    async def _pooled(self, sql: str, args: list[Any]) -> list[Any]:
+        try:
+            async with self._engine.connect() as conn:
+                raw: Any = (await conn.get_raw_connection()).driver_connection
+                try:
+                    return list(await raw.fetch(sql, *args))
+                except BaseException as exc:
+                    # SQLAlchemy did not run this statement, so it cannot tell a dead connection: unless the server
+                    # answered an error about the query itself, it must not go back to the pool.
+                    if connection_lost(exc) or not isinstance(exc, asyncpg.PostgresError):
+                        await conn.invalidate()
+                    raise
+        except Exception as exc:
+            _raise_translated(exc)
+
+
+class _OnDemandConnection:
+    """An autocommit connection taken from the pool at its first statement: a block whose statements all run
+    directly (_DirectStatements) never checks one out."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.dialect = engine.dialect
+        self._engine = engine  # AUTOCOMMIT
+        self._conn: AsyncConnection | None = None
+
+    async def execute(self, statement: sa.Executable, parameters: Any = None) -> sa.CursorResult[Any]:
+        """As AsyncConnection.execute."""
+        if self._conn is None:
+            self._conn = await self._engine.connect()
+        return await self._conn.execute(statement, parameters)
+
+    async def close(self) -> None:
+        """Give the connection back, if one was taken."""
+        if self._conn is not None:
+            await self._conn.close()
+
+
 class SqlUnitOfWork:
     """UnitOfWork over one SQLAlchemy connection inside an open transaction. Never commits by itself.
 
@@ -175,9 +250,16 @@ class SqlUnitOfWork:
     Such writes need a real transaction: in autocommit mode they raise before touching anything.
     """
 
-    def __init__(self, conn: AsyncConnection, statements: _Statements, autocommit: bool = False) -> None:
+    def __init__(
+        self,
+        conn: AsyncConnection | _OnDemandConnection,
+        statements: _Statements,
+        autocommit: bool = False,
+        direct: _DirectStatements | None = None,
+    ) -> None:
         self._conn = conn
         self._q = statements
+        self._direct = direct  # autocommit on Postgres: the hot statements go to asyncpg directly
         # MySQL has no RETURNING (MariaDB only on DELETE/INSERT): emulated with SELECT ... FOR UPDATE.
         self._emulate_returning = conn.dialect.name == "mysql"
         self._autocommit = autocommit
@@ -275,10 +357,18 @@ class SqlUnitOfWork:
 
     async def get_user_with_credential(self, email: str) -> tuple[User, Account | None] | None:
         """The user with that email and their credential account, in one round trip (LEFT JOIN)."""
-        row = (await self._execute(self._q.user_with_credential, {"email": email})).first()
-        if row is None:
-            return None
-        m = row._mapping
+        m: Mapping[Any, Any]
+        if self._direct is not None:
+            stmt = self._direct.user_with_credential
+            rows = await self._direct.run(stmt, {"email": email})
+            if not rows:
+                return None
+            m = stmt.mapping(rows[0])
+        else:
+            row = (await self._execute(self._q.user_with_credential, {"email": email})).first()
+            if row is None:
+                return None
+            m = row._mapping
         user = record(User, self._q.registry.user, m)
         if m["a_id"] is None:  # no credential account (LEFT JOIN)
             return user, None
@@ -414,8 +504,14 @@ class SqlUnitOfWork:
         if generated:  # an empty id: the database makes it
             row.pop("id", None)
         keys = tuple(row)
-        returning = generated and self._conn.dialect.insert_returning
         params = {f"v{i}": row[key] for i, key in enumerate(keys)} | {"a_id": account_id, "a_password": password_hash}
+        if self._direct is not None:
+            stmt = self._direct.session_if_credential(keys)
+            rows = await self._direct.run(stmt, params, write=True)
+            if not rows:
+                return None
+            return replace(session, id=str(stmt.values(rows[0])[0])) if generated else session
+        returning = generated and self._conn.dialect.insert_returning
         result = await self._conn.execute(self._q.session_if_credential(keys, returning), params)
         if not generated:
             return session if result.rowcount > 0 else None
@@ -466,7 +562,7 @@ class SqlDatabase:
 
     def __init__(self, engine: AsyncEngine, schema: Schema, hot: HotConnection | None = None) -> None:
         self.engine = engine
-        self._hot = hot  # Postgres: a connection out of the pool for find_session (storage/hot_connection.py)
+        self._hot = hot  # Postgres: a connection out of the pool for the hot statements (storage/hot_connection.py)
         self._listeners: list[CommitListener] = []
         self._outbox_listeners: list[Callable[[], None]] = []
         # Single statements need no explicit transaction: no BEGIN/COMMIT round trips around them.
@@ -491,16 +587,10 @@ class SqlDatabase:
             .select_from(s.join(u, s.c.user_id == u.c.id))
             .where(s.c.token == sa.bindparam("token"))
         )
-        # On Postgres the same statement goes to asyncpg directly (see _read_raw), its values through the result
-        # processors SQLAlchemy itself would apply (ids, UTC timestamps, JSON).
-        self._find_session_sql: str | None = None
-        self._find_session_types: list[Any] = []
+        # On Postgres it goes to asyncpg directly, as do sign-in's statements (_DirectStatements).
+        self._direct: _DirectStatements | None = None
         if engine.dialect.name == "postgresql":
-            dialect = engine.dialect
-            self._find_session_sql = str(self._find_session.compile(dialect=dialect))
-            self._find_session_types = [
-                c.type.dialect_impl(dialect).result_processor(dialect, None) for c in (*s.c, *u.c)
-            ]
+            self._direct = _DirectStatements(self._statements, self._find_session, self._autocommit, hot)
 
     @asynccontextmanager
     async def transaction(self, autocommit: bool = False) -> AsyncIterator[UnitOfWork]:
@@ -512,8 +602,8 @@ class SqlDatabase:
         invalidations = Invalidations()
         events = False
         try:
-            async with (self._autocommit if autocommit else self.engine).begin() as conn:
-                uow = SqlUnitOfWork(conn, self._statements, autocommit)
+            async with self._connection(autocommit) as conn:
+                uow = SqlUnitOfWork(conn, self._statements, autocommit, self._direct if autocommit else None)
                 yield uow
                 if uow.events:
                     await uow.write_events()
@@ -531,6 +621,18 @@ class SqlDatabase:
         if invalidations:
             # Committed: the listeners (cache coherence) run even if the caller is cancelled meanwhile.
             await asyncio.shield(self._notify(invalidations))
+
+    @asynccontextmanager
+    async def _connection(self, autocommit: bool) -> AsyncIterator[AsyncConnection | _OnDemandConnection]:
+        if not autocommit or self._direct is None:
+            async with (self._autocommit if autocommit else self.engine).begin() as conn:
+                yield conn
+            return
+        on_demand = _OnDemandConnection(self._autocommit)
+        try:
+            yield on_demand
+        finally:
+            await on_demand.close()
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         """Call ``listener`` after every commit that invalidated cached snapshots, in this process."""
@@ -564,23 +666,6 @@ class SqlDatabase:
                 yield conn
         except AuthSidecarError:
             raise
-        except Exception as exc:
-            _raise_translated(exc)
-
-    async def _read_raw(self, sql: str, *args: Any) -> list[Any]:
-        """One statement straight to asyncpg on a pooled connection (its prepared-statement cache), outside any
-        transaction: the hot path's cache miss, without SQLAlchemy's per-call execution machinery."""
-        try:
-            async with self._autocommit.connect() as conn:
-                raw: Any = (await conn.get_raw_connection()).driver_connection
-                try:
-                    return list(await raw.fetch(sql, *args))
-                except BaseException as exc:
-                    # SQLAlchemy did not run this statement, so it cannot tell a dead connection: unless the server
-                    # answered an error about the query itself, it must not go back to the pool.
-                    if connection_lost(exc) or not isinstance(exc, asyncpg.PostgresError):
-                        await conn.invalidate()
-                    raise
         except Exception as exc:
             _raise_translated(exc)
 
@@ -653,20 +738,9 @@ class SqlDatabase:
     async def find_session(self, stored_token: str) -> SessionWithUser | None:
         """Session joined with its user, by stored token; ``checked_at`` is taken before the query."""
         checked_at = self.stamp()
-        if self._find_session_sql is not None:
-            try:
-                raw = await self._hot.fetch(self._find_session_sql, stored_token) if self._hot is not None else None
-            except TimeoutError as exc:
-                _raise_translated(exc)
-            if raw is None:  # busy, not open, or failed: through the pool
-                raw = await self._read_raw(self._find_session_sql, stored_token)
-            rows = [
-                [
-                    value if convert is None else convert(value)
-                    for convert, value in zip(self._find_session_types, r, strict=True)
-                ]
-                for r in raw
-            ]
+        if self._direct is not None:
+            stmt = self._direct.find_session
+            rows = [stmt.values(r) for r in await self._direct.run(stmt, {"token": stored_token})]
         else:
             rows = await self._read(self._find_session, {"token": stored_token})
         if not rows:

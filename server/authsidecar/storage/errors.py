@@ -59,18 +59,40 @@ def translate_error(error: BaseException) -> AuthSidecarError | None:
             or type(getattr(error.orig, "__cause__", None)).__name__ == "DataError"
         )
     ):
-        # A value the column cannot hold (out of range, too long, malformed): the request's fault, not ours.
-        return InvalidArgument([FieldViolation("request", "a value does not fit its column")])
+        return _does_not_fit()
     if isinstance(error, sa_exc.DBAPIError) and _sqlstate(error) in _TRY_AGAIN:
-        return BackendUnavailable("the database was busy (lock timeout, deadlock), retry", retry_after=0.2)
+        return _busy()
     if isinstance(error, sa_exc.DBAPIError) and (
         error.connection_invalidated or isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError)
     ):
         if "database is locked" in str(error.orig):
             return BackendUnavailable("the embedded database is busy, retry later", retry_after=0.1)
         return BackendUnavailable()
+    if isinstance(error, asyncpg.PostgresError) and not connection_lost(error):
+        return _postgres_error(error)
     if isinstance(error, OSError | asyncio.TimeoutError | sa_exc.TimeoutError) or connection_lost(error):
         return BackendUnavailable()
+    return None
+
+
+def _does_not_fit() -> InvalidArgument:
+    """A value the column cannot hold (out of range, too long, malformed): the request's fault, not ours."""
+    return InvalidArgument([FieldViolation("request", "a value does not fit its column")])
+
+
+def _busy() -> BackendUnavailable:
+    return BackendUnavailable("the database was busy (lock timeout, deadlock), retry", retry_after=0.2)
+
+
+def _postgres_error(error: asyncpg.PostgresError) -> AuthSidecarError | None:
+    """The same translation for an error of a statement run on asyncpg directly (storage/raw_statement.py)."""
+    state = error.sqlstate
+    if state == _UNIQUE_VIOLATION:
+        return Conflict(getattr(error, "constraint_name", None))
+    if isinstance(error, asyncpg.DataError):
+        return _does_not_fit()
+    if state in _TRY_AGAIN:
+        return _busy()
     return None
 
 

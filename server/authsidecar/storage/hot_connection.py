@@ -1,10 +1,11 @@
-"""One Postgres connection kept out of the pool for the hot path's cache miss (session JOIN user by token).
+"""One Postgres connection kept out of the pool for the hot statements (the cache miss's session JOIN user by
+token, sign-in's credential read and session insert).
 
 Checking a connection out of SQLAlchemy's pool and back costs more CPU than the query itself (measured: ~70 us of
 ~100 us per miss). This connection is taken from the same engine (same connect arguments and type codecs), then
 detached from the pool, and used whenever it is free; when it is busy, not open yet, or has just failed, the caller
-goes through the pool as before, so the connection never queues calls and a failure never becomes an error of its
-own. The engine's pool is made one smaller in exchange (storage/database.py), so the connection bound is unchanged.
+goes through the pool as before, so the connection never queues calls and a failed read never becomes an error of
+its own (a failed write is the caller's error: it may have been applied, so it is not run a second time). The engine's pool is made one smaller in exchange (storage/database.py), so the connection bound is unchanged.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import logging
 import time
 from typing import Any
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from authsidecar.storage.errors import connection_lost
 
 __all__ = ["HotConnection"]
 
@@ -25,7 +29,7 @@ _RETRY_AFTER = 1.0  # seconds between attempts to open it after a failure
 
 
 class HotConnection:
-    """A detached asyncpg connection for one read at a time; ``fetch`` returns None when it cannot be used now."""
+    """A detached asyncpg connection for one statement at a time; ``fetch`` returns None when it cannot be used now."""
 
     def __init__(self, engine: AsyncEngine, timeout: float) -> None:
         self._engine = engine
@@ -36,8 +40,9 @@ class HotConnection:
         self._failed_at = -_RETRY_AFTER
         self._closed = False
 
-    async def fetch(self, sql: str, *args: Any) -> list[Any] | None:
-        """The rows, or None: busy, not open (it is opened in the background), or failed (then dropped)."""
+    async def fetch(self, sql: str, *args: Any, write: bool = False) -> list[Any] | None:
+        """The rows, or None: busy, not open (it is opened in the background), or failed (then dropped). A failed
+        ``write`` raises instead (after dropping the connection unless the server refused the statement itself)."""
         conn = self._conn
         if conn is None or conn.is_closed():
             self._conn = None
@@ -52,8 +57,12 @@ class HotConnection:
             self._drop()  # cancelled or timed out mid-query: the connection's state is in doubt; a stalled
             raise  # server would stall the pool too, so the timeout is the caller's answer (not a second try)
         except Exception as exc:
-            log.info("hot-path connection failed (%s); reading through the pool", type(exc).__name__)
+            if write and isinstance(exc, asyncpg.PostgresError) and not connection_lost(exc):
+                raise  # the statement's own error (a constraint, say): the connection is fine
+            log.info("hot-path connection failed (%s); going through the pool", type(exc).__name__)
             self._drop()
+            if write:
+                raise
             return None
         finally:
             self._busy = False
