@@ -242,12 +242,8 @@ def build_limits(settings: Settings) -> tuple[Limits, LoginGuard, MailThrottle]:
         rules[rpc] = RpcRule(ip=_limit(conf.ip, base.ip), identifier=_limit(conf.identifier, base.identifier))
     limiter: RateLimiter
     if settings.redis_url is not None:
-        url = settings.redis_url.get_secret_value()
-        try:
-            client = connect_redis(url, settings.redis_timeout, settings.redis_max_connections)
-            limiter = RedisRateLimiter(client, settings.effective_redis_key_prefix)
-        except ValueError as exc:
-            raise ConfigError(f"invalid configuration: REDIS_URL: {exc}") from None
+        _, client, pipelined = _redis_clients(settings, settings.redis_url.get_secret_value())
+        limiter = RedisRateLimiter(client, settings.effective_redis_key_prefix, pipelined)
     else:
         limiter = MemoryRateLimiter()
     limits = Limits(limiter, rules, settings.rate_limit_enabled, settings.redis_retry_after)

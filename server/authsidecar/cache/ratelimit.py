@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from authsidecar.cache.resp import HotGetter, run_script
 from authsidecar.cache.topology import UNAVAILABLE_ERRORS, RedisClient
 from authsidecar.errors import BackendUnavailable
 
@@ -103,8 +104,9 @@ def _us(seconds: float) -> int:
 class RedisRateLimiter(RateLimiter):
     """Counters shared by every instance. Redis failures are BackendUnavailable (the caller decides)."""
 
-    def __init__(self, client: RedisClient, prefix: str) -> None:
+    def __init__(self, client: RedisClient, prefix: str, pipelined: HotGetter | None = None) -> None:
         self._redis = client
+        self._pipelined = pipelined  # one server or Sentinel: the script goes over one pipelined connection
         self._prefix = prefix + "{ratelimit}"
         self._gcra = client.register_script(_GCRA)
 
@@ -116,7 +118,7 @@ class RedisRateLimiter(RateLimiter):
         for _, limit in checks:
             args += [_us(limit.interval), _us(limit.period)]
         try:
-            wait_us = await self._gcra(keys=[self._prefix + key for key, _ in checks], args=args)
+            wait_us = await run_script(self._pipelined, self._gcra, [self._prefix + key for key, _ in checks], args)
         except _ERRORS as exc:
             raise BackendUnavailable("Redis is unavailable") from exc
         return int(wait_us) / 1_000_000
@@ -129,7 +131,9 @@ class RedisRateLimiter(RateLimiter):
             raise BackendUnavailable("Redis is unavailable") from exc
 
     async def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pool (and the pipelined connection)."""
+        if self._pipelined is not None:
+            await self._pipelined.close()
         await self._redis.aclose()
 
 

@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 from authsidecar.cache.codec import StaleDocument, decode_session, encode_session
 from authsidecar.cache.integrity import DocumentSigner
 from authsidecar.cache.memo import BoundedMemo
-from authsidecar.cache.resp import HotGetter
+from authsidecar.cache.resp import HotGetter, run_script
 from authsidecar.cache.topology import RedisClient, connect_redis
 from authsidecar.domain.fields import Registry
 from authsidecar.domain.models import SessionWithUser
@@ -169,7 +169,10 @@ class RedisSessionCache:
             if await self._put_document(keys=[full, full + ":revoked"], args=[document, ttl]):
                 await self._add_to_index(keys=[index], args=[key, expires_ms, now_ms])
             return
-        await self._put(keys=[full, full + ":revoked", index], args=[document, ttl, key, expires_ms, now_ms])
+        # Over the hot path's pipelined connection (one server, or Sentinel's primary): a sign-in's only Redis write.
+        await run_script(
+            self._getter, self._put, [full, full + ":revoked", index], [document, ttl, key, expires_ms, now_ms]
+        )
 
     async def invalidate(self, user_id: str, keys: Sequence[str], ttl: int) -> None:
         """Delete, tombstone and unindex, atomically (MULTI)."""

@@ -1,4 +1,4 @@
-"""A minimal pipelined Redis client for the hot path's single GET.
+"""A minimal pipelined Redis client for the hot path's single GET (and the session write's script).
 
 redis-py's asyncio client spends far more CPU per command (connection pool checkout, retry wrapper,
 observability hooks) than the GET itself; on ValidateSession that overhead is most of the server's work on a
@@ -6,8 +6,9 @@ cache hit. This client keeps ONE connection per process and pipelines every comm
 order, so each caller just awaits the next future in a FIFO. A caller that times out leaves its future behind;
 the late reply is consumed and dropped. Any connection error fails every waiter, and the next call reconnects.
 
-It only speaks what it needs: AUTH / SELECT at connect, then GET. URLs are parsed by redis-py (redis://,
-rediss://, unix://). Everything else (scripts, pipelines, scans) goes through redis-py.
+It only speaks what it needs: AUTH / SELECT at connect, then GET, and single commands through ``call`` (the
+session cache's put script, a sign-in's only Redis write). URLs are parsed by redis-py (redis://, rediss://,
+unix://). Everything else (MULTI, pipelines, scans, script loading) goes through redis-py.
 
 Behind Sentinel, ``locate`` names the current primary on every (re)connect, and the handshake's ROLE must say
 ``master`` (a stale answer naming a replica is refused). A failover is followed within ``recheck`` seconds: a
@@ -21,15 +22,16 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, cast
 
 import hiredis
 from redis.asyncio.connection import parse_url
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-__all__ = ["HotGetter", "PipelinedGetClient"]
+__all__ = ["HotGetter", "PipelinedGetClient", "run_script"]
 
 
 class HotGetter(Protocol):
@@ -107,7 +109,7 @@ class _Protocol(asyncio.Protocol):
 
 
 class PipelinedGetClient:
-    """GET over one pipelined connection, (re)connected on demand."""
+    """GET (and single commands) over one pipelined connection, (re)connected on demand."""
 
     def __init__(
         self,
@@ -138,6 +140,15 @@ class PipelinedGetClient:
             value = await protocol.send(_encode(b"GET", key.encode()))
         assert value is None or isinstance(value, bytes)
         return value
+
+    async def call(self, *args: bytes | str | int) -> Any:
+        """One command's reply (an error reply raises ResponseError; as ``get`` for the connection's errors)."""
+        protocol = self._protocol
+        if protocol is None or protocol.closed:
+            protocol = await self._connect()
+        payload = _encode(*(a if isinstance(a, bytes) else str(a).encode() for a in args))
+        async with asyncio.timeout(self._timeout):
+            return await protocol.send(payload)
 
     async def get_many(self, *keys: str) -> list[bytes | None]:
         """The values of several keys, pipelined: one round trip."""
@@ -238,3 +249,17 @@ class PipelinedGetClient:
         if self._protocol is not None and self._protocol.transport is not None:
             self._protocol.transport.close()
         self._protocol = None
+
+
+async def run_script(
+    client: HotGetter | None, script: AsyncScript, keys: Sequence[str], args: Sequence[bytes | str | int]
+) -> Any:
+    """``script``'s reply: EVALSHA over ``client``'s pipelined connection when it is a PipelinedGetClient (one
+    server, or Sentinel's primary), else through redis-py, which also loads a script the server does not have."""
+    if isinstance(client, PipelinedGetClient):
+        try:
+            return await client.call(b"EVALSHA", script.sha, len(keys), *keys, *args)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+    return await script(keys=list(keys), args=list(args))
