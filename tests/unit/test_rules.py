@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from authsidecar.errors import InvalidEmail, MissingField, PasswordTooLong, PasswordTooShort
+from authsidecar.services import rules
 from authsidecar.services.rules import MAX_EMAIL_LENGTH, CredentialRules, normalize_email
 
 
@@ -120,3 +123,14 @@ class TestCredentialRules:
             rules.check_password("a" * 7)
         with pytest.raises(PasswordTooLong):
             rules.check_password("a" * 129)
+
+
+def test_plain_ascii_domains_skip_idna_with_the_same_result() -> None:
+    # The fast path for plain lower-case ASCII host names must answer exactly what the IDNA processing answers,
+    # for the odd ones too (hyphens, digits, empty labels, lengths at the limits, xn-- labels).
+    rng = random.Random(7)
+    samples = ["example.com", "a" * 63 + ".com", "a" * 64 + ".com", "xn--bcher-kva.example", "ab--cd.com", "1.2"]
+    samples += ["example.c0m", "-ex.com", "ex-.com", "example.com.", ".com", "a.b", ("a" * 62 + ".") * 4 + "com"]
+    samples += ["".join(rng.choice("abz09-.") for _ in range(rng.randint(1, 14))) for _ in range(50_000)]
+    for host in samples:
+        assert rules._domain(host) == rules._idna_domain(host), host

@@ -20,11 +20,22 @@ _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-]|[^\x00-\x7f\s\u0080-\u009f\u2028\u202
 _LOCAL = re.compile(rf"(?:{_ATEXT})+(?:\.(?:{_ATEXT})+)*")
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _INVISIBLE = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})  # zero-width, bidi overrides, soft hyphen, spaces
+# Lower-case ASCII host names whose IDNA form is themselves: LDH labels, no "--" (so no xn-- label), a TLD that is
+# not all digits. The full IDNA processing (~0.1 ms) is for every other domain.
+_PLAIN_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_PLAIN_HOST = re.compile(rf"(?:{_PLAIN_LABEL}\.)+{_PLAIN_LABEL}")
 
 
 def _domain(raw: str) -> str | None:
     """The domain in its canonical IDNA form (UTS #46 mapping, Unicode labels), or None when it is not a host
     name of at least two labels."""
+    if len(raw) <= 253 and "--" not in raw and _PLAIN_HOST.fullmatch(raw) and not raw.rpartition(".")[2].isdigit():
+        return raw
+    return _idna_domain(raw)
+
+
+def _idna_domain(raw: str) -> str | None:
+    """_domain through the full IDNA processing."""
     try:
         ascii_form = idna.encode(raw, uts46=True).decode("ascii")
         canonical = idna.decode(ascii_form)
