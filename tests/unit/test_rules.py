@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+import unicodedata
 
 import pytest
 
 from authsidecar.errors import InvalidEmail, MissingField, PasswordTooLong, PasswordTooShort
 from authsidecar.services import rules
 from authsidecar.services.rules import MAX_EMAIL_LENGTH, CredentialRules, normalize_email
+from authsidecar.transport.grpc.fields import has_invisible
 
 
 @pytest.mark.parametrize(
@@ -134,3 +136,11 @@ def test_plain_ascii_domains_skip_idna_with_the_same_result() -> None:
     samples += ["".join(rng.choice("abz09-.") for _ in range(rng.randint(1, 14))) for _ in range(50_000)]
     for host in samples:
         assert rules._domain(host) == rules._idna_domain(host), host
+
+
+def test_the_ascii_shortcut_of_the_invisible_character_check_agrees_with_the_full_one() -> None:
+    samples = [chr(i) for i in range(128)] + ["Mozilla/5.0 (X11; Linux x86_64)", "a\tb", "x\x7f", "ok", "é\u200b"]
+    samples += ["".join(random.Random(i).choice([chr(c) for c in range(128)]) for _ in range(20)) for i in range(300)]
+    for value in samples:
+        full = any(unicodedata.category(c) in {"Cc", "Cf", "Zl", "Zp"} for c in value)
+        assert has_invisible(value) == full, repr(value)

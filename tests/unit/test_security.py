@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import argon2
 import pytest
 
 from authsidecar.domain.models import Session
@@ -154,6 +155,23 @@ class TestPasswordHasher:
             assert other.needs_rehash(stronger) is False
         finally:
             other.close()
+
+    def test_needs_rehash_shortcut_agrees_with_argon2(self, hasher: PasswordHasher) -> None:
+        # The prefix shortcut must answer what argon2-cffi's parsing answers: other salt or hash lengths, other
+        # costs, argon2i, an older version all need a rehash.
+        made = {
+            (salt_len, hash_len, t, kind): argon2.PasswordHasher(
+                time_cost=t, memory_cost=8192, parallelism=1, hash_len=hash_len, salt_len=salt_len, type=kind
+            ).hash("pw")
+            for salt_len in (16, 17, 15)
+            for hash_len in (32, 31, 33)
+            for t in (1, 2)
+            for kind in (argon2.Type.ID, argon2.Type.I)
+        }
+        made["v=16"] = made[(16, 32, 1, argon2.Type.ID)].replace("$v=19$", "$v=16$")
+        for key, encoded in made.items():
+            assert hasher.needs_rehash(encoded) == hasher._hasher.check_needs_rehash(encoded), key
+        assert hasher.needs_rehash(made[(16, 32, 1, argon2.Type.ID)]) is False
 
     @pytest.mark.parametrize(
         "encoded", ["", "plaintext", "$2b$12$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW"]

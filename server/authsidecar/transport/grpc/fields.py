@@ -23,6 +23,8 @@ _INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 def has_invisible(value: str) -> bool:
     """Whether a string holds control, format (zero-width, bidi override) or line-separator characters."""
+    if value.isascii():  # the usual user agent: its only such characters are the ASCII controls
+        return not value.isprintable()
     return any(unicodedata.category(c) in _INVISIBLE for c in value)
 
 
