@@ -14,8 +14,9 @@ import asyncpg
 import pytest
 
 from authsidecar.domain.fields import Registry
-from authsidecar.domain.models import CREDENTIAL_PROVIDER, Account, Session, User
+from authsidecar.domain.models import CREDENTIAL_PROVIDER, Account, Extra, Session, User
 from authsidecar.errors import BackendUnavailable, Conflict
+from authsidecar.schema_config import SchemaSettings
 from authsidecar.storage.database import SqlDatabase, create_database
 from authsidecar.storage.schema import Schema
 from authsidecar.storage.urls import resolve_database_url
@@ -220,3 +221,40 @@ async def test_a_lost_connection_fails_a_write_but_sends_a_read_elsewhere(error:
     with pytest.raises(asyncpg.UniqueViolationError):  # the statement's own error: the connection stays
         await hot.fetch("INSERT ...", write=True)
     assert not failing.terminated
+
+
+@pytest.mark.parametrize("kind", ["postgres", "sqlite"])
+async def test_a_user_field_named_like_an_account_column_keeps_its_own_value(kind: str, tmp_path: Any) -> None:
+    """The credential read labels the account's columns; a user field may be named a_password, a_id, ...: it
+    must read back its own value, never the account's (found by review: the password hash once leaked into it)."""
+    settings = SchemaSettings.model_validate(
+        {
+            "user": {
+                "additional_fields": {name: {"type": "string", "required": False} for name in ("a_password", "a_id")}
+            }
+        }
+    )
+    registry = settings.registry()
+    url = create_pg_database("authsidecar_hot") if kind == "postgres" else f"sqlite:///{tmp_path}/shadow.db"
+    migrate(url, registry)
+    db = create_database(resolve_database_url(url, ""), Schema(registry))
+    try:
+        now = datetime.now(UTC)
+        extra = Extra({"a_password": "mine", "a_id": "my id"})
+        user = User(
+            secrets.token_hex(16), "Hot", f"hot-{secrets.token_hex(4)}@example.com", False, None, now, now, extra
+        )
+        hashed = "$argon2id$v=19$the-hash"
+        account = Account(secrets.token_hex(16), user.id, CREDENTIAL_PROVIDER, user.id, hashed, now, now)
+        async with db.transaction() as tx:
+            await tx.insert_user(user)
+            await tx.insert_account(account)
+        for autocommit in (True, False):  # the direct path on Postgres, and SQLAlchemy's
+            async with db.transaction(autocommit=autocommit) as tx:
+                found = await tx.get_user_with_credential(user.email)
+            assert found is not None
+            assert found[0].additional == extra and found[1] is not None and found[1].password == hashed
+    finally:
+        await db.close()
+        if kind == "postgres":
+            drop_pg_database(url)

@@ -66,7 +66,8 @@ class _Statements:
         self._session_if_credential: dict[tuple[tuple[str, ...], bool], sa.Insert] = {}
         self.account_keys = [c.key for c in a.c]
         self.user_with_credential = (
-            sa.select(*u.c, *(c.label(f"a_{c.key}") for c in a.c))
+            # "account.<key>": no user field can be named so (field names are identifiers), so none is shadowed
+            sa.select(*u.c, *(c.label(f"account.{c.key}") for c in a.c))
             .select_from(u.outerjoin(a, sa.and_(a.c.user_id == u.c.id, a.c.provider_id == CREDENTIAL_PROVIDER)))
             .where(u.c.email == p("email"))
             .limit(1)
@@ -370,9 +371,11 @@ class SqlUnitOfWork:
                 return None
             m = row._mapping
         user = record(User, self._q.registry.user, m)
-        if m["a_id"] is None:  # no credential account (LEFT JOIN)
+        if m["account.id"] is None:  # no credential account (LEFT JOIN)
             return user, None
-        return user, record(Account, self._q.registry.account, {key: m[f"a_{key}"] for key in self._q.account_keys})
+        return user, record(
+            Account, self._q.registry.account, {key: m[f"account.{key}"] for key in self._q.account_keys}
+        )
 
     async def _one_user(self, stmt: sa.Executable, params: dict[str, Any]) -> User | None:
         row = (await self._execute(stmt, params)).first()

@@ -54,13 +54,13 @@ class HotConnection:
         try:
             return list(await conn.fetch(sql, *args, timeout=self._timeout))
         except (asyncio.CancelledError, TimeoutError):
-            self._drop()  # cancelled or timed out mid-query: the connection's state is in doubt; a stalled
+            self._drop(conn)  # cancelled or timed out mid-query: the connection's state is in doubt; a stalled
             raise  # server would stall the pool too, so the timeout is the caller's answer (not a second try)
         except Exception as exc:
             if write and isinstance(exc, asyncpg.PostgresError) and not connection_lost(exc):
                 raise  # the statement's own error (a constraint, say): the connection is fine
             log.info("hot-path connection failed (%s); going through the pool", type(exc).__name__)
-            self._drop()
+            self._drop(conn)
             if write:
                 raise
             return None
@@ -89,11 +89,12 @@ class HotConnection:
         finally:
             self._opening = None
 
-    def _drop(self) -> None:
-        conn, self._conn = self._conn, None
+    def _drop(self, conn: Any) -> None:
+        """Terminate a connection that failed (and forget it, unless another has replaced it meanwhile)."""
+        if self._conn is conn:
+            self._conn = None
         self._failed_at = time.monotonic()
-        if conn is not None:
-            conn.terminate()
+        conn.terminate()
 
     async def close(self) -> None:
         """Close it (and stop opening it)."""

@@ -34,6 +34,7 @@ class RawStatement:
             self._params.append((name, bind.required, bind.effective_value, convert))
         columns = list(stmt.exported_columns)
         self.keys: tuple[str, ...] = tuple(str(c.key) for c in columns)
+        self._unique_keys = len(set(self.keys)) == len(self.keys)
         self._results: list[_Convert] = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns]
 
     def args(self, params: Mapping[str, Any]) -> list[Any]:
@@ -49,5 +50,8 @@ class RawStatement:
         return [value if convert is None else convert(value) for convert, value in zip(self._results, row, strict=True)]
 
     def mapping(self, row: Sequence[Any]) -> dict[str, Any]:
-        """One result row by column key (label)."""
+        """One result row by column key (label); only for a statement whose keys are unique (as SQLAlchemy refuses
+        an ambiguous name)."""
+        if not self._unique_keys:
+            raise ValueError(f"ambiguous column keys in {self.keys}")
         return dict(zip(self.keys, self.values(row), strict=True))
