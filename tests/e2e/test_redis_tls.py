@@ -18,6 +18,8 @@ import asyncio
 import contextlib
 import hashlib
 import secrets
+import shutil
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,15 +28,18 @@ from urllib.parse import quote
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from authsidecar.cache.cluster_get import SlotRoutedGetClient
+from authsidecar.cache.ratelimit import Limit, RedisRateLimiter
+from authsidecar.cache.resp import PipelinedGetClient
 from authsidecar.cache.topology import connect_redis, hot_path_getter, parse_redis_url
 from authsidecar_client.v1 import auth_service_pb2 as auth_pb
 from authsidecar_client.v1 import resources_pb2
 from tests.conftest import TEST_SECRET
 from tests.e2e.conftest import Server, Stubs, start_server, stubs_for
 from tests.e2e.conftest import validation_outcome as outcome
-from tests.e2e.redis_topologies import RedisCluster, RedisSentinel, RedisTls, cli
+from tests.e2e.redis_topologies import RedisCluster, RedisSentinel, RedisTls, _Servers, cli, free_port
 from tests.e2e.test_transport_security import Pki
 
 pytestmark = [pytest.mark.postgres]
@@ -353,3 +358,56 @@ async def test_sentinel_over_tls_with_a_failover(
     for token in tokens[2:]:
         assert await outcome(stubs, token) == "ok"
     check_log(servers[0], *tokens, *private_keys(pki))
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory: pytest.TempPathFactory, tls: RedisTls) -> Iterator[int]:
+    """One TLS-only Redis server (no plaintext port); its port."""
+    node = _Servers(tmp_path_factory.mktemp("tls-single"), tls=tls)
+    port = free_port()
+    try:
+        node.spawn(port)
+        yield port
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="module")
+def trust_options(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]]:
+    """The three ways a URL names the CA (a file, PEM text, a hashed directory), and a CA that signed nothing."""
+    folder = tmp_path_factory.mktemp("ca-path")
+    shutil.copy(pki.path("ca.pem"), folder / "ca.pem")
+    subprocess.run(["openssl", "rehash", str(folder)], check=True, capture_output=True)
+    return {
+        "ssl_ca_certs": {"ssl_ca_certs": pki.path("ca.pem")},
+        "ssl_ca_data": {"ssl_ca_data": Path(pki.path("ca.pem")).read_text()},
+        "ssl_ca_path": {"ssl_ca_path": str(folder)},
+        "wrong": {"ssl_ca_data": Path(pki.path("other-ca.pem")).read_text()},
+    }
+
+
+@pytest.mark.parametrize("trust", ["ssl_ca_certs", "ssl_ca_data", "ssl_ca_path"])
+async def test_the_pipelined_connection_speaks_every_tls_option_redis_py_does(
+    single: int, pki: Pki, trust_options: dict[str, dict[str, str]], trust: str
+) -> None:
+    """The session put and the rate-limit counters go over the pipelined connection, whose TLS context is built by
+    redis-py's own connection class from the same URL options (found by review: with ssl_ca_data only redis-py
+    could connect, and the limits silently became per-process); verification stays required."""
+
+    def url(trusting: dict[str, str]) -> str:
+        params = {"ssl_certfile": pki.path("authsidecar.pem"), "ssl_keyfile": pki.path("authsidecar.key")} | trusting
+        return f"rediss://127.0.0.1:{single}/0?" + "&".join(f"{k}={quote(v, safe='')}" for k, v in params.items())
+
+    pipelined = PipelinedGetClient(url(trust_options[trust]), 2.0)
+    limiter = RedisRateLimiter(connect_redis(url(trust_options[trust]), 2.0), f"tls-{secrets.token_hex(4)}:", pipelined)
+    try:
+        assert [await limiter.hit([("k", Limit(2, 60))]) for _ in range(2)] == [0.0, 0.0]
+        assert pipelined.connected
+        assert await limiter.hit([("k", Limit(2, 60))]) > 0
+    finally:
+        await limiter.close()
+
+    wrong = PipelinedGetClient(url(trust_options["wrong"]), 2.0)  # a CA that did not sign the server's certificate
+    with pytest.raises(RedisConnectionError, match="certificate verify failed"):
+        await wrong.call(b"PING")
+    await wrong.close()

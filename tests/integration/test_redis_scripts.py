@@ -1,8 +1,10 @@
 """Scripts sent over the hot path's pipelined connection (the session put, the rate-limit counters): the same
-effect as through redis-py, and still working after the server forgot its scripts (SCRIPT FLUSH, a restart)."""
+effect as through redis-py, still working after the server forgot its scripts (SCRIPT FLUSH, a restart), and a
+connection that stops answering replaced."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -96,3 +98,28 @@ async def test_rate_limit_counters_over_the_pipelined_connection(prefix: str) ->
     finally:
         await limiter.close()
         await plain.close()
+
+
+async def test_a_connection_that_stops_answering_is_replaced() -> None:
+    """A connection dead without a FIN or RST (a lost NAT entry) would time out every later call until the kernel
+    gives up on it: a call that times out retires it, and the next call connects again (found by review)."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # reads nothing, answers nothing
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = PipelinedGetClient(f"redis://127.0.0.1:{port}/0", 0.2)
+    try:
+        for attempt in range(1, 4):
+            with pytest.raises(TimeoutError):
+                await client.call(b"PING")
+            assert not client.connected
+            assert len(accepted) == attempt  # each call after a timeout came on a new connection
+    finally:
+        await client.close()
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()

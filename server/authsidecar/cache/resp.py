@@ -20,7 +20,6 @@ KILL), which is followed at once.
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, cast
@@ -136,8 +135,7 @@ class PipelinedGetClient:
         protocol = self._protocol
         if protocol is None or protocol.closed:
             protocol = await self._connect()
-        async with asyncio.timeout(self._timeout):
-            value = await protocol.send(_encode(b"GET", key.encode()))
+        value = await self._answer(protocol, protocol.send(_encode(b"GET", key.encode())))
         assert value is None or isinstance(value, bytes)
         return value
 
@@ -147,8 +145,23 @@ class PipelinedGetClient:
         if protocol is None or protocol.closed:
             protocol = await self._connect()
         payload = _encode(*(a if isinstance(a, bytes) else str(a).encode() for a in args))
-        async with asyncio.timeout(self._timeout):
-            return await protocol.send(payload)
+        return await self._answer(protocol, protocol.send(payload))
+
+    async def _answer(self, protocol: _Protocol, waiter: asyncio.Future[Any]) -> Any:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await waiter
+        except TimeoutError:
+            self._stalled(protocol)
+            raise
+
+    def _stalled(self, protocol: _Protocol) -> None:
+        """No answer in time, or the primary moved: new calls open another connection; this one closes once the
+        calls already sent had their time (a connection dead without a FIN or RST, a lost NAT entry say, would
+        otherwise time out every call until the kernel gives up on it)."""
+        protocol.retire()
+        if protocol.transport is not None:
+            asyncio.get_running_loop().call_later(self._timeout, protocol.transport.close)
 
     async def get_many(self, *keys: str) -> list[bytes | None]:
         """The values of several keys, pipelined: one round trip."""
@@ -159,7 +172,9 @@ class PipelinedGetClient:
         try:
             async with asyncio.timeout(self._timeout):
                 values = [await waiter for waiter in waiters]
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, TimeoutError):
+                self._stalled(protocol)
             for waiter in waiters:  # the others' errors are the same one: seen here, not reported as unretrieved
                 if waiter.done() and not waiter.cancelled():
                     waiter.exception()
@@ -189,9 +204,7 @@ class PipelinedGetClient:
             except Exception:  # noqa: S112 - the sentinels are unreachable: keep what works, ask again later
                 continue
             if protocol.address is not None and address != protocol.address:
-                protocol.retire()
-                if protocol.transport is not None:  # a server that stopped answering: closed after the timeout
-                    asyncio.get_running_loop().call_later(self._timeout, protocol.transport.close)
+                self._stalled(protocol)
 
     async def _open(self) -> _Protocol:
         o = self._options
@@ -203,12 +216,10 @@ class PipelinedGetClient:
                 else:
                     context = None
                     if o.get("connection_class") is not None and "SSL" in o["connection_class"].__name__:
-                        context = ssl.create_default_context(cafile=o.get("ssl_ca_certs"))
-                        if o.get("ssl_certfile"):
-                            context.load_cert_chain(o["ssl_certfile"], o.get("ssl_keyfile"))
-                        if o.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
-                            context.check_hostname = False
-                            context.verify_mode = ssl.CERT_NONE
+                        # The context redis-py's own connection builds from the same URL options and with its
+                        # defaults (verification required, hostname checked): the same TLS as its clients.
+                        settings = {k: v for k, v in o.items() if k != "connection_class"}
+                        context = o["connection_class"](**settings).ssl_context.get()
                     host, port = o.get("host", "localhost"), o.get("port", 6379)
                     if self._locate is not None:
                         host, port = await self._locate()
