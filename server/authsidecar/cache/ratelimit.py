@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from authsidecar.cache.resp import HotGetter, run_script
+from authsidecar.cache.resp import HotGetter, PipelinedGetClient, run_script
 from authsidecar.cache.topology import UNAVAILABLE_ERRORS, RedisClient
 from authsidecar.errors import BackendUnavailable
 
@@ -126,7 +126,10 @@ class RedisRateLimiter(RateLimiter):
     async def reset(self, key: str) -> None:
         """Delete the counter."""
         try:
-            await self._redis.delete(self._prefix + key)
+            if isinstance(self._pipelined, PipelinedGetClient):
+                await self._pipelined.call(b"DEL", self._prefix + key)
+            else:
+                await self._redis.delete(self._prefix + key)
         except _ERRORS as exc:
             raise BackendUnavailable("Redis is unavailable") from exc
 

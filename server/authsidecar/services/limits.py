@@ -170,11 +170,14 @@ class LoginGuard:
         if not self.limits.enabled:
             return
         pair, account = self._keys(email, ip)
-        if pair is not None:
-            wait = await self.limits.hit([(pair, self.failures_per_ip)])
+        peek = self.limits.hit([(account, self.failures_per_account)], count=False)
+        if pair is not None:  # both at once (one round trip on the pipelined connection); the peek counts nothing
+            wait, slow = await asyncio.gather(self.limits.hit([(pair, self.failures_per_ip)]), peek)
             if wait > 0:
                 raise RateLimited(wait, "too many failed sign-ins for this account from this address")
-        if await self.limits.hit([(account, self.failures_per_account)], count=False) > 0:
+        else:
+            slow = await peek
+        if slow > 0:
             await self.sleep(self.slowdown)
 
     async def failed(self, email: str, ip: str | None) -> None:
