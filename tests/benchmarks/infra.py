@@ -110,6 +110,15 @@ def stat_cpu_seconds(stat: Path) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_cpu_seconds() -> tuple[float, float]:
+    """CPU time the whole machine has spent busy (user, nice, system, irq, softirq) and stolen by the hypervisor,
+    in seconds, from /proc/stat: the difference over a phase is what everything running then cost together."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, steal / tick
+
+
 @dataclass
 class ServerProcess:
     """A server subprocess listening on ``address``, logging to ``log_path``."""

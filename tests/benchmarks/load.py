@@ -26,6 +26,7 @@ from authsidecar_client.v1 import (
     session_service_pb2,
     session_service_pb2_grpc,
 )
+from tests.benchmarks.infra import machine_cpu_seconds
 
 CALL_TIMEOUT = 10.0
 MAX_CALLS_PER_CLIENT = 200_000
@@ -222,11 +223,14 @@ async def _sign_in_load(
                 outcomes[(await _timed_sign_in(stub, request(i)))[1]] += 1
                 i += 1
 
+        busy, steal = machine_cpu_seconds()
         start = time.perf_counter()
         end = start + seconds
         await asyncio.gather(*(caller(k, end) for k in range(in_flight)))
         elapsed = time.perf_counter() - start
-    return {"outcomes": dict(outcomes), "s": elapsed}
+        busy_after, steal_after = machine_cpu_seconds()
+    machine = {"busy": busy_after - busy, "steal": steal_after - steal}
+    return {"outcomes": dict(outcomes), "s": elapsed, "machine": machine}
 
 
 def sign_in_burst(address: str, credentials: list[tuple[str, str]], calls: int, queue: Queue[Any]) -> None:
