@@ -3,8 +3,9 @@
 redis-py's asyncio client spends far more CPU per command (connection pool checkout, retry wrapper,
 observability hooks) than the GET itself; on ValidateSession that overhead is most of the server's work on a
 cache hit. This client keeps ONE connection per process and pipelines every command on it: replies come back in
-order, so each caller just awaits the next future in a FIFO. A caller that times out leaves its future behind;
-the late reply is consumed and dropped. Any connection error fails every waiter, and the next call reconnects.
+order, so each caller just awaits the next future in a FIFO. A caller that times out leaves its future behind
+(a late reply is consumed and dropped) and retires the connection: new calls open another, and it closes once the
+calls already sent had their time. Any connection error fails every waiter, and the next call reconnects.
 
 It only speaks what it needs: AUTH / SELECT at connect, then GET, and single commands through ``call`` (the
 session cache's put script, a sign-in's only Redis write). URLs are parsed by redis-py (redis://, rediss://,
