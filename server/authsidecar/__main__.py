@@ -3,8 +3,10 @@
 import signal
 import sys
 
-if sys.argv[1:2] == ["serve"]:  # a SIGTERM while the modules load is a clean exit too
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+if sys.argv[1:2] == ["serve"]:  # a SIGTERM or SIGINT while the modules load is a clean exit too (nothing to drain;
+    # the supervisor stops workers still loading with SIGINT when another could not start: no traceback for that)
+    for _signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(_signal, lambda signum, frame: sys.exit(0))
 
 from authsidecar.cli import main
 
