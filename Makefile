@@ -11,6 +11,7 @@ TS_CLIENT := clients/typescript/node_modules/.installed
 XDS := $(TOOLS)/xds-protos/.installed
 
 .PHONY: run test lint format proto bench migrate buf-lint clean lock
+.PHONY: test-fast test-contract test-e2e test-interop
 .PHONY: ts-client proto-ts
 .PHONY: go-tools go-client proto-go
 .PHONY: image compose-up
@@ -40,10 +41,29 @@ run: $(RUN_STAMP)
 migrate: $(RUN_STAMP)
 	$(BIN)/authsidecar migrate
 
-## All tests: unit, storage/service contract (Postgres+Redis, SQLite+in-process, MariaDB), end-to-end, grpcurl,
-## and side by side with a real Better Auth app.
+## All tests, in parallel (they mostly wait on servers and databases): every tier below. TEST_WORKERS processes
+## (default 4 on this 2-core kind); tests of one file stay in one process (module-scoped servers start once).
+TEST_WORKERS ?= 4
+XDIST = -n $(TEST_WORKERS) --dist loadfile
 test: $(STAMP) $(DRIZZLE_KIT) $(BETTER_AUTH) $(TS_CLIENT) $(XDS)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(XDIST) $(PYTEST_ARGS)
+
+## The fast tier, for your own loop: unit tests and pure logic. No server process, database, node, Go or nginx.
+test-fast: $(STAMP)
+	$(BIN)/pytest -q tests/unit -m "not interop" $(PYTEST_ARGS)
+
+## The contract tier: storage and service contracts on every backend (Postgres+Redis, SQLite+in-process, MariaDB).
+test-contract: $(STAMP)
+	$(BIN)/pytest $(XDIST) tests/integration -m "not interop" $(PYTEST_ARGS)
+
+## The end-to-end tier: the real server on a real port, through the generated stubs; migrations.
+test-e2e: $(STAMP) $(XDS)
+	$(BIN)/pytest $(XDIST) tests/e2e tests/migrations -m "not interop" $(PYTEST_ARGS)
+
+## The interop tier: Better Auth under node, the Go and TypeScript clients, buf, nginx, drizzle-kit, Redis
+## Cluster / Sentinel / TLS topologies (tests/conftest.py INTEROP_FILES).
+test-interop: $(STAMP) $(DRIZZLE_KIT) $(BETTER_AUTH) $(TS_CLIENT) $(XDS)
+	$(BIN)/pytest $(XDIST) -m interop $(PYTEST_ARGS)
 
 ## Envoy's generated stubs for the ext_authz tests, beside the virtualenv (requirements/xds.lock says why).
 $(XDS): requirements/xds.lock | $(STAMP)

@@ -92,6 +92,31 @@ CUSTOM_SCHEMA = SchemaSettings.model_validate(tomllib.loads(CUSTOM_SCHEMA_TOML)[
 
 T = TypeVar("T")
 
+# The interop tier (`make test-interop`): files that run other programs against ours - Better Auth under node, the
+# Go and TypeScript clients, buf, nginx, drizzle-kit, Redis Cluster / Sentinel / TLS topologies. Single tests of
+# other files that need node carry @pytest.mark.interop themselves (tests/unit/test_two_factor_formats.py).
+INTEROP_FILES = frozenset(
+    {
+        "test_better_auth.py",
+        "test_two_factor_better_auth.py",
+        "test_go_client.py",
+        "test_typescript_client.py",
+        "test_buf_template.py",
+        "test_gateway_nginx.py",
+        "test_redis_cluster.py",
+        "test_redis_sentinel.py",
+        "test_redis_tls.py",
+        "test_drizzle.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the interop tier's files (INTEROP_FILES)."""
+    for item in items:
+        if item.path.name in INTEROP_FILES:
+            item.add_marker(pytest.mark.interop)
+
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine to completion on a private loop in another thread (leaves pytest-asyncio's loop alone)."""

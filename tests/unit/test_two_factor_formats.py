@@ -278,6 +278,7 @@ KEY_SET = SecretKeyring({3: "rotated-" + "c" * 32, 1: "first-" + "d" * 32}, curr
 KEY_SET_JSON = {"keys": [[3, KEY_SET.keys[3]], [1, KEY_SET.keys[1]]], "currentVersion": 3, "legacySecret": SECRET}
 
 
+@pytest.mark.interop
 def test_node_encrypts_python_decrypts() -> None:
     made = _node(
         """
@@ -294,6 +295,7 @@ def test_node_encrypts_python_decrypts() -> None:
     assert [decrypt(KEY_SET, stored) for stored in made[len(PLAINTEXTS) :]] == PLAINTEXTS
 
 
+@pytest.mark.interop
 def test_python_encrypts_node_decrypts() -> None:
     stored = [encrypt(SECRET, text) for text in PLAINTEXTS]
     stored += [encrypt(KEY_SET, text) for text in PLAINTEXTS]
@@ -313,6 +315,7 @@ def test_python_encrypts_node_decrypts() -> None:
     assert read == PLAINTEXTS * 3
 
 
+@pytest.mark.interop
 def test_node_rejects_what_python_rejects() -> None:
     good = encrypt(SECRET, "secret")
     bad = [_flip(good, 0), _flip(good, 60), _flip(good, len(good) - 1), good[:-2], good + "00"]
@@ -334,6 +337,7 @@ def test_node_rejects_what_python_rejects() -> None:
             decrypt(SECRET, stored)
 
 
+@pytest.mark.interop
 def test_totp_codes_and_uris_match_better_auths_otp_helper() -> None:
     secrets_ = [new_totp_secret() for _ in range(3)] + [RFC_SECRET, "base32:JBSWY3DPEHPK3PXP"]
     times = [59.0, 1_111_111_109.0, 1_700_000_029.999, 1_700_000_030.0, time.time()]
@@ -372,6 +376,7 @@ def test_totp_codes_and_uris_match_better_auths_otp_helper() -> None:
     assert all(verify_totp(s, code, at + 30) for (s, at), code in zip(pairs, node["codes"], strict=True))
 
 
+@pytest.mark.interop
 def test_backup_codes_match_better_auths_plugin_code() -> None:
     python_codes = new_backup_codes()
     node = _node(
@@ -416,6 +421,7 @@ const failure = async (call) => { try { await call(); return null; } catch (e) {
 """
 
 
+@pytest.mark.interop
 def test_rows_better_auth_writes_on_enable_read_here() -> None:
     node = _node(
         APP_PRELUDE
@@ -435,6 +441,7 @@ def test_rows_better_auth_writes_on_enable_read_here() -> None:
     assert decode_backup_codes(SECRET, row["backupCodes"]) == enabled["backupCodes"]
 
 
+@pytest.mark.interop
 def test_rows_written_here_pass_better_auths_sign_in_challenge() -> None:
     secret = new_totp_secret()
     codes = new_backup_codes()
