@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import NoReturn
 
 import asyncpg
 from sqlalchemy import exc as sa_exc
 
 from authsidecar.errors import AuthSidecarError, BackendUnavailable, Conflict, FieldViolation, InvalidArgument
 
-__all__ = ["connection_lost", "translate_error"]
+__all__ = ["connection_lost", "raise_translated", "translate_error"]
 
 _UNIQUE_VIOLATION = "23505"
 _TRY_AGAIN = {"55P03", "40P01", "40001"}  # lock not available (lock_timeout), deadlock, serialization failure
@@ -108,3 +109,11 @@ def connection_lost(error: BaseException) -> bool:
         | asyncpg.OperatorInterventionError
         | asyncpg.InsufficientResourcesError,
     )
+
+
+def raise_translated(exc: Exception) -> NoReturn:
+    """Re-raise a driver error as its domain error (the one translation point), or as it is when unknown."""
+    translated = translate_error(exc)
+    if translated is None:
+        raise exc
+    raise translated from exc

@@ -1,5 +1,6 @@
 """The invalidation log's payload: one JSON document per committed write, ``{"s": [[userId, storedToken],
-...], "u": [[userId, version], ...]}``. Pure functions, shared by the writer and the readers."""
+...], "u": [[userId, version], ...]}``. Pure functions, shared by the writer and the readers; and the Postgres
+channel every entry is announced on."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ import json
 
 from authsidecar.domain.models import Invalidations
 
-__all__ = ["decode_payload", "encode_payload"]
+__all__ = ["NOTIFY_CHANNEL", "decode_payload", "encode_payload"]
+
+# Postgres: every invalidation log entry is also announced on this channel (delivered at commit), so instances
+# that LISTEN learn it within milliseconds instead of at their next poll.
+NOTIFY_CHANNEL = "authsidecar_invalidation"
 
 
 def encode_payload(invalidations: Invalidations) -> str:

@@ -1,4 +1,4 @@
-"""The delivery side of the transactional outbox (entries are written by the unit of work, storage/database.py).
+"""The delivery side of the transactional outbox (entries are written by the unit of work, storage/unit_of_work/).
 
 One instance at a time delivers: it holds the lease row (``holder``, ``leaseUntil``), renewed while it works and
 taken over by another instance once it lapses (a crashed holder's entries are delivered again: at least once).
