@@ -14,6 +14,7 @@ from authsidecar.cli_admin import OneLineParser, add_commands
 from authsidecar.cli_admin import run as run_admin
 from authsidecar.cli_health import add_health_command, run_health
 from authsidecar.config import ConfigError, Settings, load_settings
+from authsidecar.plugins.loader import plugin_registry
 from authsidecar.worker import WorkerRole
 
 __all__ = ["main"]
@@ -87,13 +88,13 @@ def _worker_role(args: argparse.Namespace) -> WorkerRole | None:
 
 
 def _migrate(settings: Settings, check_only: bool, dry_run: bool) -> int:
-    from authsidecar.assembly import database_target
+    from authsidecar.assembly import build_registry, database_target
     from authsidecar.storage.explain import explain_database_error
     from authsidecar.storage.migrate import check, upgrade
     from authsidecar.storage.schema import Schema
     from authsidecar.storage.sync import SchemaProblem
 
-    target, schema = database_target(settings), Schema(settings.registry())
+    target, schema = database_target(settings), Schema(build_registry(settings))
     try:
         if check_only or dry_run:
             status = asyncio.run(check(target, schema))
@@ -127,11 +128,12 @@ def _migrate(settings: Settings, check_only: bool, dry_run: bool) -> int:
 def _generate(settings: Settings, dialect_name: str, output_format: str, output: str | None) -> int:
     from sqlalchemy.dialects import mysql, postgresql, sqlite
 
+    from authsidecar.assembly import build_registry
     from authsidecar.storage.drizzle import drizzle_schema
     from authsidecar.storage.schema import Schema
     from authsidecar.storage.sync import create_script
 
-    metadata = Schema(settings.registry()).metadata
+    metadata = Schema(build_registry(settings)).metadata
     if output_format == "drizzle":
         text = drizzle_schema(metadata, dialect_name)
     else:
@@ -201,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = {"workers": args.workers} if args.command == "serve" and args.workers is not None else {}
         settings = load_settings(**overrides)
+        plugin_registry(settings.db_schema, settings.plugins)  # every command refuses a missing or bad plugin
         worker = _worker_role(args) if args.command == "serve" else None
         _configure_logging(settings, worker.index if worker is not None else None)
         if args.command == "serve":

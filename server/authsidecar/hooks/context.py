@@ -8,7 +8,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["CallContext", "HookContext", "begin_call", "call_context", "note_actor", "tracking"]
+__all__ = ["CallContext", "HookContext", "begin_call", "call_context", "note_actor"]
 
 
 @dataclass(slots=True)
@@ -60,15 +60,6 @@ class HookContext:
 
 
 _CALL: ContextVar[CallContext | None] = ContextVar("authsidecar_call", default=None)
-
-
-class _Tracking:
-    """Whether anything reads call contexts (hooks or events are configured); the transport skips them if not."""
-
-    on = False
-
-
-tracking = _Tracking()
 
 
 def begin_call(rpc: str, ip_address: str | None, user_agent: str | None) -> None:

@@ -1,6 +1,6 @@
 """Which hooks run on which event, and running the before hooks.
 
-Configuration (``[[hooks]]`` in the TOML file; see config.py ``HookSettings``) names events as
+Configuration (``[[hooks]]`` in the TOML file; see config/tables.py ``HookSettings``) names events as
 ``"<model>.<event>"`` with ``*`` wildcards. Before hooks run in configuration order inside the transaction of the
 change, each seeing the data as the previous one left it; after hooks become outbox entries of that transaction
 (hooks/dispatcher.py delivers them).

@@ -1,23 +1,103 @@
-"""Builds the hook runner and the outbox's delivery targets from the settings (part of the composition root)."""
+"""Builds the hook runner and the outbox's delivery targets from the hook options, for the composition root.
+
+The composition root passes the settings: they are a ``HookOptions`` (the few options read here). The hooks never
+import the settings, which sit above them (tests/unit/test_layers.py).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
 from authsidecar.cache.redis import connect_redis
 from authsidecar.cache.stream import RedisEventStream
-from authsidecar.config import ConfigError, Settings
-from authsidecar.delivery.hook_webhooks import WebhookHook
+from authsidecar.config_error import ConfigError
 from authsidecar.hooks.context import HookContext
 from authsidecar.hooks.dispatcher import Deliver
 from authsidecar.hooks.runner import HookRunner, PythonHook
+from authsidecar.hooks.webhooks import WebhookHook
 
-__all__ = ["STREAM_TARGET", "HookSetup", "build_hooks"]
+if TYPE_CHECKING:
+    from pydantic import SecretStr
+
+__all__ = ["STREAM_TARGET", "HookOptions", "HookSetup", "HookSpec", "build_hooks"]
 
 STREAM_TARGET = "stream:redis"
+
+
+class HookSpec(Protocol):
+    """One ``[[hooks]]`` table (the settings' ``HookSettings`` is one)."""
+
+    @property
+    def events(self) -> Sequence[str]:
+        """Event patterns ("user.create", "session.*", "*.delete", "*")."""
+
+    @property
+    def when(self) -> str:
+        """Either "before" or "after"."""
+
+    @property
+    def call(self) -> str | None:
+        """A Python hook: "package.module:function"."""
+
+    @property
+    def url(self) -> str | None:
+        """A webhook hook: its URL."""
+
+    @property
+    def secret(self) -> SecretStr | None:
+        """The webhook's HMAC key (default: HookOptions.webhook_secret)."""
+
+    @property
+    def timeout(self) -> float:
+        """Seconds one call may take."""
+
+    @property
+    def on_failure(self) -> str:
+        """Before hooks that cannot be run: "reject" the change or "continue"."""
+
+
+class HookOptions(Protocol):
+    """The options ``build_hooks`` reads (the settings are one)."""
+
+    @property
+    def hooks(self) -> Sequence[HookSpec]:
+        """``[[hooks]]``, in configuration order."""
+
+    @property
+    def webhook_secret(self) -> SecretStr | None:
+        """The default HMAC key of webhook hooks."""
+
+    @property
+    def event_stream(self) -> str:
+        """Either "redis" (publish every after event to a Redis Stream) or "off"."""
+
+    @property
+    def event_stream_key(self) -> str:
+        """The stream's key, after the Redis key prefix."""
+
+    @property
+    def event_stream_max_length(self) -> int:
+        """The stream is trimmed to about this many entries."""
+
+    @property
+    def effective_redis_key_prefix(self) -> str:
+        """The prefix of every Redis key."""
+
+    @property
+    def redis_url(self) -> SecretStr | None:
+        """REDIS_URL."""
+
+    @property
+    def redis_timeout(self) -> float:
+        """Seconds a Redis call may take."""
+
+    @property
+    def redis_max_connections(self) -> int:
+        """Connections of a Redis pool."""
 
 
 @dataclass
@@ -44,7 +124,7 @@ def _after_python(hook: PythonHook) -> Deliver:
     return deliver
 
 
-def build_hooks(settings: Settings, client: httpx.AsyncClient) -> HookSetup:
+def build_hooks(settings: HookOptions, client: httpx.AsyncClient) -> HookSetup:
     """Every configured hook, and the event stream when it is on; raises ConfigError on an unusable one."""
     setup = HookSetup()
     for index, spec in enumerate(settings.hooks):

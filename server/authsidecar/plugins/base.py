@@ -6,8 +6,9 @@ configuration (``[plugins.<name>]``, whose other keys are its options). It is bu
 - ``schema()`` says what it adds to the database: fields on core models (``user``, ``session``) and tables of its
   own. They are created by ``authsidecar migrate``, shown by ``generate``, checked by ``migrate --check`` and at
   start-up, and renamed by ``[plugins.<name>.schema.<model>]`` (``model_name``, ``fields``) like the core tables.
-- ``setup(host)``, at start-up, gets what it may use (the store of record with hooks and outbox, the SQL tables
-  of its own, the session manager, the hasher, the limits, the hook runner to add hooks to) and returns its parts:
+- ``setup(host)``, at start-up, gets what it may use (the server's secrets, the store of record with hooks and
+  outbox, the SQL tables of its own, the session manager, the hasher, the limits, the hook runner to add hooks
+  to) and returns its parts:
   gRPC services (served with reflection, health and the same error model; wrap handlers with
   ``authsidecar.transport.grpc.status.rpc``) and, optionally, a sign-in gate that may turn a password sign-in
   into a challenge (a second factor) or refuse it (a ban). Every enabled plugin's gate is asked, in order.
@@ -22,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from authsidecar.domain.fields import FieldDef, ModelDef
 
 if TYPE_CHECKING:
-    from authsidecar.config import Settings
+    from pydantic import SecretStr
+
     from authsidecar.domain.ports import Database
     from authsidecar.hooks.dispatcher import Deliver
     from authsidecar.hooks.runner import HookRunner
@@ -32,7 +34,29 @@ if TYPE_CHECKING:
     from authsidecar.services.sessions import SessionManager
     from authsidecar.storage.database import SqlDatabase
 
-__all__ = ["GrpcService", "Plugin", "PluginHost", "PluginParts", "PluginSchema"]
+__all__ = ["GrpcService", "Plugin", "PluginHost", "PluginParts", "PluginSchema", "ServerSecrets"]
+
+
+class ServerSecrets(Protocol):
+    """The server's secrets, for a plugin that keys data of its own with them (the settings are one)."""
+
+    @property
+    def better_auth(self) -> bool:
+        """The Better Auth compatibility profile is on (then Better Auth's secrets key shared data)."""
+
+    @property
+    def secret(self) -> SecretStr | None:
+        """AUTHSIDECAR_SECRET."""
+
+    @property
+    def better_auth_secret(self) -> SecretStr | None:
+        """Better Auth's secret as set in the TOML file (the environment's BETTER_AUTH_SECRET comes first)."""
+
+    def better_auth_current_secret(self) -> str:
+        """The secret Better Auth signs with now; raises ConfigError when there is none."""
+
+    def better_auth_secret_versions(self) -> list[tuple[int, str]]:
+        """BETTER_AUTH_SECRETS as (version, secret) pairs, current first ([] when unset)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +82,7 @@ class GrpcService:
 class PluginHost:
     """What a plugin may use, built by the composition root."""
 
-    settings: Settings
+    secrets: ServerSecrets  # the composition root passes the settings, which have these and more
     store: Database  # units of work with hooks and the outbox: write core records through it
     database: SqlDatabase  # the plugin's own tables: database.schema.plugin_tables[<model>]
     sessions: SessionManager

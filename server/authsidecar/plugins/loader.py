@@ -1,18 +1,47 @@
-"""Finding enabled plugins (entry points) and adding their schema to the field registry."""
+"""Finding enabled plugins (entry points), building them from their ``[plugins.<name>]`` options, and adding
+their schema to the field registry. Called by the composition root (assembly.py, the command line) with the
+settings' plugin tables; it never reads the settings themselves."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from authsidecar.config_error import ConfigError
 from authsidecar.domain.fields import BUILTIN_MODELS, ModelDef, Registry
 from authsidecar.plugins.base import Plugin, PluginSchema
 
-__all__ = ["ENTRY_POINT_GROUP", "available_plugins", "extend_registry", "load_plugin"]
+if TYPE_CHECKING:
+    from authsidecar.schema_config import SchemaSettings
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "PluginTable",
+    "available_plugins",
+    "enabled_plugins",
+    "extend_registry",
+    "load_plugin",
+    "plugin_registry",
+]
 
 ENTRY_POINT_GROUP = "authsidecar.plugins"
+
+
+class PluginTable(Protocol):
+    """One ``[plugins.<name>]`` table (the settings' ``PluginSettings`` is one)."""
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the plugin is on."""
+
+    @property
+    def plugin_schema(self) -> Mapping[str, Any]:
+        """``[plugins.<name>.schema.<model>]``: renames of the plugin's tables and columns."""
+
+    def options(self) -> dict[str, Any]:
+        """The plugin's own options."""
 
 
 def available_plugins() -> list[str]:
@@ -32,6 +61,31 @@ def load_plugin(name: str, options: dict[str, Any]) -> Plugin:
     except TypeError as exc:
         raise ValueError(f"{exc}") from None
     return plugin
+
+
+def enabled_plugins(tables: Mapping[str, PluginTable]) -> list[tuple[str, Plugin]]:
+    """The enabled plugins, built with their options, in configuration order; raises ConfigError."""
+    plugins = []
+    for name, table in tables.items():
+        if not table.enabled:
+            continue
+        try:
+            plugins.append((name, load_plugin(name, table.options())))
+        except ValueError as exc:
+            raise ConfigError(f"invalid configuration: plugins.{name}: {exc}") from None
+    return plugins
+
+
+def plugin_registry(schema: SchemaSettings, tables: Mapping[str, PluginTable]) -> Registry:
+    """The field registry of the configured schema (``[schema]``) with the enabled plugins' fields and tables;
+    raises ConfigError for a plugin that is missing or misconfigured."""
+    registry = schema.registry()
+    for name, plugin in enabled_plugins(tables):
+        try:
+            registry = extend_registry(registry, name, plugin.schema(), tables[name].plugin_schema, schema.use_plural)
+        except ValueError as exc:
+            raise ConfigError(f"invalid configuration: plugins.{name}: {exc}") from None
+    return registry
 
 
 RESERVED_PREFIX = "authsidecar_"  # authsidecar's own tables (invalidation log, outbox)

@@ -107,27 +107,26 @@ class TwoFactorPlugin:
             self.options,
         )
         servicer = TwoFactorServicer(service, host.services["convert"], host.sessions)
-        servicer.callers = host.services.get("callers")
         return PluginParts([GrpcService(service_name(), add_to_server, servicer)], sign_in_gate=service)
 
 
 def _key(host: PluginHost) -> formats.Secret:
     """Better Auth's secret (or key set) in the compatibility profile; else a key derived from our secret."""
-    settings = host.settings
-    if settings.better_auth:
-        versions = settings.better_auth_secret_versions()
+    secrets = host.secrets
+    if secrets.better_auth:
+        versions = secrets.better_auth_secret_versions()
         if not versions:
-            return settings.better_auth_current_secret()
+            return secrets.better_auth_current_secret()
         keys: dict[int, str] = {}
         for version, value in versions:
             keys.setdefault(version, value)
         current = versions[0][0]
         legacy = os.environ.get("BETTER_AUTH_SECRET") or (
-            settings.better_auth_secret.get_secret_value() if settings.better_auth_secret else None
+            secrets.better_auth_secret.get_secret_value() if secrets.better_auth_secret else None
         )
         return formats.SecretKeyring(keys, current, legacy or None)
-    if settings.secret is None:
+    if secrets.secret is None:
         raise ValueError(
             "needs AUTHSIDECAR_SECRET (32+ characters): TOTP secrets and backup codes are encrypted with a key from it"
         )
-    return derive_key(settings.secret.get_secret_value(), "two-factor").hex()
+    return derive_key(secrets.secret.get_secret_value(), "two-factor").hex()

@@ -1,25 +1,16 @@
-"""Settings: read once at start-up from environment variables and an optional TOML file, then frozen.
+"""``Settings``: every tunable of the server, validated (types, ranges, names) and frozen.
 
-Sources, highest priority first: environment variables (``DATABASE_URL``, ``REDIS_URL``, ``AUTHSIDECAR_*``),
-then the TOML file named by ``AUTHSIDECAR_CONFIG`` (keys are the field names below, without the prefix).
-Unknown keys are errors; every number has a range; secrets are ``SecretStr`` and never logged.
+Sources, highest priority first: init keywords, environment variables (``DATABASE_URL``, ``REDIS_URL``,
+``AUTHSIDECAR_*``), then the TOML file named by ``AUTHSIDECAR_CONFIG``. Plain option data: the composition root
+builds the parts from it and loads the plugins it enables (assembly.py, plugins/loader.py).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import (
-    AliasChoices,
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -28,135 +19,20 @@ from pydantic_settings import (
 )
 
 from authsidecar.cache.ratelimit import Limit
-from authsidecar.domain.fields import Registry
-from authsidecar.plugins.base import Plugin
-from authsidecar.plugins.loader import extend_registry, load_plugin
-from authsidecar.schema_config import ModelSchema, SchemaSettings
-
-__all__ = ["ConfigError", "Settings", "load_settings"]
-
-DAY = 86_400
-_HEADER_NAME = r"^[A-Za-z0-9][A-Za-z0-9-]{0,127}$"  # an HTTP header name (field-name token, no pseudo-headers)
-_COOKIE_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$"  # an RFC 6265 cookie-name (a token)
-
-
-# Headers a gateway reads (the credential) or that HTTP and proxies manage: never identity headers.
-_RESERVED_HEADERS = frozenset(
-    {
-        "authorization",
-        "cookie",
-        "host",
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "upgrade",
-        "te",
-        "keep-alive",
-        "proxy-authorization",
-        "set-cookie",
-        "www-authenticate",
-        "x-forwarded-for",
-    }
+from authsidecar.config.tables import (
+    COOKIE_NAME,
+    DAY,
+    HEADER_NAME,
+    RESERVED_HEADERS,
+    CallerSettings,
+    HookSettings,
+    PluginSettings,
+    RpcLimitSettings,
 )
+from authsidecar.config_error import ConfigError
+from authsidecar.schema_config import SchemaSettings
 
-
-class ConfigError(Exception):
-    """A setting is invalid; the message is one line naming the setting."""
-
-
-class RpcLimitSettings(BaseModel):
-    """One RPC's limits: ``"<count>/<period>"`` (``"3/10s"``, ``"5/15m"``) or ``"off"``; unset keeps the default."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    ip: str | None = None
-    identifier: str | None = None
-
-    @field_validator("ip", "identifier")
-    @classmethod
-    def _check(cls, value: str | None) -> str | None:
-        if value is not None and value != "off":
-            Limit.parse(value)
-        return value
-
-
-class CallerSettings(BaseModel):
-    """A calling service: recognised by a service key (its SHA-256 here, hex) or by its mTLS client certificate
-    (subject CN or SAN), allowed the listed RPCs (``"*"``: all)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    key_sha256: str | None = Field(None, pattern="^[0-9a-f]{64}$")
-    certificate_names: list[str] = Field(default_factory=list)
-    allow: list[str] = Field(min_length=1)
-
-    @field_validator("allow")
-    @classmethod
-    def _check_allow(cls, value: list[str]) -> list[str]:
-        from authsidecar.transport.grpc.callers import RPC_NAMES
-
-        unknown = sorted(set(value) - RPC_NAMES - {"*"})
-        if unknown:
-            raise ValueError(f"unknown RPC {unknown[0]!r}")
-        return value
-
-
-MAX_BEFORE_TIMEOUT = 10.0  # before hooks run inside a transaction, which Postgres ends after 15 s idle
-
-
-class HookSettings(BaseModel):
-    """One hook (``[[hooks]]``): a Python callable (``call``) or a webhook (``url``), run before or after the
-    changes its ``events`` name ("user.create", "session.*", "*.delete", "*")."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    events: list[str] = Field(min_length=1)
-    when: Literal["before", "after"]
-    call: str | None = Field(None, description='"package.module:function", async or sync')
-    url: str | None = Field(None, description="webhook URL (http or https)")
-    secret: SecretStr | None = Field(None, description="webhook HMAC key (default: AUTHSIDECAR_WEBHOOK_SECRET)")
-    timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
-    on_failure: Literal["reject", "continue"] = Field(
-        "reject", description="before hooks that cannot be run: refuse the change (reject) or go on"
-    )
-
-    @field_validator("events")
-    @classmethod
-    def _check_events(cls, value: list[str]) -> list[str]:
-        from authsidecar.hooks.runner import check_pattern
-
-        return [check_pattern(pattern) for pattern in value]
-
-    @model_validator(mode="after")
-    def _check_kind(self) -> HookSettings:
-        if (self.call is None) == (self.url is None):
-            raise ValueError("set exactly one of call (a Python function) and url (a webhook)")
-        if self.url is not None and not self.url.startswith(("http://", "https://")):
-            raise ValueError("url must be http:// or https://")
-        if self.when == "before" and self.timeout > MAX_BEFORE_TIMEOUT:
-            raise ValueError(
-                f"timeout: at most {MAX_BEFORE_TIMEOUT:g} s for a before hook (it runs inside the change's transaction)"
-            )
-        if self.call is not None:
-            from authsidecar.hooks.runner import import_callable
-
-            import_callable(self.call)  # every command refuses a hook that cannot be imported
-        return self
-
-
-class PluginSettings(BaseModel):
-    """``[plugins.<name>]``: a plugin is on when its table is present (``enabled = false`` turns it off); its
-    ``[plugins.<name>.schema.<model>]`` tables rename its tables and columns like ``[schema.<model>]``; every
-    other key is the plugin's own option."""
-
-    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
-
-    enabled: bool = True
-    plugin_schema: dict[str, ModelSchema] = Field(default_factory=dict, alias="schema")
-
-    def options(self) -> dict[str, Any]:
-        """The plugin's own options."""
-        return dict(self.model_extra or {})
+__all__ = ["Settings"]
 
 
 class Settings(BaseSettings):
@@ -437,17 +313,17 @@ class Settings(BaseSettings):
         1024, description="open forward-auth connections at once; more are answered 503 and closed"
     )
     gateway_user_id_header: str = Field(
-        "x-authsidecar-user-id", pattern=_HEADER_NAME, description="gateways: the header carrying the user id"
+        "x-authsidecar-user-id", pattern=HEADER_NAME, description="gateways: the header carrying the user id"
     )
     gateway_session_id_header: str = Field(
-        "x-authsidecar-session-id", pattern=_HEADER_NAME, description="gateways: the header carrying the session id"
+        "x-authsidecar-session-id", pattern=HEADER_NAME, description="gateways: the header carrying the session id"
     )
     gateway_email_header: str | None = Field(
-        None, pattern=_HEADER_NAME, description="gateways: the header carrying the user's email (unset: not sent)"
+        None, pattern=HEADER_NAME, description="gateways: the header carrying the user's email (unset: not sent)"
     )
     gateway_cookie_name: str | None = Field(
         None,
-        pattern=_COOKIE_NAME,
+        pattern=COOKIE_NAME,
         description="gateways: the session cookie holding a token (default authsidecar.session_token; in the compat"
         " profile Better Auth's signed cookie, named by cookie_prefix and secure_cookies)",
     )
@@ -507,7 +383,7 @@ class Settings(BaseSettings):
         if value is None:
             return value
         value = value.lower()
-        if value in _RESERVED_HEADERS:
+        if value in RESERVED_HEADERS:
             raise ValueError(f"{value} is a header gateways read or HTTP itself uses; choose another name")
         return value
 
@@ -569,30 +445,6 @@ class Settings(BaseSettings):
             versions.append((int(version.strip()), value.strip()))
         return versions
 
-    def registry(self) -> Registry:
-        """The field registry of the configured schema, with the enabled plugins' fields and tables."""
-        registry = self.db_schema.registry()
-        for name, plugin in self.enabled_plugins():
-            try:
-                registry = extend_registry(
-                    registry, name, plugin.schema(), self.plugins[name].plugin_schema, self.db_schema.use_plural
-                )
-            except ValueError as exc:
-                raise ConfigError(f"invalid configuration: plugins.{name}: {exc}") from None
-        return registry
-
-    def enabled_plugins(self) -> list[tuple[str, Plugin]]:
-        """The enabled plugins, built with their options, in configuration order; raises ConfigError."""
-        plugins = []
-        for name, conf in self.plugins.items():
-            if not conf.enabled:
-                continue
-            try:
-                plugins.append((name, load_plugin(name, conf.options())))
-            except ValueError as exc:
-                raise ConfigError(f"invalid configuration: plugins.{name}: {exc}") from None
-        return plugins
-
     @property
     def effective_hash_max_pending(self) -> int:
         """Admission bound for password hashing."""
@@ -613,58 +465,3 @@ class Settings(BaseSettings):
         if path:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
-
-
-def _describe(error: ValidationError) -> str:
-    first = error.errors()[0]
-    parts = [str(part) for part in first["loc"]]
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown setting"
-    if parts and parts[0] in ("schema", "db_schema", "AUTHSIDECAR_SCHEMA"):  # a TOML path: say it as written
-        return f"invalid configuration: {'.'.join(['schema', *parts[1:]])}: {message}"
-    loc = ".".join(parts) or "settings"
-    name = loc if loc.isupper() else f"AUTHSIDECAR_{loc.upper()}"
-    return f"invalid configuration: {name}: {message}"
-
-
-def load_settings(**overrides: Any) -> Settings:
-    """Build and validate the settings; raise ConfigError with one line naming the bad setting."""
-    if "AUTHSIDECAR_CONFIG" in os.environ and not os.path.isfile(os.environ["AUTHSIDECAR_CONFIG"]):
-        raise ConfigError(f"invalid configuration: AUTHSIDECAR_CONFIG: no such file {os.environ['AUTHSIDECAR_CONFIG']}")
-    known = {f"AUTHSIDECAR_{name.upper()}" for name in Settings.model_fields} | {"AUTHSIDECAR_CONFIG"}
-    unknown = sorted(key for key in os.environ if key.upper().startswith("AUTHSIDECAR_") and key.upper() not in known)
-    if unknown:
-        raise ConfigError(f"invalid configuration: {unknown[0]}: unknown setting")
-    try:
-        settings = Settings(**overrides)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
-    except ValueError as exc:  # a malformed TOML file
-        path = os.environ.get("AUTHSIDECAR_CONFIG", "")
-        raise ConfigError(f"invalid configuration: AUTHSIDECAR_CONFIG: {path}: {exc}") from None
-    if "{token}" not in settings.link_url_template:
-        raise ConfigError("invalid configuration: AUTHSIDECAR_LINK_URL_TEMPLATE: must contain {token}")
-    if settings.password_min_length > settings.password_max_length:
-        raise ConfigError("invalid configuration: AUTHSIDECAR_PASSWORD_MIN_LENGTH: greater than password_max_length")
-    identity = [settings.gateway_user_id_header, settings.gateway_session_id_header, settings.gateway_email_header]
-    if len({name for name in identity if name}) != len([name for name in identity if name]):
-        raise ConfigError(
-            "invalid configuration: AUTHSIDECAR_GATEWAY_SESSION_ID_HEADER: the user id, session id and email"
-            " headers need different names"
-        )
-    if settings.better_auth and settings.gateway_cookie_name is not None:
-        raise ConfigError(
-            "invalid configuration: AUTHSIDECAR_GATEWAY_COOKIE_NAME: the compat profile reads Better Auth's session"
-            " cookie; name it with AUTHSIDECAR_COOKIE_PREFIX (and AUTHSIDECAR_SECURE_COOKIES) instead"
-        )
-    if settings.better_auth and settings.redis_url is not None:
-        from authsidecar.cache.topology import parse_redis_url
-
-        if parse_redis_url(settings.redis_url.get_secret_value()).mode == "cluster":
-            raise ConfigError(
-                "invalid configuration: REDIS_URL: the compat profile uses Better Auth's key names, which a Redis"
-                " Cluster would spread over slots its scripts cannot span: use one server or Sentinel"
-            )
-    settings.registry()  # every command refuses a plugin that is missing or misconfigured
-    return settings
