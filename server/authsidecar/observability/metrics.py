@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["BUCKETS", "GATEWAY", "RPC", "Gauges", "MetricsServer", "RpcStats"]
+__all__ = ["BUCKETS", "GATEWAY", "RPC", "Gauges", "MetricsServer", "RpcMetrics", "RpcStats"]
 
 log = logging.getLogger("authsidecar.metrics")
 
@@ -44,11 +44,10 @@ class RpcStats:
         self.total += seconds
 
 
-class _Rpcs:
-    """Per-RPC statistics, kept only when metrics are on."""
+class RpcMetrics:
+    """Per-RPC statistics; the call guard records into them only when metrics are on (AUTHSIDECAR_METRICS_LISTEN)."""
 
     def __init__(self) -> None:
-        self.on = False
         self.stats: dict[str, RpcStats] = {}
 
     def record(self, rpc: str, code: str, started: float) -> None:
@@ -59,7 +58,7 @@ class _Rpcs:
         stats.observe(code, time.perf_counter() - started)
 
 
-RPC = _Rpcs()
+RPC = RpcMetrics()
 
 
 class _GatewayChecks:
@@ -145,8 +144,7 @@ class MetricsServer:
         self._server: Any = None
 
     def start(self) -> None:
-        """Serve /metrics; counting RPCs starts now."""
-        RPC.on = True
+        """Serve /metrics."""
         server, _thread = start_http_server(self.port, addr=self.host, registry=self.registry)
         self._server = server
         self.port = server.server_address[1]

@@ -12,8 +12,8 @@ with ``encode_raw_headers``). The answer:
   (``failure_mode_allow: false`` denies with ``status_on_error``, 403 unless set to 503); an outage never looks
   like "unauthenticated" to the client, nor lets a request through.
 
-The ``@rpc`` wrapper applies as to every RPC: caller authentication (``Check`` in a caller's ``allow``), request
-ids, metrics, drain accounting.
+The server's CallGuard applies as to every RPC (interceptors.py): caller authentication (``Check`` in a caller's
+``allow``), request ids, metrics, drain accounting.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from authsidecar.errors import AuthSidecarError
 from authsidecar.observability.metrics import GATEWAY
 from authsidecar.transport.gateway import Gateway, Verdict
 from authsidecar.transport.grpc.ext_authz import authsidecar_ext_authz_pb2 as authz_pb
-from authsidecar.transport.grpc.status import rpc
 
 __all__ = ["SERVICE_NAME", "EnvoyAuthorizationServicer", "add_to_server"]
 
@@ -96,9 +95,7 @@ class EnvoyAuthorizationServicer:
 
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
-        self.callers: Any = None  # caller authentication (a CallerPolicy), when configured
 
-    @rpc
     async def Check(self, request: authz_pb.CheckRequest, context: Context) -> authz_pb.CheckResponse:
         """Allow (identity headers) or deny (401) the request Envoy describes; UNAVAILABLE when it cannot tell."""
         http = request.attributes.request.http

@@ -15,8 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from authsidecar.transport.grpc.interceptors import CallGuard, tolerant
 from authsidecar.transport.grpc.servicers import AuthServicer, SessionServicer
-from authsidecar.transport.grpc.status import STARTED, tolerant
 from authsidecar.transport.grpc.tls import TlsFiles, server_credentials
 from authsidecar_client.v1 import (
     auth_service_pb2,
@@ -68,22 +68,34 @@ def _described(service: str) -> bool:
     return True
 
 
-def _add_tolerant(
+def _guarded(name: str, handler: Any, guard: CallGuard) -> Any:
+    """A method handler with the guard around its behaviour; only unary RPCs are served, so no kind of handler
+    can slip past the guard unwrapped."""
+    if handler.request_streaming or handler.response_streaming:
+        raise ValueError(f"{name}: only unary RPCs can be served (every call goes through the call guard)")
+    return handler._replace(unary_unary=guard.wrap(name, handler.unary_unary))
+
+
+def _register(
     add: Callable[[object, object], None],
     servicer: object,
     server: grpc.aio.Server,
+    guard: CallGuard | None,
     fallback: Callable[[], object] | None = None,
     tracer: Tracer | None = None,
 ) -> None:
     """Register a servicer as the generated ``add_*_to_server`` would, with request deserializers that turn
     malformed bytes into MALFORMED_REQUEST (``fallback``: into that default request, for servicers that are not
-    ours) instead of an UNKNOWN status and a logged traceback; with ``tracer``, each RPC in a server span."""
+    ours) instead of an UNKNOWN status and a logged traceback; with ``guard`` (every service but health), each
+    handler inside the call guard; with ``tracer``, each RPC in a server span around it."""
     captured = _Captured()
     add(servicer, captured)
     handlers = {
         name: handler._replace(request_deserializer=tolerant(handler.request_deserializer, fallback))
         for name, handler in captured.handlers.items()
     }
+    if guard is not None:
+        handlers = {name: _guarded(name, handler, guard) for name, handler in handlers.items()}
     if tracer is not None:  # tracing on: the only time OpenTelemetry is imported
         from authsidecar.transport.grpc.tracing import traced_handlers
 
@@ -111,6 +123,7 @@ class GrpcServer:
         socket_mode: int = 0o660,
         extra: Sequence[tuple[str, Callable[[Any, Any], None], object]] = (),
         tracer: Tracer | None = None,
+        guard: CallGuard | None = None,
     ) -> None:
         self._tls = tls
         self._socket_mode = socket_mode
@@ -120,17 +133,23 @@ class GrpcServer:
                 ("grpc.so_reuseport", 1 if reuse_port else 0),
             ],
         )
-        _add_tolerant(auth_service_pb2_grpc.add_AuthServiceServicer_to_server, auth, self._server, tracer=tracer)
-        _add_tolerant(
-            session_service_pb2_grpc.add_SessionServiceServicer_to_server, sessions, self._server, tracer=tracer
+        guard = guard or CallGuard()
+        self._started = guard.started
+        _register(auth_service_pb2_grpc.add_AuthServiceServicer_to_server, auth, self._server, guard, tracer=tracer)
+        _register(
+            session_service_pb2_grpc.add_SessionServiceServicer_to_server, sessions, self._server, guard, tracer=tracer
         )
-        for _, add, servicer in extra:  # plugins' services: the same malformed-request handling (and spans)
-            _add_tolerant(add, servicer, self._server, tracer=tracer)
+        for _, add, servicer in extra:  # plugins' services and Envoy's: the same guard (and spans)
+            _register(add, servicer, self._server, guard, tracer=tracer)
         self._services = (*_SERVICES, *(name for name, _, _ in extra))
         self.health = HealthServicer()
         # Health checks answer whatever they are sent (a malformed probe asks for the server's overall status).
-        _add_tolerant(
-            health_pb2_grpc.add_HealthServicer_to_server, self.health, self._server, health_pb2.HealthCheckRequest
+        _register(
+            health_pb2_grpc.add_HealthServicer_to_server,
+            self.health,
+            self._server,
+            None,
+            health_pb2.HealthCheckRequest,
         )
         reflection.enable_server_reflection(
             (
@@ -193,9 +212,9 @@ class GrpcServer:
         end = loop.time() + within
         quiet = 0
         while quiet < QUIET_ROUNDS and loop.time() < end:
-            seen = STARTED.count
+            seen = self._started.count
             await asyncio.sleep(QUIET_ROUND)
-            quiet = quiet + 1 if STARTED.count == seen else 0
+            quiet = quiet + 1 if self._started.count == seen else 0
 
     async def wait(self) -> None:
         """Until the server has stopped."""
