@@ -22,24 +22,27 @@ from authsidecar.cache.tiered import TieredSessionCache
 from authsidecar.cache.topology import RedisClient, RedisTarget, connect_redis, hot_path_getter, parse_redis_url
 from authsidecar.config import ConfigError, Settings
 from authsidecar.delivery import LogSender, Sender, SmtpSender, WebhookSender
+from authsidecar.domain.fields import Registry
 from authsidecar.domain.ports import Database, SessionCache
-from authsidecar.hooks.context import tracking
 from authsidecar.hooks.database import HookedDatabase
 from authsidecar.hooks.payloads import Payloads
 from authsidecar.hooks.setup import HookSetup
 from authsidecar.observability.tracing import start_tracing
+from authsidecar.plugins.base import Plugin
+from authsidecar.plugins.loader import enabled_plugins, plugin_registry
 from authsidecar.security.cookie_cache import CookieCache
 from authsidecar.security.cookies import SessionCookies
 from authsidecar.security.ids import IdGenerator, id_generator
 from authsidecar.security.passwords import Argon2Parameters, PasswordHasher
 from authsidecar.security.tokens import HashedTokenPolicy, PlainTokenPolicy, TokenPolicy
 from authsidecar.services.better_auth import BetterAuthSessionManager
+from authsidecar.services.better_auth_links import BetterAuthLinks
 from authsidecar.services.clock import utc_now
 from authsidecar.services.coherence import CacheCoherence
 from authsidecar.services.extra_fields import ExtraFieldRules
 from authsidecar.services.limits import DEFAULT_RULES, Limits, LoginGuard, MailThrottle, RpcRule
 from authsidecar.services.sessions import SessionManager, SessionPolicy
-from authsidecar.services.verification import FlowSettings
+from authsidecar.services.verification import EmailLinks, FlowSettings, StoredLinks
 from authsidecar.storage.better_auth import BetterAuthDatabase
 from authsidecar.storage.database import SqlDatabase, create_database
 from authsidecar.storage.explain import where
@@ -68,6 +71,8 @@ __all__ = [
     "build_gateway",
     "build_hasher",
     "build_limits",
+    "build_plugins",
+    "build_registry",
     "build_sender",
     "build_session_policy",
     "build_tls",
@@ -88,11 +93,23 @@ def database_target(settings: Settings) -> DatabaseTarget:
         raise ConfigError(f"invalid configuration: DATABASE_URL: {exc}") from None
 
 
+def build_plugins(settings: Settings) -> list[tuple[str, Plugin]]:
+    """The enabled plugins (``[plugins.<name>]``), built with their options, in configuration order; raises
+    ConfigError."""
+    return enabled_plugins(settings.plugins)
+
+
+def build_registry(settings: Settings) -> Registry:
+    """The field registry: the configured schema with the enabled plugins' fields and tables; raises ConfigError
+    for a plugin that is missing or misconfigured."""
+    return plugin_registry(settings.db_schema, settings.plugins)
+
+
 def build_database(settings: Settings) -> SqlDatabase:
     """The SQL store of record."""
     return create_database(
         database_target(settings),
-        Schema(settings.registry()),
+        Schema(build_registry(settings)),
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         connect_timeout=settings.db_connect_timeout,
@@ -130,7 +147,7 @@ def build_cache(settings: Settings, tracer: Tracer | None = None) -> SessionCach
         settings.redis_key_prefix,
         signer,
         getter,
-        registry=settings.registry(),
+        registry=build_registry(settings),
         cluster=target.mode == "cluster",
     )
     if tracer is not None:
@@ -156,8 +173,9 @@ def build_tracing() -> Tracing | None:
         raise ConfigError(f"invalid configuration: {exc}") from None
 
 
-def build_hasher(settings: Settings) -> PasswordHasher:
-    """argon2id (or Better Auth's scrypt) with the configured cost and concurrency bounds."""
+def build_hasher(settings: Settings, tracer: Tracer | None = None) -> PasswordHasher:
+    """argon2id (or Better Auth's scrypt) with the configured cost and concurrency bounds; with ``tracer``, each
+    hash and verify in a span."""
     params = Argon2Parameters(settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism)
     return PasswordHasher(
         params,
@@ -165,6 +183,7 @@ def build_hasher(settings: Settings) -> PasswordHasher:
         settings.effective_hash_max_pending,
         settings.effective_password_hash,
         settings.hash_max_pending_per_client,
+        tracer,
     )
 
 
@@ -280,7 +299,7 @@ def build_better_auth_redis(settings: Settings) -> BetterAuthRedis | None:
     if not isinstance(client, Redis):  # load_settings refuses a Cluster in this profile
         raise ConfigError("invalid configuration: REDIS_URL: the compat profile cannot use a Redis Cluster")
     revoked_ttl = max(settings.session_expires_in, 86_400)  # Better Auth's revokedBeforeTTL
-    return BetterAuthRedis(client, settings.effective_redis_key_prefix, settings.registry(), revoked_ttl, getter)
+    return BetterAuthRedis(client, settings.effective_redis_key_prefix, build_registry(settings), revoked_ttl, getter)
 
 
 def build_session_policy(settings: Settings) -> SessionPolicy:
@@ -342,7 +361,7 @@ class Core:
     ids: IdGenerator
     shared: BetterAuthRedis | None = None
     better_auth_store: BetterAuthDatabase | None = None
-    jwt_secret: str | None = None
+    links: EmailLinks | None = None  # the profile's email links (None: build_core always sets it)
 
 
 def build_core(
@@ -356,7 +375,6 @@ def build_core(
     def hooked(store: Database) -> Database:
         if not hooks.runner and not plugins:  # plugins may add hooks at set-up
             return store
-        tracking.on = True
         return HookedDatabase(store, hooks.runner, Payloads(registry))
 
     session_fields = ExtraFieldRules(registry.session).for_create({})
@@ -366,7 +384,7 @@ def build_core(
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"invalid configuration: schema.generate_id: {exc}") from None
     shared: BetterAuthRedis | None = None
-    jwt_secret: str | None = None
+    links: EmailLinks
     store: Database = database
     if tracer is not None:
         from authsidecar.observability.traced import TracedDatabase
@@ -377,6 +395,7 @@ def build_core(
     if settings.better_auth:
         jwt_secret = settings.better_auth_current_secret()
         shared = build_better_auth_redis(settings)
+        links = BetterAuthLinks(jwt_secret, ids=ids)  # Better Auth's signed JWT links
         cookies = SessionCookies(jwt_secret, settings.cookie_prefix, settings.secure_cookies)
         in_sql = settings.store_session_in_database or shared is None
         store = better_auth_store = BetterAuthDatabase(
@@ -416,9 +435,10 @@ def build_core(
         )
         store = hooked(store)
         sessions = SessionManager(store, cache, tokens, policy, coherence, session_fields=session_fields, ids=ids)
+        links = StoredLinks(ids=ids)  # stored random tokens
     database.add_commit_listener(coherence.committed)
     database.stamp = coherence.clock.stamp  # snapshots read from SQL are stamped in the database's time
-    return Core(store, cache, coherence, sessions, ids, shared, better_auth_store, jwt_secret)
+    return Core(store, cache, coherence, sessions, ids, shared, better_auth_store, links)
 
 
 def build_sender(settings: Settings, client: httpx.AsyncClient | None = None) -> Sender:

@@ -78,7 +78,7 @@ import json, sys
 from authsidecar.app import App
 from authsidecar.config import Settings
 app = App.build(Settings())
-print(json.dumps({"modules": sorted(sys.modules), "tracing": app.tracing is not None}))
+print(json.dumps({"modules": sorted(sys.modules), "tracing": app.parts.tracing is not None}))
 """
 
 

@@ -90,6 +90,7 @@ class PasswordHasher:
         max_pending: int,
         write_scheme: Scheme = "argon2id",
         max_pending_per_client: int | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.write_scheme: Scheme = write_scheme
         self._hasher = argon2.PasswordHasher(
@@ -123,9 +124,9 @@ class PasswordHasher:
         self._typical: dict[Scheme, float] = {}  # scheme -> typical verify time (seconds)
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self.refused = 0  # admissions refused (load shedding), for the metrics
-        # With tracing on (app.py), every hash and verify, the dummy one included, is a span of the same name and
-        # no attributes: a trace tells no more than the timing whether the email was known.
-        self.tracer: Tracer | None = None
+        # With tracing on (``tracer``), every hash and verify, the dummy one included, is a span of the same name
+        # and no attributes: a trace tells no more than the timing whether the email was known.
+        self.tracer = tracer
 
     @property
     def pending(self) -> int:
