@@ -1,8 +1,9 @@
 """The field registry: every field of every model, built-in or configured, is defined once here.
 
-A ``FieldDef`` drives the column (storage/schema.py), row mapping, inserts and updates (storage/database.py), the
-cached document (cache/codec.py) and the API (transport/grpc/convert.py). Built-in fields follow Better Auth 1.7;
-additional fields come from the ``[schema.<model>.additional_fields]`` configuration.
+A ``FieldDef`` drives the column (storage/schema.py), row mapping (storage/rows.py), inserts and updates
+(storage/unit_of_work/), the cached document (cache/codec.py) and the API (transport/grpc/convert.py). Built-in
+fields follow Better Auth 1.7; additional fields come from the ``[schema.<model>.additional_fields]``
+configuration.
 
 Names: ``name`` is the logical name, snake_case for built-in fields (``email_verified``: configuration keys,
 proto fields, Python attributes) and as configured for additional fields; ``key`` is Better Auth's name

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime
 
@@ -35,9 +35,65 @@ from authsidecar.services.clock import Clock, utc_now
 from authsidecar.services.coherence import CacheCoherence
 from authsidecar.services.sessions import SessionManager, SessionPolicy
 
-__all__ = ["BetterAuthSessionManager"]
+__all__ = ["BetterAuthCookies", "BetterAuthSessionManager"]
 
 log = logging.getLogger(__name__)
+
+
+class BetterAuthCookies:
+    """Better Auth's signed session cookie (the compatibility profile's ``SessionCookieJar``)."""
+
+    def __init__(
+        self,
+        signer: SessionCookies,
+        validate: Callable[[str], Awaitable[SessionWithUser]],
+        policy: SessionPolicy,
+        coherence: CacheCoherence,
+        clock: Clock,
+        cookie_cache: CookieCache | None,
+        registry: Registry,
+    ) -> None:
+        self.name = signer.name
+        self._signer = signer
+        self._validate = validate  # the session manager's validation of a token
+        self._policy = policy
+        self._coherence = coherence
+        self._clock = clock
+        self._cookie_cache = cookie_cache
+        self._registry = registry
+
+    def find(self, header: str) -> str | None:
+        """The (still signed) value of the session cookie in a Cookie header, or None."""
+        return self._signer.from_header(header)
+
+    def _token_in(self, header: str) -> str:
+        """The session token in a Cookie header's session cookie, whose signature must verify (as in Better Auth:
+        a bare token is no cookie); raises InvalidToken otherwise."""
+        value = self._signer.from_header(header)
+        if value is None:
+            raise InvalidToken(f"no {self._signer.name} cookie in the Cookie header")
+        token = self._signer.unsign(value)
+        if token is None:
+            raise InvalidToken("the session cookie's signature does not verify")
+        return token
+
+    async def validate(self, header: str) -> SessionWithUser:
+        """The session of a Cookie header's session cookie; with the cookie cache turned on, a valid
+        ``session_data`` cookie for that session answers without asking Redis or SQL (Better Auth's trade)."""
+        token = self._token_in(header)
+        if self._cookie_cache is not None and not self._coherence.revoked(token):
+            document = self._cookie_cache.read(header, token, self._clock())
+            if document is not None:
+                try:
+                    return from_document(document, self._registry, lenient=True)
+                except (ValueError, KeyError, TypeError):
+                    pass  # not a snapshot this configuration reads: ask the storage
+        return await self._validate(token)
+
+    def values(self, session: Session, token: str) -> tuple[str, str]:
+        """The values of Better Auth's session cookie and, for a remember_me=false session, of its
+        ``dont_remember`` cookie (without it the app would extend the session to the full lifetime)."""
+        return self._signer.sign(token), self._signer.dont_remember() if self._policy.is_short(session) else ""
 
 
 class BetterAuthSessionManager(SessionManager):
@@ -62,54 +118,26 @@ class BetterAuthSessionManager(SessionManager):
     ) -> None:
         super().__init__(db, NullSessionCache(), PlainTokenPolicy(), policy, coherence, clock, session_fields, ids)
         self._redis = redis
-        self.cookies = cookies
+        self._signer = cookies
         # SQL answers when the Redis document is missing or Redis fails: sessions are stored there too, and the
         # app does not keep ended sessions as rows (preserveSessionInDatabase) that only Redis tells apart.
         self._fallback = sessions_in_database and not preserve_sessions
         self._retry_after = retry_after
         self._mono = monotonic
         self._redis_back_at = 0.0  # Redis is skipped for reads until then, after a failure (sessions in SQL)
-        self._cookie_cache = cookie_cache
-        self._registry = registry or Registry()
+        self.cookies = BetterAuthCookies(
+            cookies, self.validate, policy, coherence, self._clock, cookie_cache, registry or Registry()
+        )
 
     def bearer(self, credential: str) -> str:
         """The session token in a raw token or a signed cookie value (Better Auth's tokens have neither '.' nor
         '%'); raises InvalidToken when a signature does not verify."""
         if "." not in credential and "%" not in credential:
             return credential
-        token = self.cookies.unsign(credential)
+        token = self._signer.unsign(credential)
         if token is None:
             raise InvalidToken("the session cookie's signature does not verify")
         return token
-
-    def _token_in(self, header: str) -> str:
-        """The session token in a Cookie header's session cookie, whose signature must verify (as in Better Auth:
-        a bare token is no cookie); raises InvalidToken otherwise."""
-        value = self.cookies.from_header(header)
-        if value is None:
-            raise InvalidToken(f"no {self.cookies.name} cookie in the Cookie header")
-        token = self.cookies.unsign(value)
-        if token is None:
-            raise InvalidToken("the session cookie's signature does not verify")
-        return token
-
-    async def validate_cookie(self, header: str) -> SessionWithUser:
-        """The session of a Cookie header's session cookie; with the cookie cache turned on, a valid
-        ``session_data`` cookie for that session answers without asking Redis or SQL (Better Auth's trade)."""
-        token = self._token_in(header)
-        if self._cookie_cache is not None and not self._coherence.revoked(token):
-            document = self._cookie_cache.read(header, token, self._clock())
-            if document is not None:
-                try:
-                    return from_document(document, self._registry, lenient=True)
-                except (ValueError, KeyError, TypeError):
-                    pass  # not a snapshot this configuration reads: ask the storage
-        return await self.validate(token)
-
-    def cookie_values(self, session: Session, token: str) -> tuple[str, str]:
-        """The values of Better Auth's session cookie and, for a remember_me=false session, of its
-        ``dont_remember`` cookie (without it the app would extend the session to the full lifetime)."""
-        return self.cookies.sign(token), self.cookies.dont_remember() if self._policy.is_short(session) else ""
 
     async def _from_redis(self, token: str) -> SessionWithUser | None:
         """The session's document; None when absent, or when Redis is skipped or failed and SQL may answer."""

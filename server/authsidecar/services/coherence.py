@@ -1,7 +1,7 @@
 """Cache coherence: the one mechanism that decides whether a cached session may be trusted.
 
 The store of record is the authority; caches (Redis, in-process) are copies that can be stale, restored from an
-old snapshot, or written by someone else. Writes declare what they invalidate (storage/database.py) and that
+old snapshot, or written by someone else. Writes declare what they invalidate (storage/unit_of_work/) and that
 declaration is committed to the invalidation log in the same transaction, so it survives Redis outages and a
 crash of the instance that wrote it. Every instance then:
 

@@ -14,18 +14,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from authsidecar.cache.memo import IdentityMemo
 from authsidecar.domain.models import NO_EXTRA, Extra, Session, SessionWithUser, User
 from authsidecar.domain.ports import Database, SessionCache
-from authsidecar.errors import InvalidArgument, InvalidToken, SessionExpired, SessionNotFound, SessionNotFresh
+from authsidecar.errors import InvalidToken, SessionExpired, SessionNotFound, SessionNotFresh
 from authsidecar.hooks.context import note_actor
 from authsidecar.security.ids import IdGenerator, id_generator
 from authsidecar.security.tokens import TokenPolicy
 from authsidecar.services.clock import Clock, utc_now
 from authsidecar.services.coherence import CacheCoherence
 
-__all__ = ["ClientInfo", "SessionManager", "SessionPolicy"]
+__all__ = ["ClientInfo", "SessionCookieJar", "SessionManager", "SessionPolicy"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,22 @@ class SessionPolicy:
         return session.expires_at - self.expires_in + self.update_age <= now
 
 
+class SessionCookieJar(Protocol):
+    """A profile's own session cookie (``SessionManager.cookies``): found and validated in a Cookie header (the
+    gateways, ValidateSession's ``cookie``), and made for the replies that open a session."""
+
+    name: str
+
+    def find(self, header: str) -> str | None:
+        """The session cookie's value in a Cookie header, or None when the header has none."""
+
+    async def validate(self, header: str) -> SessionWithUser:
+        """The session of the Cookie header's session cookie; raises Unauthenticated / BackendUnavailable."""
+
+    def values(self, session: Session, token: str) -> tuple[str, str]:
+        """The session cookie's value for a new session, and its ``dont_remember`` cookie's ("": none)."""
+
+
 def _ttl(expires_at: datetime, now: datetime) -> int:
     return int((expires_at - now).total_seconds())
 
@@ -112,6 +129,8 @@ class SessionManager:
         self._deadlines: IdentityMemo[SessionWithUser, tuple[float, float]] = IdentityMemo(4096)
         self.hits = 0  # validations answered from the secondary storage / from SQL, for the metrics
         self.misses = 0
+        # The profile's own session cookie (Better Auth's signed one); None: sessions travel as bearer tokens only.
+        self.cookies: SessionCookieJar | None = None
 
     def stamp(self) -> float:
         """When a snapshot about to be read or written is checked: now by the database's clock (Unix seconds), 0
@@ -145,15 +164,6 @@ class SessionManager:
             session = await tx.insert_session(session)
         await self.remember(SessionWithUser(session, user, checked_at))
         return session, token
-
-    def cookie_values(self, session: Session, token: str) -> tuple[str, str]:
-        """The values of Better Auth's session cookie and, for a remember_me=false session, of its
-        ``dont_remember`` cookie; empty outside the compatibility profile."""
-        return "", ""
-
-    async def validate_cookie(self, header: str) -> SessionWithUser:
-        """Validate the session cookie of a Cookie header (compatibility profile only)."""
-        raise InvalidArgument.field("cookie", "is only read with AUTHSIDECAR_COMPAT=better-auth; pass token")
 
     async def check_writable(self) -> None:
         """Raise BackendUnavailable when a new session could not be stored now (checked before writing anything

@@ -1,15 +1,13 @@
 """Verification tokens and the flows built on them: email verification, email change, password reset.
 
 Tokens are 256-bit random strings. Only their SHA-256 is stored, in ``verification.identifier`` as
-``<purpose>:<digest>``; ``value`` is a JSON payload that starts with the user id.
-
-In the Better Auth compatibility profile the formats are Better Auth's, so either side consumes the other's
-tokens: reset tokens are 24 random alphanumeric characters stored as they are
-(``reset-password:<token>``, value: the user id), and email verification and email change links carry Better
-Auth's stateless HS256 JWT (``{"email", "userId", "updateTo"?, "requestType"?}``, signed with the app's current
-secret), which, as in Better Auth, is not single-use: verifying twice is harmless. Consuming a token is one
+``<purpose>:<digest>``; ``value`` is a JSON payload that starts with the user id. Consuming a token is one
 atomic DELETE ... RETURNING, so a token works once even under concurrent use; an expired token answers
 TOKEN_EXPIRED, any other INVALID_TOKEN, and neither changes anything.
+
+How email verification and email change links carry their token is an ``EmailLinks`` strategy, chosen once by
+the composition root: ``StoredLinks`` (tokens of the verification table) here, Better Auth's formats in the
+compatibility profile (services/better_auth_links.py: stateless JWT links, plain reset tokens).
 
 Requests that could reveal whether an address is registered (SendVerificationEmail, RequestPasswordReset) do
 no database work on the request path at all: they queue a job, so the answer and its timing are the same
@@ -23,7 +21,7 @@ import json
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from authsidecar.delivery.messages import Message, render_link
 from authsidecar.delivery.queue import DeliveryQueue
@@ -40,9 +38,7 @@ from authsidecar.errors import (
     UserAlreadyExists,
 )
 from authsidecar.security.ids import IdGenerator, id_generator
-from authsidecar.security.jwt import JwtError, JwtExpired, sign_hs256, verify_hs256
 from authsidecar.security.passwords import PasswordHasher
-from authsidecar.security.tokens import alphanumeric
 from authsidecar.services.accounts import AuthResult, SignInGate
 from authsidecar.services.clock import Clock, utc_now
 from authsidecar.services.limits import OUTSTANDING_LINKS, Limits, LoginGuard, MailThrottle
@@ -50,7 +46,17 @@ from authsidecar.services.profile import verify_current_password
 from authsidecar.services.rules import CredentialRules, normalize_email
 from authsidecar.services.sessions import ClientInfo, SessionManager
 
-__all__ = ["VERIFY_EMAIL", "AccountFlows", "FlowSettings", "VerificationTokens"]
+__all__ = [
+    "APPROVE_EMAIL_CHANGE",
+    "CHANGE_EMAIL",
+    "VERIFY_EMAIL",
+    "AccountFlows",
+    "EmailLinks",
+    "FlowSettings",
+    "LinkClaims",
+    "StoredLinks",
+    "VerificationTokens",
+]
 
 VERIFY_EMAIL = "verify-email"
 CHANGE_EMAIL = "change-email"
@@ -62,29 +68,28 @@ _OUTSTANDING = OUTSTANDING_LINKS  # reset-password, change-email, approve-email-
 
 class VerificationTokens:
     """Issue and consume single-use tokens in the ``verification`` table (or wherever the unit of work keeps
-    verification values). ``better_auth``: Better Auth's formats (plain token, bare user id as the value)."""
+    verification values): random tokens, stored as their digest with a JSON value."""
 
-    def __init__(self, clock: Clock = utc_now, ids: IdGenerator | None = None, better_auth: bool = False) -> None:
+    def __init__(self, clock: Clock = utc_now, ids: IdGenerator | None = None) -> None:
         self._clock = clock
         self._ids = ids or id_generator("random")
-        self._plain = better_auth
 
     def identifier(self, purpose: str, token: str) -> str:
-        """What is stored for a token: its purpose and digest (Better Auth: the token itself)."""
-        if self._plain:
-            return f"{purpose}:{token}"
+        """What is stored for a token: its purpose and digest."""
         return f"{purpose}:{hashlib.sha256(token.encode()).hexdigest()}"
+
+    def new(self, payload: dict[str, Any]) -> tuple[str, str]:
+        """A new token for ``payload`` and the value stored with it."""
+        return secrets.token_urlsafe(32), json.dumps(payload, separators=(",", ":"))
 
     async def issue(
         self, tx: UnitOfWork, purpose: str, payload: dict[str, Any], ttl: timedelta
     ) -> tuple[str, datetime]:
         """A new token for ``payload`` (which must start with "userId"); returns it with its expiry."""
         assert next(iter(payload)) == "userId"
-        plain = self._plain and len(payload) == 1
-        token = alphanumeric(24) if plain else secrets.token_urlsafe(32)
+        token, value = self.new(payload)
         now = self._clock()
         expires_at = now + ttl
-        value = str(payload["userId"]) if plain else json.dumps(payload, separators=(",", ":"))
         await tx.insert_verification(
             Verification(self._ids("verification"), self.identifier(purpose, token), value, expires_at, now, now)
         )
@@ -102,6 +107,54 @@ class VerificationTokens:
             if await tx.verification_exists(self.identifier(purpose, token)):
                 raise TokenExpired()
         raise InvalidToken("invalid or already used token")
+
+
+@dataclass(frozen=True, slots=True)
+class LinkClaims:
+    """What a stateless link says: the address it was issued for, its user (None: the user of that address), the
+    new address of an email change, and its kind (Better Auth's ``requestType``, None for an older token)."""
+
+    email: str
+    user_id: str | None
+    update_to: str | None
+    request_type: object
+
+
+class EmailLinks(Protocol):
+    """The tokens of email-verification and email-change links (and the verification table's tokens, for
+    password reset): ``StoredLinks``, or Better Auth's (services/better_auth_links.py)."""
+
+    tokens: VerificationTokens  # the verification table's single-use tokens
+
+    async def issue(
+        self, tx: UnitOfWork, purpose: str, user: User, new_email: str | None, ttl: timedelta
+    ) -> tuple[str, datetime]:
+        """A link token of ``purpose`` (VERIFY_EMAIL, or CHANGE_EMAIL / APPROVE_EMAIL_CHANGE with ``new_email``)
+        for the user at its current address, with its expiry."""
+
+    def claims(self, token: str, now: datetime) -> LinkClaims | None:
+        """What a stateless link token says (raises InvalidToken / TokenExpired when it does not verify); None:
+        not one, a token of the verification table."""
+
+
+class StoredLinks:
+    """Links carrying single-use tokens of the verification table, whose value holds the addresses."""
+
+    def __init__(self, clock: Clock = utc_now, ids: IdGenerator | None = None) -> None:
+        self.tokens = VerificationTokens(clock, ids)
+
+    async def issue(
+        self, tx: UnitOfWork, purpose: str, user: User, new_email: str | None, ttl: timedelta
+    ) -> tuple[str, datetime]:
+        """A token of the verification table for ``{"userId", "email", "newEmail"?}``."""
+        payload = {"userId": user.id, "email": user.email}
+        if new_email is not None:
+            payload["newEmail"] = new_email
+        return await self.tokens.issue(tx, purpose, payload, ttl)
+
+    def claims(self, token: str, now: datetime) -> LinkClaims | None:
+        """None: every link token is one of the verification table."""
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +181,7 @@ class AccountFlows:
         outbox: DeliveryQueue,
         settings: FlowSettings,
         clock: Clock = utc_now,
-        jwt_secret: str | None = None,
+        links: EmailLinks | None = None,
         limits: Limits | None = None,
         mail: MailThrottle | None = None,
         guard: LoginGuard | None = None,
@@ -136,7 +189,6 @@ class AccountFlows:
         self._limits = limits or Limits.off()
         self._guard = guard or LoginGuard(self._limits)
         self._mail = mail or MailThrottle(self._limits, interval=0)
-        self._jwt_secret = jwt_secret  # Better Auth's email-verification links (compatibility profile)
         self._db = db
         self._hasher = hasher
         self._sessions = sessions
@@ -144,7 +196,8 @@ class AccountFlows:
         self._outbox = outbox
         self._settings = settings
         self._clock = clock
-        self._tokens = VerificationTokens(clock, sessions.ids, better_auth=jwt_secret is not None)
+        self._links = links or StoredLinks(clock, sessions.ids)  # the profile's link tokens (composition root)
+        self._tokens = self._links.tokens
         self.gates: list[SignInGate] = []  # plugins' sign-in gates (a second factor, bans): links never bypass them
 
     def _message(self, purpose: str, to: str, user: User, token: str, expires_at: datetime) -> Message:
@@ -153,25 +206,12 @@ class AccountFlows:
 
     # -- email verification ----------------------------------------------------------------------------------
 
-    def _jwt(self, claims: dict[str, Any], ttl: timedelta) -> tuple[str, datetime]:
-        """Better Auth's email-verification JWT."""
-        assert self._jwt_secret is not None
-        now = self._clock()
-        issued = int(now.timestamp())
-        expires = issued + int(ttl.total_seconds())
-        token = sign_hs256({**claims, "iat": issued, "exp": expires}, self._jwt_secret)
-        return token, now + ttl
-
     async def _verification_job(self, email: str) -> Message | None:
         async with self._db.transaction() as tx:
             user = await tx.get_user_by_email(email)
             if user is None or user.email_verified or await self._mail.wait(VERIFY_EMAIL, user.email):
                 return None
-            payload = {"userId": user.id, "email": user.email}
-            if self._jwt_secret is not None:
-                token, expires = self._jwt({"email": user.email, "userId": user.id}, self._settings.verify_email_ttl)
-            else:
-                token, expires = await self._tokens.issue(tx, VERIFY_EMAIL, payload, self._settings.verify_email_ttl)
+            token, expires = await self._links.issue(tx, VERIFY_EMAIL, user, None, self._settings.verify_email_ttl)
         return self._message(VERIFY_EMAIL, user.email, user, token, expires)
 
     def send_verification(self, email: str) -> None:
@@ -189,10 +229,11 @@ class AccountFlows:
         await self._limits.check("VerifyEmail", client.ip_address, None)
         now, read_at = self._clock(), self._sessions.stamp()
         try:
-            if self._jwt_secret is not None and token.count(".") == 2:
-                user, applied = await self._apply_jwt(token, now)
-            else:
+            claims = self._links.claims(token, now)
+            if claims is None:
                 user, applied = await self._apply_token(token, now)
+            else:
+                user, applied = await self._apply_claims(claims, now)
             if not applied:  # already verified, or an approval: nothing changed, no session (as Better Auth)
                 return AuthResult(user)
         except Conflict as exc:  # the new address was taken meanwhile; the token stays usable
@@ -225,22 +266,10 @@ class AccountFlows:
                 raise InvalidToken("the token no longer matches the account")
         return user, True
 
-    async def _apply_jwt(self, token: str, now: datetime) -> tuple[User, bool]:
-        """Better Auth's verification JWT: mark the address verified, or apply the email change it carries
-        (the bound user must still have the address it was issued for). False: already verified."""
-        assert self._jwt_secret is not None
-        try:
-            claims = verify_hs256(token, self._jwt_secret, now.timestamp())
-        except JwtExpired:
-            raise TokenExpired() from None
-        except JwtError:
-            raise InvalidToken("invalid verification token") from None
-        email, user_id, update_to = claims.get("email"), claims.get("userId"), claims.get("updateTo")
-        if not isinstance(email, str) or not isinstance(user_id, str | None) or not isinstance(update_to, str | None):
-            raise InvalidToken("invalid verification token")
-        request_type = claims.get("requestType")
-        if update_to is not None and user_id is None:
-            raise InvalidToken("an email change token without a user")
+    async def _apply_claims(self, claims: LinkClaims, now: datetime) -> tuple[User, bool]:
+        """A stateless link (Better Auth's verification JWT): mark the address verified, or apply the email change
+        it carries (the bound user must still have the address it was issued for). False: already verified."""
+        email, user_id, update_to, request_type = claims.email, claims.user_id, claims.update_to, claims.request_type
         async with self._db.transaction() as tx:
             user = await (tx.get_user_by_id(user_id) if user_id is not None else tx.get_user_by_email(email))
             if user is None or user.email != email.lower():
@@ -301,16 +330,9 @@ class AccountFlows:
             if approved:
                 await self._confirm_new_address(tx, user, new_email, throttled=False)
                 return
-            if self._jwt_secret is not None:  # Better Auth's confirmation to the current address
-                claims = {"email": user.email, "updateTo": new_email, "userId": user.id}
-                token, expires = self._jwt(
-                    {**claims, "requestType": "change-email-confirmation"}, self._settings.change_email_ttl
-                )
-            else:
-                payload = {"userId": user.id, "email": user.email, "newEmail": new_email}
-                token, expires = await self._tokens.issue(
-                    tx, APPROVE_EMAIL_CHANGE, payload, self._settings.change_email_ttl
-                )
+            token, expires = await self._links.issue(
+                tx, APPROVE_EMAIL_CHANGE, user, new_email, self._settings.change_email_ttl
+            )
         self._outbox.submit_message(self._message(APPROVE_EMAIL_CHANGE, user.email, user, token, expires))
 
     async def _password_ok(self, user: User, password: str, ip: str | None) -> bool:
@@ -328,14 +350,7 @@ class AccountFlows:
             wait = await self._mail.wait(CHANGE_EMAIL, new_email)
             if wait:
                 raise RateLimited(wait)
-        if self._jwt_secret is not None:
-            claims = {"email": user.email, "updateTo": new_email, "userId": user.id}
-            token, expires = self._jwt(
-                {**claims, "requestType": "change-email-verification"}, self._settings.change_email_ttl
-            )
-        else:
-            payload = {"userId": user.id, "email": user.email, "newEmail": new_email}
-            token, expires = await self._tokens.issue(tx, CHANGE_EMAIL, payload, self._settings.change_email_ttl)
+        token, expires = await self._links.issue(tx, CHANGE_EMAIL, user, new_email, self._settings.change_email_ttl)
         self._outbox.submit_message(self._message(CHANGE_EMAIL, new_email, user, token, expires))
 
     def _tell_former_address(self, former: str, user: User) -> None:

@@ -27,15 +27,12 @@ from typing import Protocol
 
 from authsidecar.domain.models import SessionWithUser
 from authsidecar.errors import InvalidToken, Unauthenticated
-from authsidecar.security.cookies import SessionCookies
 from authsidecar.security.tokens import MAX_TOKEN_LENGTH
-from authsidecar.services.better_auth import BetterAuthSessionManager
 from authsidecar.services.sessions import SessionManager
 
 __all__ = [
     "DEFAULT_COOKIE_NAME",
     "MAX_COOKIE_HEADER",
-    "BetterAuthCookie",
     "CookieSource",
     "Gateway",
     "IdentityHeaders",
@@ -116,27 +113,11 @@ class PlainCookie:
         return await self._sessions.validate(_well_formed(self.find(header) or ""))
 
 
-class BetterAuthCookie:
-    """Better Auth's signed session cookie (compatibility profile): the session manager's own cookie reading."""
-
-    def __init__(self, sessions: BetterAuthSessionManager) -> None:
-        self._cookies: SessionCookies = sessions.cookies
-        self.name = sessions.cookies.name
-        self._sessions = sessions
-
-    def find(self, header: str) -> str | None:
-        """The signed value, or None."""
-        return self._cookies.from_header(header)
-
-    async def validate(self, header: str) -> SessionWithUser:
-        """The session of the signed cookie (its signature verified; the cookie cache when configured)."""
-        return await self._sessions.validate_cookie(header)
-
-
 def cookie_source(sessions: SessionManager, name: str | None) -> CookieSource:
-    """Better Auth's signed cookie for a compatibility session manager, else a plain cookie named ``name``."""
-    if isinstance(sessions, BetterAuthSessionManager):
-        return BetterAuthCookie(sessions)
+    """The session manager's own session cookie when its profile has one (Better Auth's signed cookie, its
+    signature verified and its cookie cache read when configured), else a plain cookie named ``name``."""
+    if sessions.cookies is not None:
+        return sessions.cookies
     return PlainCookie(name or DEFAULT_COOKIE_NAME, sessions)
 
 

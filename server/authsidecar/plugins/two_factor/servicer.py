@@ -10,10 +10,8 @@ import grpc
 from authsidecar.plugins.two_factor.service import TwoFactorService
 from authsidecar.services.accounts import AuthResult
 from authsidecar.services.sessions import SessionManager
-from authsidecar.transport.grpc.callers import CallerPolicy
 from authsidecar.transport.grpc.convert import Converter
 from authsidecar.transport.grpc.fields import MAX_PASSWORD, FieldChecker
-from authsidecar.transport.grpc.status import rpc
 from authsidecar_client.v1 import two_factor_service_pb2 as pb
 from authsidecar_client.v1 import two_factor_service_pb2_grpc as pb_grpc
 
@@ -41,19 +39,17 @@ class TwoFactorServicer(pb_grpc.TwoFactorServiceServicer):
         self._service = service
         self._convert = convert
         self._sessions = sessions
-        self.callers: CallerPolicy | None = None
 
     def _signed_in(self, result: AuthResult, reply: R) -> R:
         reply.user.CopyFrom(self._convert.user(result.user))
         if result.session is not None and result.token:
             reply.session.CopyFrom(self._convert.session(result.session))
             reply.token = result.token
-            reply.session_cookie, reply.dont_remember_cookie = self._sessions.cookie_values(
-                result.session, result.token
-            )
+            if self._sessions.cookies is not None:  # the profile's own session cookie (Better Auth's signed one)
+                cookie, dont_remember_cookie = self._sessions.cookies.values(result.session, result.token)
+                reply.session_cookie, reply.dont_remember_cookie = cookie, dont_remember_cookie
         return reply
 
-    @rpc
     async def EnableTwoFactor(self, request: pb.EnableTwoFactorRequest, context: Context) -> pb.EnableTwoFactorResponse:
         """Start enrolment."""
         check = FieldChecker()
@@ -65,7 +61,6 @@ class TwoFactorServicer(pb_grpc.TwoFactorServiceServicer):
         enrolment = await self._service.enable(token, password, issuer, client)
         return pb.EnableTwoFactorResponse(totp_uri=enrolment.totp_uri, backup_codes=enrolment.backup_codes)
 
-    @rpc
     async def ConfirmTwoFactor(
         self, request: pb.ConfirmTwoFactorRequest, context: Context
     ) -> pb.ConfirmTwoFactorResponse:
@@ -77,7 +72,6 @@ class TwoFactorServicer(pb_grpc.TwoFactorServiceServicer):
         user = await self._service.confirm(token, code)
         return pb.ConfirmTwoFactorResponse(user=self._convert.user(user))
 
-    @rpc
     async def VerifyTotp(self, request: pb.VerifyTotpRequest, context: Context) -> pb.VerifyTotpResponse:
         """Complete a sign-in with a TOTP code."""
         check = FieldChecker()
@@ -87,7 +81,6 @@ class TwoFactorServicer(pb_grpc.TwoFactorServiceServicer):
         check.done()
         return self._signed_in(await self._service.verify_totp(challenge, code, client), pb.VerifyTotpResponse())
 
-    @rpc
     async def VerifyBackupCode(
         self, request: pb.VerifyBackupCodeRequest, context: Context
     ) -> pb.VerifyBackupCodeResponse:
@@ -100,7 +93,6 @@ class TwoFactorServicer(pb_grpc.TwoFactorServiceServicer):
         reply = pb.VerifyBackupCodeResponse()
         return self._signed_in(await self._service.verify_backup_code(challenge, code, client), reply)
 
-    @rpc
     async def DisableTwoFactor(
         self, request: pb.DisableTwoFactorRequest, context: Context
     ) -> pb.DisableTwoFactorResponse:
@@ -113,7 +105,6 @@ class TwoFactorServicer(pb_grpc.TwoFactorServiceServicer):
         user = await self._service.disable(token, password, client)
         return pb.DisableTwoFactorResponse(user=self._convert.user(user))
 
-    @rpc
     async def GenerateBackupCodes(
         self, request: pb.GenerateBackupCodesRequest, context: Context
     ) -> pb.GenerateBackupCodesResponse:

@@ -13,7 +13,6 @@ from authsidecar.services.accounts import AccountService, AuthResult
 from authsidecar.services.profile import ProfileService
 from authsidecar.services.sessions import SessionManager
 from authsidecar.services.verification import AccountFlows
-from authsidecar.transport.grpc.callers import CallerPolicy
 from authsidecar.transport.grpc.convert import Converter, struct_to_dict
 from authsidecar.transport.grpc.fields import (
     MAX_COOKIE_HEADER,
@@ -25,7 +24,6 @@ from authsidecar.transport.grpc.fields import (
     MAX_VERIFICATION_TOKEN,
     FieldChecker,
 )
-from authsidecar.transport.grpc.status import rpc
 from authsidecar_client.v1 import auth_service_pb2 as auth_pb
 from authsidecar_client.v1 import auth_service_pb2_grpc as auth_grpc
 from authsidecar_client.v1 import session_service_pb2 as session_pb
@@ -41,9 +39,10 @@ def _auth_parts(convert: Converter, sessions: SessionManager, result: AuthResult
     if result.session is not None and result.token:
         parts["session"] = convert.session(result.session)
         parts["token"] = result.token
-        parts["session_cookie"], dont_remember_cookie = sessions.cookie_values(result.session, result.token)
-        if dont_remember_cookie:  # remember_me false (SignUp, SignIn)
-            parts["dont_remember_cookie"] = dont_remember_cookie
+        if sessions.cookies is not None:  # the profile's own session cookie (Better Auth's signed one)
+            parts["session_cookie"], dont_remember_cookie = sessions.cookies.values(result.session, result.token)
+            if dont_remember_cookie:  # remember_me false (SignUp, SignIn)
+                parts["dont_remember_cookie"] = dont_remember_cookie
     return parts
 
 
@@ -70,9 +69,7 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         self._flows = flows
         self._profile = profile
         self._convert = convert or Converter()
-        self.callers: CallerPolicy | None = None  # caller authentication, when configured
 
-    @rpc
     async def SignUp(self, request: auth_pb.SignUpRequest, context: Context) -> auth_pb.SignUpResponse:
         """Create a user (and a session)."""
         check = FieldChecker()
@@ -87,7 +84,6 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         result = await self._accounts.sign_up(email, password, name, image or None, client, remember, extra)
         return auth_pb.SignUpResponse(**_auth_parts(self._convert, self._sessions, result))
 
-    @rpc
     async def SignIn(self, request: auth_pb.SignInRequest, context: Context) -> auth_pb.SignInResponse:
         """Check a password and create a session."""
         check = FieldChecker()
@@ -104,13 +100,11 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
             return auth_pb.SignInResponse(challenge=challenge)
         return auth_pb.SignInResponse(**_auth_parts(self._convert, self._sessions, result))
 
-    @rpc
     async def SignOut(self, request: auth_pb.SignOutRequest, context: Context) -> auth_pb.SignOutResponse:
         """End a session."""
         await self._sessions.sign_out(_token(request))
         return auth_pb.SignOutResponse()
 
-    @rpc
     async def SendVerificationEmail(
         self, request: auth_pb.SendVerificationEmailRequest, context: Context
     ) -> auth_pb.SendVerificationEmailResponse:
@@ -122,7 +116,6 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         await self._flows.send_verification_email(email, client)
         return auth_pb.SendVerificationEmailResponse()
 
-    @rpc
     async def VerifyEmail(self, request: auth_pb.VerifyEmailRequest, context: Context) -> auth_pb.VerifyEmailResponse:
         """Consume a verification token."""
         check = FieldChecker()
@@ -132,7 +125,6 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         result = await self._flows.verify_email(token, client)
         return auth_pb.VerifyEmailResponse(**_auth_parts(self._convert, self._sessions, result))
 
-    @rpc
     async def RequestPasswordReset(
         self, request: auth_pb.RequestPasswordResetRequest, context: Context
     ) -> auth_pb.RequestPasswordResetResponse:
@@ -144,7 +136,6 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         await self._flows.request_password_reset(email, client)
         return auth_pb.RequestPasswordResetResponse()
 
-    @rpc
     async def ResetPassword(
         self, request: auth_pb.ResetPasswordRequest, context: Context
     ) -> auth_pb.ResetPasswordResponse:
@@ -157,7 +148,6 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         await self._flows.reset_password(token, password, client)
         return auth_pb.ResetPasswordResponse()
 
-    @rpc
     async def ChangePassword(
         self, request: auth_pb.ChangePasswordRequest, context: Context
     ) -> auth_pb.ChangePasswordResponse:
@@ -173,10 +163,10 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         if result.session is not None:
             reply.session.CopyFrom(self._convert.session(result.session))
             reply.token = result.token or ""
-            reply.session_cookie = self._sessions.cookie_values(result.session, result.token or "")[0]
+            if self._sessions.cookies is not None:
+                reply.session_cookie = self._sessions.cookies.values(result.session, result.token or "")[0]
         return reply
 
-    @rpc
     async def ChangeEmail(self, request: auth_pb.ChangeEmailRequest, context: Context) -> auth_pb.ChangeEmailResponse:
         """Start an email change."""
         check = FieldChecker()
@@ -188,7 +178,6 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         await self._flows.change_email(token, new_email, client, password)
         return auth_pb.ChangeEmailResponse()
 
-    @rpc
     async def UpdateUser(self, request: auth_pb.UpdateUserRequest, context: Context) -> auth_pb.UpdateUserResponse:
         """Update name, image and/or additional fields."""
         check = FieldChecker()
@@ -202,7 +191,6 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         user = await self._profile.update_user(token, changes, struct_to_dict(request.additional_fields))
         return auth_pb.UpdateUserResponse(user=self._convert.user(user))
 
-    @rpc
     async def DeleteUser(self, request: auth_pb.DeleteUserRequest, context: Context) -> auth_pb.DeleteUserResponse:
         """Delete the caller's account."""
         check = FieldChecker()
@@ -220,21 +208,22 @@ class SessionServicer(session_grpc.SessionServiceServicer):
     def __init__(self, sessions: SessionManager, convert: Converter | None = None) -> None:
         self._sessions = sessions
         self._convert = convert or Converter()
-        self.callers: CallerPolicy | None = None  # caller authentication, when configured
         # Replies of unchanged sessions are reused. Looked up by the entry's identity first (the in-process tiers
         # hand out the same object: no hashing of its fields), then by its session and user (a snapshot decoded
         # from Redis or read from SQL again: equal values in new objects, with another check time).
         self._replies_by_id: IdentityMemo[SessionWithUser, session_pb.ValidateSessionResponse] = IdentityMemo(4096)
         self._replies: BoundedMemo[tuple[Session, User], session_pb.ValidateSessionResponse] = BoundedMemo(4096)
 
-    @rpc
     async def ValidateSession(
         self, request: session_pb.ValidateSessionRequest, context: Context
     ) -> session_pb.ValidateSessionResponse:
         """The hot path: token -> session + user."""
         token = request.token
         if request.cookie:
-            entry = await self._sessions.validate_cookie(self._cookie_header(token, request.cookie))
+            header = self._cookie_header(token, request.cookie)
+            if self._sessions.cookies is None:
+                raise InvalidArgument.field("cookie", "is only read with AUTHSIDECAR_COMPAT=better-auth; pass token")
+            entry = await self._sessions.cookies.validate(header)
         else:
             if not token or len(token) > 256 or "\x00" in token:
                 token = _token(request)  # raises the precise INVALID_ARGUMENT
@@ -260,7 +249,6 @@ class SessionServicer(session_grpc.SessionServiceServicer):
             raise InvalidArgument.field("cookie", "set token or cookie, not both")
         return cookie
 
-    @rpc
     async def ListSessions(
         self, request: session_pb.ListSessionsRequest, context: Context
     ) -> session_pb.ListSessionsResponse:
@@ -270,7 +258,6 @@ class SessionServicer(session_grpc.SessionServiceServicer):
             sessions=[self._convert.session(s) for s in sessions], current_session_id=current.id
         )
 
-    @rpc
     async def RevokeSession(
         self, request: session_pb.RevokeSessionRequest, context: Context
     ) -> session_pb.RevokeSessionResponse:
@@ -282,7 +269,6 @@ class SessionServicer(session_grpc.SessionServiceServicer):
         await self._sessions.revoke(token, session_id)
         return session_pb.RevokeSessionResponse()
 
-    @rpc
     async def RevokeOtherSessions(
         self, request: session_pb.RevokeOtherSessionsRequest, context: Context
     ) -> session_pb.RevokeOtherSessionsResponse:
@@ -290,7 +276,6 @@ class SessionServicer(session_grpc.SessionServiceServicer):
         count = await self._sessions.revoke_others(_token(request))
         return session_pb.RevokeOtherSessionsResponse(revoked_count=count)
 
-    @rpc
     async def RevokeSessions(
         self, request: session_pb.RevokeSessionsRequest, context: Context
     ) -> session_pb.RevokeSessionsResponse:
