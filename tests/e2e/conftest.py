@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import shutil
 import signal
@@ -9,9 +11,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import pytest
@@ -20,6 +23,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from authsidecar_client.v1 import auth_service_pb2_grpc, session_service_pb2, session_service_pb2_grpc
 from tests.conftest import REDIS_URL, TEST_SECRET
+
+T = TypeVar("T")
 
 # Every test server: cheap hashing, a secret (needed with REDIS_URL), no drain delay (tests that are about
 # draining set their own) and no rate limits (tests that are about limits turn them on).
@@ -38,6 +43,47 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _timed_out(within: float, what: str, details: Callable[[], str] | None) -> str:
+    return f"timed out after {within} s waiting for {what}" + (f":\n{details()}" if details is not None else "")
+
+
+async def wait_for(
+    predicate: Callable[[], T | Awaitable[T]],
+    within: float = 20.0,
+    what: str = "the condition",
+    details: Callable[[], str] | None = None,
+    interval: float = 0.05,
+) -> T:
+    """Poll ``predicate`` (plain or async) until it returns something true, and return that; fail the test after
+    ``within`` seconds (a guard, not a measurement), with ``details()`` (a server log, say) in the message."""
+    end = time.monotonic() + within
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() >= end:
+            pytest.fail(_timed_out(within, what, details))
+        await asyncio.sleep(interval)
+
+
+def wait_for_sync(
+    predicate: Callable[[], T],
+    within: float = 20.0,
+    what: str = "the condition",
+    details: Callable[[], str] | None = None,
+    interval: float = 0.05,
+) -> T:
+    """``wait_for`` for code outside an event loop (threads, synchronous tests)."""
+    end = time.monotonic() + within
+    while not (result := predicate()):
+        if time.monotonic() >= end:
+            pytest.fail(_timed_out(within, what, details))
+        time.sleep(interval)
+    return result
 
 
 def clean_env() -> dict[str, str]:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import email
 import json
 import re
@@ -11,7 +10,6 @@ import secrets
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from email.message import Message as MailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,7 +25,17 @@ from authsidecar.delivery.senders import webhook_signature
 from authsidecar_client.v1 import auth_service_pb2 as auth_pb
 from authsidecar_client.v1 import session_service_pb2 as session_pb
 from tests.conftest import REDIS_URL
-from tests.e2e.conftest import Server, Stubs, clean_env, error_details, free_port, start_server, stubs_for
+from tests.e2e.conftest import (
+    Server,
+    Stubs,
+    clean_env,
+    error_details,
+    free_port,
+    start_server,
+    stubs_for,
+    wait_for,
+    wait_for_sync,
+)
 
 PASSWORD = "correct horse battery"
 NEW_PASSWORD = "a new horse battery"
@@ -47,16 +55,15 @@ class Mailbox:
             self.messages.append(email.message_from_bytes(envelope.content))
         return "250 OK"
 
+    def to(self, address: str) -> list[MailMessage]:
+        """The messages to ``address`` so far."""
+        with self._lock:
+            return [m for m in self.messages if m["To"] == address]
+
     def wait_for(self, to: str, count: int = 1, timeout: float = 10.0) -> list[MailMessage]:
         """The messages to ``to`` once there are ``count`` of them."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            with self._lock:
-                found = [m for m in self.messages if m["To"] == to]
-            if len(found) >= count:
-                return found
-            time.sleep(0.05)
-        pytest.fail(f"no mail for {to} within {timeout}s")
+        wait_for_sync(lambda: len(self.to(to)) >= count, timeout, f"{count} mail(s) for {to}")
+        return self.to(to)
 
 
 def token_of(mail: MailMessage) -> str:
@@ -135,10 +142,14 @@ async def test_email_verification_by_smtp(smtp_server: Server, mailbox: tuple[Ma
         unknown = f"nobody-{secrets.token_hex(4)}@example.com"
         await stubs.auth.SendVerificationEmail(auth_pb.SendVerificationEmailRequest(email=unknown))
         await stubs.auth.RequestPasswordReset(auth_pb.RequestPasswordResetRequest(email=unknown))
+        # Messages go out one at a time, in order: once a later one (a reset for the known address) has arrived,
+        # anything sent for the unknown address would have arrived before it.
+        before = len(box.to(address))
+        await stubs.auth.RequestPasswordReset(auth_pb.RequestPasswordResetRequest(email=address))
+        box.wait_for(address, count=before + 1)
     finally:
         await stubs.channel.close()
-    await asyncio.sleep(0.5)
-    assert not [m for m in box.messages if m["To"] == unknown]
+    assert not box.to(unknown)
     assert token not in smtp_server.log()
 
 
@@ -260,10 +271,7 @@ async def test_password_reset_by_signed_webhook_with_retry(
     try:
         await sign_up(stubs, address)
         await stubs.auth.RequestPasswordReset(auth_pb.RequestPasswordResetRequest(email=address))
-        for _ in range(200):  # up to 10 s
-            if receiver.events:
-                break
-            await asyncio.sleep(0.05)
+        await wait_for(lambda: receiver.events, 10, "the webhook", server.log)
         [event] = receiver.events
         assert receiver.requests == 2  # the first attempt got a 500 and was retried
         assert event["type"] == "authsidecar.reset-password"

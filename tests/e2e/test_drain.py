@@ -57,13 +57,19 @@ def serving(tmp_path: Path, env: dict[str, str], drain_delay: float, **settings:
 
 def exit_code(server: Server, within: float) -> int:
     """The server's exit code once it has stopped by itself; fails (and kills it) if it is still running after
-    ``within`` seconds."""
+    ``within`` seconds (a guard against a server that never stops, not a measure of how fast it does)."""
     try:
         return server.process.wait(within)
     except subprocess.TimeoutExpired:
         server.process.kill()
         server.process.wait()
         pytest.fail(f"server still running {within}s later:\n{server.log()}")
+
+
+def in_order(log: str, *lines: str) -> bool:
+    """Each of ``lines`` is in ``log``, in this order."""
+    at = [log.find(line) for line in lines]
+    return -1 not in at and at == sorted(at)
 
 
 def new_connection(address: str) -> grpc.aio.Channel:
@@ -140,7 +146,8 @@ async def test_sigterm_drains_with_delay(tmp_path: Path, backend_env: dict[str, 
         assert burst.in_flight > 0
         assert burst.outcomes == {"OK": CALLS}, (burst, server.log())
 
-        # NOT_SERVING at once and for the whole delay, while calls are still answered, on new connections too.
+        # NOT_SERVING at once and for the whole delay, while calls are still answered, on new connections too:
+        # sampled over most of the delay (time passing is the point here).
         answers: list[str] = []
         while time.monotonic() - burst.signalled < 1.5:
             assert server.health() == NOT_SERVING, server.log()
@@ -149,11 +156,11 @@ async def test_sigterm_drains_with_delay(tmp_path: Path, backend_env: dict[str, 
         assert server.process.poll() is None, server.log()
         assert answers and set(answers) == {"OK"}, answers
 
-        assert exit_code(server, within=10) == 0, server.log()
-        stopped_after = time.monotonic() - burst.signalled
-        assert 1.9 <= stopped_after < 2 + 3, stopped_after
+        # Then it stops by itself, cleanly: the delay ran out (nothing else asked it to stop), then the listener
+        # closed and the process ended.
+        assert exit_code(server, within=15) == 0, server.log()
     log = server.log()
-    assert "draining" in log and "stopped" in log, log
+    assert in_order(log, "draining: NOT_SERVING, still answering for 2.0s", "shutting down", "stopped"), log
 
 
 @pytest.mark.parametrize(
@@ -170,10 +177,10 @@ async def test_stopping_at_once_still_completes_calls_in_flight(
         if signum == signal.SIGTERM:
             assert burst.in_flight >= 5, burst  # the signal did arrive in the middle of the burst
         assert burst.outcomes == {"OK": CALLS}, (burst, server.log())
-        assert exit_code(server, within=5) == 0, server.log()
-        assert time.monotonic() - burst.signalled < 3
+        # It stops by itself, cleanly, with no drain delay (for SIGINT the guard is half the 30 s it skipped).
+        assert exit_code(server, within=15) == 0, server.log()
     log = server.log()
-    assert "draining" not in log and "stopped" in log, log
+    assert "draining" not in log and in_order(log, "shutting down", "stopped"), log
 
 
 async def test_second_sigterm_cuts_the_drain_delay_short(tmp_path: Path, backend_env: dict[str, str]) -> None:
@@ -181,9 +188,8 @@ async def test_second_sigterm_cuts_the_drain_delay_short(tmp_path: Path, backend
         server.process.send_signal(signal.SIGTERM)
         server.wait_for(NOT_SERVING, deadline=5)
         assert server.process.poll() is None, server.log()
-        signalled = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
-        assert exit_code(server, within=5) == 0, server.log()
-        assert time.monotonic() - signalled < 3
+        # Stopped, cleanly, well before the 30 s delay could have run out: the second signal ended it.
+        assert exit_code(server, within=15) == 0, server.log()
     log = server.log()
-    assert "draining" in log and "stopped" in log, log
+    assert in_order(log, "draining: NOT_SERVING, still answering for 30.0s", "shutting down", "stopped"), log

@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,16 @@ from authsidecar_client.v1 import auth_service_pb2 as auth_pb
 from authsidecar_client.v1 import session_service_pb2 as session_pb
 from tests.better_auth.harness import SECRET as BETTER_AUTH_SECRET
 from tests.conftest import REDIS_URL, create_pg_database, drop_pg_database, migrate
-from tests.e2e.conftest import Server, Stubs, clean_env, error_details, free_port, start_server, stubs_for
+from tests.e2e.conftest import (
+    Server,
+    Stubs,
+    clean_env,
+    error_details,
+    free_port,
+    start_server,
+    stubs_for,
+    wait_for,
+)
 from tests.e2e.gateway.support import (
     SESSION_HEADER,
     USER_HEADER,
@@ -278,11 +286,10 @@ async def test_forward_auth_refuses_malformed_and_oversized_requests(gateway: Ga
     assert (await asyncio.to_thread(raw_exchange, port, body)).startswith(b"HTTP/1.1 413 ")
     smuggle = b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
     assert (await asyncio.to_thread(raw_exchange, port, smuggle)).startswith(b"HTTP/1.1 400 ")
-    # a client that sends half a head and stops is cut off (HEAD_TIMEOUT), it does not hold the slot forever
-    start = time.monotonic()
+    # a client that sends half a head and stops is cut off (HEAD_TIMEOUT), it does not hold the slot forever: the
+    # server answers 408 and closes, long before the client's own 30 s read timeout would have ended the wait
     slow = await asyncio.to_thread(raw_exchange, port, b"GET / HTTP/1.1\r\nHost: a\r\n", 30)
     assert slow.startswith(b"HTTP/1.1 408 "), slow
-    assert time.monotonic() - start < 15
     silent.settimeout(5)  # opened before the 10 s above: a connection that never speaks holds its slot no longer
     assert silent.recv(10) == b""
     silent.close()
@@ -441,11 +448,14 @@ async def test_custom_names_and_ext_authz_off(tmp_path: Path, pg_url: str) -> No
         "AUTHSIDECAR_GATEWAY_EMAIL_HEADER": "x-email",
         "AUTHSIDECAR_GATEWAY_COOKIE_NAME": "sid",
         "AUTHSIDECAR_FORWARD_AUTH_MAX_CONNECTIONS": "2",
+        # Longer than server.stop waits (20 s): a connection that held the shutdown would get the server killed.
+        "AUTHSIDECAR_SHUTDOWN_GRACE": "60",
     }
     server = start_server(tmp_path, env)
     server.wait_for(SERVING)
     stubs = stubs_for(server.address)
     held: list[socket.socket] = []
+    keep_alive = [http.client.HTTPConnection("127.0.0.1", forward_port, timeout=10) for _ in range(3)]
     try:
         up = await _sign_up(stubs)
         reply = await asyncio.to_thread(http_request, forward_port, headers={"Cookie": f"sid={up.token}"})
@@ -457,35 +467,57 @@ async def test_custom_names_and_ext_authz_off(tmp_path: Path, pg_url: str) -> No
         with pytest.raises(grpc.aio.AioRpcError) as caught:  # ext_authz is off by default
             await authorization_stub(stubs.channel).Check(check_request({}))
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        # idle connections cannot lock the endpoint: when full, the one idle the longest is closed to make room
-        for _ in range(2):
-            held.append(socket.create_connection(("127.0.0.1", forward_port)))
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.2)
+        # idle connections cannot lock the endpoint: when full, the one idle the longest is closed to make room.
+        # Two keep-alive connections, each answered once (so the server holds both), idle in that order.
+        oldest, newer, last = keep_alive
+        for conn in (oldest, newer):
+            assert (await asyncio.to_thread(http_request, forward_port, connection=conn)).status == 401
         request = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
         served = await asyncio.to_thread(raw_exchange, forward_port, request)
         assert served.startswith(b"HTTP/1.1 401 "), served
-        held[0].settimeout(5)
-        assert held[0].recv(10) == b""  # the oldest idle connection was closed
+        assert oldest.sock is not None
+        oldest.sock.settimeout(5)
+        assert oldest.sock.recv(10) == b""  # the oldest idle connection was closed
+        oldest.close()
+        newer.close()
+        # two connections in the middle of a request take both slots: a third is answered 503 and closed. Each
+        # sends a head asking for 100-continue and gets it: the server has the head and waits for the body. (Those
+        # closed just now are idle to the server, so they make room for these two if they are still counted.)
+        for _ in range(2):
+            sock = socket.create_connection(("127.0.0.1", forward_port), timeout=10)
+            held.append(sock)
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+            assert (await asyncio.to_thread(sock.recv, 100)).startswith(b"HTTP/1.1 100 ")
+        busy = await asyncio.to_thread(raw_exchange, forward_port, request)
+        assert busy.startswith(b"HTTP/1.1 503 "), busy
         for sock in held:
             sock.close()
         held.clear()
-        await asyncio.sleep(0.3)
-        # two connections in the middle of a request take both slots: a third is answered 503 and closed
-        for _ in range(2):
-            sock = socket.create_connection(("127.0.0.1", forward_port))
-            sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n")
-            held.append(sock)
-        await asyncio.sleep(0.2)
-        busy = await asyncio.to_thread(raw_exchange, forward_port, request)
-        assert busy.startswith(b"HTTP/1.1 503 "), busy
+
+        # idle keep-alive connections do not hold the shutdown: once the two above are gone (503 until then), a
+        # keep-alive connection is answered and left idle; SIGTERM closes it at once and the server exits 0 (with
+        # the 60 s grace, a server that waited for it would be killed by server.stop and fail this).
+        async def answered_and_idle() -> bool:
+            try:
+                reply = await asyncio.to_thread(http_request, forward_port, connection=last)
+            except (ConnectionError, http.client.HTTPException):  # refused while full: reset before the 503 was read
+                last.close()
+                return False
+            return reply.status == 401
+
+        await wait_for(answered_and_idle, 10, "a free connection slot", server.log)
+        assert server.stop() == 0, server.log()
+        assert last.sock is not None
+        last.sock.settimeout(5)
+        assert last.sock.recv(10) == b""
     finally:
         await stubs.channel.close()
-        start = time.monotonic()
-        assert server.stop() == 0, server.log()  # idle keep-alive connections do not hold the shutdown
-        assert time.monotonic() - start < 8, server.log()
+        if server.process.poll() is None:
+            server.stop()
         for sock in held:
             sock.close()
+        for conn in keep_alive:
+            conn.close()
 
 
 async def test_forward_auth_answers_through_the_drain_then_stops(tmp_path: Path, pg_url: str) -> None:
@@ -504,8 +536,8 @@ async def test_forward_auth_answers_through_the_drain_then_stops(tmp_path: Path,
         conn = http.client.HTTPConnection("127.0.0.1", forward_port, timeout=10)
         assert (await asyncio.to_thread(http_request, forward_port, bearer, connection=conn)).status == 200
         server.process.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.5)  # draining: health NOT_SERVING, both listeners still answer
-        assert server.health() == health_pb2.HealthCheckResponse.NOT_SERVING
+        # draining: health NOT_SERVING, both listeners still answer
+        await asyncio.to_thread(server.wait_for, health_pb2.HealthCheckResponse.NOT_SERVING, 5)
         assert (await asyncio.to_thread(http_request, forward_port, bearer, connection=conn)).status == 200
         assert (await asyncio.to_thread(http_request, forward_port, bearer)).status == 200
         assert server.process.wait(15) == 0, server.log()

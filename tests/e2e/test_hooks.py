@@ -4,9 +4,9 @@ commit and delivery); the Redis event stream read by a real Redis client."""
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
+import math
 import secrets
 import subprocess
 import sys
@@ -29,12 +29,22 @@ from authsidecar_client.v1 import resources_pb2
 from authsidecar_client.v1 import session_service_pb2 as session_pb
 from tests.better_auth.harness import token_in_log
 from tests.conftest import REDIS_URL
-from tests.e2e.conftest import Server, Stubs, clean_env, error_details, free_port, start_server, stubs_for
+from tests.e2e.conftest import (
+    Server,
+    Stubs,
+    clean_env,
+    error_details,
+    free_port,
+    start_server,
+    stubs_for,
+    wait_for,
+)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 PASSWORD = "correct horse battery"
 HOOK_SECRET = "hook-secret-for-the-tests-0123456789"
 SECRET_KEYS = {"token", "password", "accessToken", "refreshToken", "idToken", "identifier", "value"}
+HOLD = math.inf  # a Receiver answer's delay: no answer until ``Receiver.release`` is set
 
 HOOK_MODULE = '''
 """Hooks of the end-to-end tests: record every call; reject or rewrite some sign-ups."""
@@ -156,15 +166,6 @@ def _calls(log: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
 
 
-async def _wait_for(check: Callable[[], bool], what: str, within: float = 20.0) -> None:
-    end = time.monotonic() + within
-    while time.monotonic() < end:
-        if check():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def hook_receiver() -> Iterator[Receiver]:
     r = Receiver(free_port())
@@ -211,7 +212,7 @@ async def test_hooks_of_both_kinds_see_every_model_and_event_with_context_and_no
     )
     assert changed.token
     await py_stubs.auth.RequestPasswordReset(auth_pb.RequestPasswordResetRequest(email=email, client=_client()))
-    await _wait_for(lambda: f"reset-password message for {email}" in server.log(), "the reset link")
+    await wait_for(lambda: f"reset-password message for {email}" in server.log(), what="the reset link")
     reset = token_in_log(server.log(), "reset-password", email)
     await py_stubs.auth.ResetPassword(auth_pb.ResetPasswordRequest(token=reset, new_password=PASSWORD + "3"))
     last = await py_stubs.auth.SignIn(auth_pb.SignInRequest(email=email, password=PASSWORD + "3", client=_client()))
@@ -221,9 +222,9 @@ async def test_hooks_of_both_kinds_see_every_model_and_event_with_context_and_no
         data = call["data"]
         return user_id in (data.get("id"), data.get("userId")) or data.get("email") == email
 
-    await _wait_for(
+    await wait_for(
         lambda: {(c["model"], c["event"]) for c in _calls(log) if c["when"] == "after" and mine(c)} >= ALL_EVENTS,
-        "an after call of every model and event",
+        what="an after call of every model and event",
     )
     calls = [c for c in _calls(log) if mine(c)]
     for when in ("before", "after"):
@@ -231,11 +232,11 @@ async def test_hooks_of_both_kinds_see_every_model_and_event_with_context_and_no
         assert seen >= ALL_EVENTS, f"{when}: missing {ALL_EVENTS - seen}"
     _no_secrets(calls)
     # The webhooks saw the same, signed.
-    await _wait_for(
+    await wait_for(
         lambda: (
             {(e["model"], e["event"]) for e in hook_receiver.received if e["when"] == "after" and mine(e)} >= ALL_EVENTS
         ),
-        "an after webhook of every model and event",
+        what="an after webhook of every model and event",
     )
     hooked = [e for e in hook_receiver.received if mine(e)]
     assert {(e["model"], e["event"]) for e in hooked if e["when"] == "before"} >= ALL_EVENTS
@@ -287,11 +288,15 @@ async def test_a_python_before_hook_rejects_with_its_status_or_rewrites_the_data
 
 @dataclass
 class Receiver:
-    """A webhook receiver in this process: records signed requests; ``answer`` decides each reply."""
+    """A webhook receiver in this process: records signed requests; ``answer`` decides each reply: its status, its
+    body, and its delay: 0 (at once), HOLD (not before ``release`` is set) or negative (the body trickles, one byte
+    every -delay seconds)."""
 
     port: int
     answer: Callable[[dict[str, Any]], tuple[int, dict[str, Any] | None, float]] = lambda body: (200, None, 0.0)
     received: list[dict[str, Any]] = field(default_factory=list)
+    answered: list[str] = field(default_factory=list)  # ids of the events whose whole answer was written
+    release: threading.Event = field(default_factory=threading.Event)
     bad_signatures: int = 0
     _server: ThreadingHTTPServer | None = None
 
@@ -307,7 +312,8 @@ class Receiver:
                 event = json.loads(body)
                 owner.received.append(event)
                 status, reply, delay = owner.answer(event)
-                time.sleep(max(delay, 0.0))
+                if delay == HOLD:
+                    owner.release.wait(60)
                 data = json.dumps(reply).encode() if reply is not None else b""
                 try:
                     self.send_response(status)
@@ -320,7 +326,8 @@ class Receiver:
                             break
                         time.sleep(-delay)
                 except (BrokenPipeError, ConnectionResetError):
-                    pass
+                    return
+                owner.answered.append(event["id"])
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -329,6 +336,7 @@ class Receiver:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
     def stop(self) -> None:
+        self.release.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -367,7 +375,7 @@ async def test_a_before_webhook_rejects_rewrites_and_fails_closed_on_timeout(
         if email.startswith("rewritten"):
             return 200, {"data": {"name": "From Hook", "image": "https://img.example/a.png"}}, 0.0
         if email.startswith("slow"):
-            return 200, None, 2.0
+            return 200, None, HOLD  # answers only once the test has seen the call fail
         if email.startswith("aborted"):
             return 200, {"abort": True}, 0.0
         if email.startswith("trickle"):
@@ -408,17 +416,25 @@ async def test_a_before_webhook_rejects_rewrites_and_fails_closed_on_timeout(
         assert (rewritten.user.name, rewritten.user.image) == ("From Hook", "https://img.example/a.png")
         assert rewritten.token  # the session hook's URL is dead, and it goes on (on_failure = "continue")
 
+        # The hook's timeout ends the call, not the receiver's answer: the receiver got the request and holds its
+        # answer until after the call failed (the call's own deadline guards against a timeout that never fires).
         slow = _email("slow")
-        started = time.monotonic()
         with pytest.raises(grpc.aio.AioRpcError) as exc:
-            await stubs.auth.SignUp(auth_pb.SignUpRequest(email=slow, password=PASSWORD, name="S"))
-        assert time.monotonic() - started < 1.9  # the hook's timeout, not the receiver's delay
+            await stubs.auth.SignUp(auth_pb.SignUpRequest(email=slow, password=PASSWORD, name="S"), timeout=30)
         assert (exc.value.code(), error_details(exc.value).reason) == (grpc.StatusCode.UNAVAILABLE, "HOOK_FAILED")
-        started = time.monotonic()
+        [held] = [e for e in receiver.received if e["data"]["email"] == slow]
+        assert held["id"] not in receiver.answered
+        receiver.release.set()
+        # The timeout bounds the whole exchange: the answer trickles in, each byte well within the timeout, and
+        # the call fails before the receiver has written it all.
+        trickle = _email("trickle")
         with pytest.raises(grpc.aio.AioRpcError) as exc:
-            await stubs.auth.SignUp(auth_pb.SignUpRequest(email=_email("trickle"), password=PASSWORD, name="T"))
-        assert time.monotonic() - started < 1.9  # the timeout bounds the whole exchange
+            await stubs.auth.SignUp(auth_pb.SignUpRequest(email=trickle, password=PASSWORD, name="T"), timeout=30)
         assert error_details(exc.value).reason == "HOOK_FAILED"
+        [trickled] = [e for e in receiver.received if e["data"]["email"] == trickle]
+        assert trickled["id"] not in receiver.answered
+        timeouts = [line for line in server.log().splitlines() if f"before hook {receiver.url}: " in line]
+        assert len(timeouts) == 2 and all("Timeout" in line for line in timeouts), server.log()
         receiver.answer = lambda event: (200, None, 0.0)
         for email in (refused, slow):  # nothing was written: the address is still free
             again = await stubs.auth.SignUp(auth_pb.SignUpRequest(email=email, password=PASSWORD, name="Later"))
@@ -460,11 +476,13 @@ async def test_after_webhooks_wait_for_a_receiver_that_is_down_and_arrive_in_ord
     stubs = stubs_for(server.address)
     try:
         users = [await _user_story(stubs, _email("order"), 4) for _ in range(2)]
-        await asyncio.sleep(1.5)  # a few failed attempts: nobody listens yet
-        assert "failed (attempt 1)" in server.log()
+        # Nobody listens yet: the first entry of each user is tried and fails.
+        await wait_for(
+            lambda: server.log().count("failed (attempt 1)") >= 2, what="failed attempts", details=server.log
+        )
         receiver.start()
         expected = ["create:v0", "update:v1", "update:v2", "update:v3", "update:v4"]
-        await _wait_for(lambda: all(_story(receiver.received, u) == expected for u in users), "ordered delivery", 30)
+        await wait_for(lambda: all(_story(receiver.received, u) == expected for u in users), 30, "ordered delivery")
         assert receiver.bad_signatures == 0
         event = receiver.received[0]
         assert event["type"] == "user.create" and event["when"] == "after" and event["occurredAt"]
@@ -489,8 +507,8 @@ async def test_events_committed_before_a_sigkill_are_delivered_after_the_restart
     restarted = _serve(tmp_path, env)
     try:
         # The killed instance's lease lapses first: delivery timeout + 5 s (15 s here).
-        await _wait_for(
-            lambda: _story(receiver.received, user_id) == ["create:v0", "update:v1", "update:v2"], "redelivery", 45
+        await wait_for(
+            lambda: _story(receiver.received, user_id) == ["create:v0", "update:v1", "update:v2"], 45, "redelivery"
         )
     finally:
         assert restarted.stop() == 0, restarted.log()
@@ -519,7 +537,7 @@ async def test_after_events_are_published_to_a_redis_stream(tmp_path: Path, pg_u
             return [e for e in found if up.user.id in (e["data"].get("id"), e["data"].get("userId"))]
 
         want = {"user.create", "account.create", "session.create", "session.delete"}
-        await _wait_for(lambda: {e["type"] for e in events()} >= want, "the stream entries")
+        await wait_for(lambda: {e["type"] for e in events()} >= want, what="the stream entries")
         _no_secrets(events())
         assert [e["type"] for e in events()][-1] == "session.delete"
     finally:

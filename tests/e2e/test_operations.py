@@ -16,7 +16,16 @@ from grpc_health.v1 import health_pb2
 
 from authsidecar_client.v1 import auth_service_pb2 as auth_pb
 from authsidecar_client.v1 import session_service_pb2 as session_pb
-from tests.e2e.conftest import RedisProcess, Server, clean_env, error_details, free_port, start_server, stubs_for
+from tests.e2e.conftest import (
+    RedisProcess,
+    Server,
+    clean_env,
+    error_details,
+    free_port,
+    start_server,
+    stubs_for,
+    wait_for,
+)
 
 PASSWORD = "correct horse battery"
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -40,6 +49,13 @@ def redis_backed_server(tmp_path: Path, pg_url: str, private_redis: RedisProcess
     assert server.stop() == 0, server.log()
 
 
+def stopped(redis: RedisProcess) -> bool:
+    """The redis-server process is stopped (SIGSTOP has taken effect)."""
+    assert redis.process is not None
+    stat = Path(f"/proc/{redis.process.pid}/stat").read_text()
+    return stat.rpartition(")")[2].split()[0] == "T"
+
+
 async def validate(stubs: object, token: str) -> str:
     """'ok' or the error reason."""
     try:
@@ -60,30 +76,37 @@ async def test_redis_outage_falls_back_to_postgres_and_never_serves_revoked_sess
         assert await validate(stubs, keep.token) == "ok" and await validate(stubs, revoke.token) == "ok"
         assert int(private_redis.cli("dbsize")) >= 3  # both sessions + the user index are cached
 
-        # Redis hangs (keeps its data): validation still answers from Postgres; a revocation still takes effect.
-        sleeper = subprocess.Popen(["redis-cli", "-p", str(private_redis.port), "debug", "sleep", "2"])
-        await asyncio.sleep(0.2)
-        assert await validate(stubs, keep.token) == "ok"
-        await stubs.auth.SignOut(auth_pb.SignOutRequest(token=revoke.token), timeout=5)
-        assert await validate(stubs, revoke.token) == "INVALID_TOKEN"
-        sleeper.wait(10)
+        # Redis hangs (keeps its data, answers nothing) for as long as the test needs: validation still answers
+        # from Postgres; a revocation still takes effect.
+        private_redis.pause()
+        try:
+            await wait_for(lambda: stopped(private_redis), 5, "redis-server stopped")
+            assert await validate(stubs, keep.token) == "ok"
+            await stubs.auth.SignOut(auth_pb.SignOutRequest(token=revoke.token), timeout=5)
+            assert await validate(stubs, revoke.token) == "INVALID_TOKEN"
+        finally:
+            private_redis.resume()
 
-        # Redis is back with the stale entry: the missed invalidation is replayed before the cache is read.
-        await asyncio.sleep(0.4)
+        # Redis is back with the stale entry: the missed invalidation is replayed before the cache is read. Until
+        # the breaker tries Redis again (AUTHSIDECAR_REDIS_RETRY_AFTER) and after: never valid again.
+        async def back() -> bool:
+            assert await validate(stubs, revoke.token) == "INVALID_TOKEN"
+            assert await validate(stubs, keep.token) == "ok"
+            return "secondary storage is back" in redis_backed_server.log()
+
+        await wait_for(back, 10, "Redis used again", redis_backed_server.log)
         assert await validate(stubs, revoke.token) == "INVALID_TOKEN"
-        assert await validate(stubs, keep.token) == "ok"
-        assert "secondary storage is back" in redis_backed_server.log()
 
         # Redis gone entirely, then restarted empty: still working throughout.
         private_redis.stop()
         assert await validate(stubs, keep.token) == "ok"
         private_redis.start()
-        for _ in range(40):  # the breaker probes again after AUTHSIDECAR_REDIS_RETRY_AFTER, then refills
+
+        async def refilled() -> bool:  # the breaker probes again after AUTHSIDECAR_REDIS_RETRY_AFTER, then refills
             assert await validate(stubs, keep.token) == "ok"
-            if int(private_redis.cli("dbsize")) >= 1:
-                break
-            await asyncio.sleep(0.1)
-        assert int(private_redis.cli("dbsize")) >= 1, redis_backed_server.log()
+            return int(private_redis.cli("dbsize")) >= 1
+
+        await wait_for(refilled, 10, "the cache refilled", redis_backed_server.log)
     finally:
         await stubs.channel.close()
     assert "secondary storage unavailable" in redis_backed_server.log()
@@ -134,6 +157,7 @@ async def test_sigterm_drains_in_flight_calls(tmp_path: Path, pg_url: str) -> No
     server.wait_for(SERVING)
     stubs = stubs_for(server.address)
     try:
+        await stubs.channel.channel_ready()  # one connection: its calls reach the server in the order they are sent
         calls = [
             asyncio.ensure_future(
                 stubs.auth.SignUp(
@@ -144,7 +168,10 @@ async def test_sigterm_drains_in_flight_calls(tmp_path: Path, pg_url: str) -> No
             )
             for i in range(4)
         ]
-        await asyncio.sleep(0.05)
+        # A quick call sent after them: once it is answered, the four sign-ups have reached the server.
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stubs.sessions.ValidateSession(session_pb.ValidateSessionRequest(token="x" * 43), timeout=5)
+        assert not all(call.done() for call in calls)  # some are still hashing when the signal goes
         server.process.send_signal(signal.SIGTERM)
         results = await asyncio.gather(*calls, return_exceptions=True)
     finally:
