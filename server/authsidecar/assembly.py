@@ -1,5 +1,5 @@
 """Building the parts from Settings: database, caches, hasher, limits, TLS, callers, gateways, senders and
-the core services (store, cache, coherence, sessions) that App.build wires together."""
+the core services (store, cache, coherence, sessions) that root.compose wires together."""
 
 from __future__ import annotations
 

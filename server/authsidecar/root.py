@@ -175,17 +175,20 @@ def compose(settings: Settings) -> Parts:
     gateway = build_gateway(settings, sessions)
     if settings.ext_authz:
         extra.append((ENVOY_SERVICE, add_envoy_servicer, EnvoyAuthorizationServicer(gateway)))
-    server = GrpcServer(
-        auth_servicer,
-        session_servicer,
-        settings.listen,
-        reuse_port=settings.reuse_port,
-        tls=build_tls(settings),
-        socket_mode=int(settings.socket_mode, 8),
-        extra=extra,
-        tracer=tracer,
-        guard=call_guard,
-    )
+    try:
+        server = GrpcServer(
+            auth_servicer,
+            session_servicer,
+            settings.listen,
+            reuse_port=settings.reuse_port,
+            tls=build_tls(settings),
+            socket_mode=int(settings.socket_mode, 8),
+            extra=extra,
+            tracer=tracer,
+            guard=call_guard,
+        )
+    except ValueError as exc:  # a plugin's service the call guard cannot wrap (a streaming RPC)
+        raise ConfigError(f"invalid configuration: plugins: {exc}") from None
     dispatcher = None
     if hooks.targets:
         dispatcher = OutboxDispatcher(

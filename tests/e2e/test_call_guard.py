@@ -45,12 +45,19 @@ class BarePluginServicer(pb_grpc.TwoFactorServiceServicer):
         self.calls += 1
         raise RuntimeError("plugin bug holding a secret: " + request.code)
 
+    async def DisableTwoFactor(self, request: pb.DisableTwoFactorRequest, context: Any) -> pb.DisableTwoFactorResponse:
+        raise NotImplementedError("a stub of the plugin's own, left in by mistake")
+
 
 @pytest.fixture
 async def guarded() -> AsyncIterator[tuple[pb_grpc.TwoFactorServiceStub, BarePluginServicer, grpc.aio.Channel]]:
     policy = CallerPolicy(
         [
-            Caller("app", frozenset({"VerifyTotp", "VerifyBackupCode", "EnableTwoFactor"}), _sha256(APP_KEY)),
+            Caller(
+                "app",
+                frozenset({"VerifyTotp", "VerifyBackupCode", "EnableTwoFactor", "DisableTwoFactor"}),
+                _sha256(APP_KEY),
+            ),
             Caller("other", frozenset({"SignIn"}), _sha256(OTHER_KEY)),
         ]
     )
@@ -118,6 +125,14 @@ async def test_plugin_rpc_it_does_not_implement_is_unimplemented(guarded: Any) -
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.EnableTwoFactor(pb.EnableTwoFactorRequest(token="x"), metadata=_key(APP_KEY), timeout=5)
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_a_not_implemented_error_of_the_plugins_own_code_is_internal(guarded: Any) -> None:
+    stub, _, _ = guarded
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.DisableTwoFactor(pb.DisableTwoFactorRequest(token="x"), metadata=_key(APP_KEY), timeout=5)
+    details = error_details(caught.value)
+    assert details.code == grpc.StatusCode.INTERNAL and "request_id" in details.metadata
 
 
 async def test_plugin_rpc_with_malformed_bytes_is_malformed_request(guarded: Any) -> None:

@@ -9,8 +9,8 @@ configuration (``[plugins.<name>]``, whose other keys are its options). It is bu
 - ``setup(host)``, at start-up, gets what it may use (the server's secrets, the store of record with hooks and
   outbox, the SQL tables of its own, the session manager, the hasher, the limits, the hook runner to add hooks
   to) and returns its parts:
-  gRPC services (served with reflection, health and the same error model; wrap handlers with
-  ``authsidecar.transport.grpc.status.rpc``) and, optionally, a sign-in gate that may turn a password sign-in
+  gRPC services (unary RPCs, served with reflection, health and the same call guard as the core services:
+  caller checks, error model, malformed requests; the servicer does nothing for them) and, optionally, a sign-in gate that may turn a password sign-in
   into a challenge (a second factor) or refuse it (a ban). Every enabled plugin's gate is asked, in order.
 """
 

@@ -38,7 +38,7 @@ from authsidecar.observability.metrics import RpcMetrics
 from authsidecar.transport.grpc.callers import CallerPolicy
 from authsidecar.transport.grpc.status import grpc_code, to_status
 
-__all__ = ["MALFORMED", "Behaviour", "CallGuard", "Started", "tolerant"]
+__all__ = ["MALFORMED", "Behaviour", "CallGuard", "Started", "tolerant", "unimplemented"]
 
 log = logging.getLogger("authsidecar.rpc")
 
@@ -75,6 +75,20 @@ def tolerant(deserializer: Callable[[bytes], Any], fallback: Callable[[], Any] |
             return MALFORMED if fallback is None else fallback()
 
     return deserialize
+
+
+def unimplemented(name: str, behaviour: Behaviour) -> Behaviour | None:
+    """For a servicer method that is the generated base class's stub (the servicer does not override it), a
+    behaviour answering UNIMPLEMENTED, as grpc would; None for a method of the servicer's own. Decided once, at
+    registration: a NotImplementedError raised by real code stays an INTERNAL error with a request id."""
+    function = getattr(behaviour, "__func__", None)
+    if function is None or not function.__module__.endswith("_pb2_grpc"):
+        return None
+
+    async def stub(request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name} is not implemented by this server")
+
+    return stub
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,10 +135,6 @@ class CallGuard:
                     metadata = {"request_id": request_id()}
                     log.error("internal error in %s (request_id=%s): %s", name, metadata["request_id"], exc)
                 await context.abort_with_status(to_status(exc, metadata))
-                raise  # pragma: no cover
-            except NotImplementedError:  # a generated base method the servicer does not override
-                code = "UNIMPLEMENTED"
-                await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name} is not implemented by this server")
                 raise  # pragma: no cover
             except Exception:
                 code = "INTERNAL"

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from authsidecar.transport.grpc.interceptors import CallGuard, tolerant
+from authsidecar.transport.grpc.interceptors import CallGuard, tolerant, unimplemented
 from authsidecar.transport.grpc.servicers import AuthServicer, SessionServicer
 from authsidecar.transport.grpc.tls import TlsFiles, server_credentials
 from authsidecar_client.v1 import (
@@ -73,7 +73,8 @@ def _guarded(name: str, handler: Any, guard: CallGuard) -> Any:
     can slip past the guard unwrapped."""
     if handler.request_streaming or handler.response_streaming:
         raise ValueError(f"{name}: only unary RPCs can be served (every call goes through the call guard)")
-    return handler._replace(unary_unary=guard.wrap(name, handler.unary_unary))
+    behaviour = unimplemented(name, handler.unary_unary) or handler.unary_unary
+    return handler._replace(unary_unary=guard.wrap(name, behaviour))
 
 
 def _register(

@@ -110,7 +110,7 @@ def _traced(behavior: Behavior, service: str, method: str, tracer: Tracer) -> Be
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
-            except Exception:  # the rpc wrapper answers everything; grpc would answer UNKNOWN
+            except Exception:  # the call guard answers everything; grpc would answer UNKNOWN
                 code = grpc.StatusCode.UNKNOWN
                 raise
             finally:
