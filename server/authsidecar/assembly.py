@@ -49,7 +49,7 @@ from authsidecar.storage.explain import where
 from authsidecar.storage.schema import Schema
 from authsidecar.storage.urls import DatabaseTarget, resolve_database_url
 from authsidecar.transport.gateway import Gateway, IdentityHeaders, cookie_source
-from authsidecar.transport.grpc.callers import Caller, CallerPolicy
+from authsidecar.transport.grpc.callers import RPC_NAMES, Caller, CallerPolicy
 from authsidecar.transport.grpc.tls import TlsFiles, is_loopback, server_credentials
 from authsidecar.transport.http import ForwardAuthServer
 
@@ -227,6 +227,19 @@ def build_callers(settings: Settings) -> CallerPolicy | None:
         Caller(name, frozenset(c.allow), c.key_sha256, frozenset(c.certificate_names))
         for name, c in settings.callers.items()
     )
+
+
+def check_allow_lists(settings: Settings, served: frozenset[str]) -> None:
+    """Every RPC a caller's ``allow`` names is one this server serves (``served``: the core services', the
+    plugins', Check) or one of the names it knows without the plugin that serves it (``RPC_NAMES``: a list that
+    stays valid when two_factor or ext_authz is turned off); raises ConfigError naming the first unknown one."""
+    known = served | RPC_NAMES | {"*"}
+    for name, caller in settings.callers.items():
+        unknown = sorted(set(caller.allow) - known)
+        if unknown:
+            raise ConfigError(
+                f"invalid configuration: AUTHSIDECAR_CALLERS.{name.upper()}.ALLOW: unknown RPC {unknown[0]!r}"
+            )
 
 
 def build_gateway(settings: Settings, sessions: SessionManager) -> Gateway:

@@ -27,6 +27,7 @@ from authsidecar.assembly import (
     build_session_policy,
     build_tls,
     build_tracing,
+    check_allow_lists,
 )
 from authsidecar.cache import ResilientSessionCache
 from authsidecar.cache.better_auth import BetterAuthRedis
@@ -160,7 +161,9 @@ def compose(settings: Settings) -> Parts:
         guard,
         hooks.runner,
         hooks.targets,
-        {"convert": convert, "accounts": accounts, "profile": profile},
+        accounts,
+        profile,
+        convert,
     )
     extra = []
     for name, plugin in plugins:
@@ -189,6 +192,7 @@ def compose(settings: Settings) -> Parts:
         )
     except ValueError as exc:  # a plugin's service the call guard cannot wrap (a streaming RPC)
         raise ConfigError(f"invalid configuration: plugins: {exc}") from None
+    check_allow_lists(settings, server.rpc_names)
     dispatcher = None
     if hooks.targets:
         dispatcher = OutboxDispatcher(

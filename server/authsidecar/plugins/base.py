@@ -29,10 +29,12 @@ if TYPE_CHECKING:
     from authsidecar.hooks.dispatcher import Deliver
     from authsidecar.hooks.runner import HookRunner
     from authsidecar.security.passwords import PasswordHasher
-    from authsidecar.services.accounts import SignInGate
+    from authsidecar.services.accounts import AccountService, SignInGate
     from authsidecar.services.limits import Limits, LoginGuard
+    from authsidecar.services.profile import ProfileService
     from authsidecar.services.sessions import SessionManager
     from authsidecar.storage.database import SqlDatabase
+    from authsidecar.transport.grpc.convert import Converter
 
 __all__ = ["GrpcService", "Plugin", "PluginHost", "PluginParts", "PluginSchema", "ServerSecrets"]
 
@@ -78,9 +80,9 @@ class GrpcService:
     servicer: Any
 
 
-@dataclass
+@dataclass(frozen=True)
 class PluginHost:
-    """What a plugin may use, built by the composition root."""
+    """What a plugin may use, built by the composition root (each part typed; nothing to look up by name)."""
 
     secrets: ServerSecrets  # the composition root passes the settings, which have these and more
     store: Database  # units of work with hooks and the outbox: write core records through it
@@ -91,7 +93,9 @@ class PluginHost:
     guard: LoginGuard
     hooks: HookRunner  # add_before(patterns, hook): a before hook (an object with ``name`` and ``before()``)
     targets: dict[str, Deliver]  # the outbox's delivery targets (see on_after)
-    services: dict[str, Any] = field(default_factory=dict)  # other components by name (accounts, profile)
+    accounts: AccountService  # sign-up and sign-in, as the core RPCs run them
+    profile: ProfileService  # profile and password changes
+    convert: Converter  # domain records -> the API's messages (User, Session), for a plugin's replies
 
     def on_after(self, patterns: tuple[str, ...], name: str, deliver: Deliver) -> None:
         """Deliver the after events matching ``patterns`` ("user.create", "session.*", ...) to ``deliver(event)``

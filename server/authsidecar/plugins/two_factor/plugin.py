@@ -106,7 +106,7 @@ class TwoFactorPlugin:
             _key(host),
             self.options,
         )
-        servicer = TwoFactorServicer(service, host.services["convert"], host.sessions)
+        servicer = TwoFactorServicer(service, host.convert, host.sessions)
         return PluginParts([GrpcService(service_name(), add_to_server, servicer)], sign_in_gate=service)
 
 

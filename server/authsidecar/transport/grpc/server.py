@@ -84,11 +84,12 @@ def _register(
     guard: CallGuard | None,
     fallback: Callable[[], object] | None = None,
     tracer: Tracer | None = None,
-) -> None:
+) -> frozenset[str]:
     """Register a servicer as the generated ``add_*_to_server`` would, with request deserializers that turn
     malformed bytes into MALFORMED_REQUEST (``fallback``: into that default request, for servicers that are not
     ours) instead of an UNKNOWN status and a logged traceback; with ``guard`` (every service but health), each
-    handler inside the call guard; with ``tracer``, each RPC in a server span around it."""
+    handler inside the call guard; with ``tracer``, each RPC in a server span around it. Returns the method
+    names."""
     captured = _Captured()
     add(servicer, captured)
     handlers = {
@@ -103,6 +104,7 @@ def _register(
         handlers = traced_handlers(captured.service, handlers, tracer)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(captured.service, handlers),))
     server.add_registered_method_handlers(captured.service, handlers)  # type: ignore[attr-defined]
+    return frozenset(handlers)
 
 
 def _security(tls: TlsFiles | None) -> str:
@@ -136,12 +138,15 @@ class GrpcServer:
         )
         guard = guard or CallGuard()
         self._started = guard.started
-        _register(auth_service_pb2_grpc.add_AuthServiceServicer_to_server, auth, self._server, guard, tracer=tracer)
-        _register(
+        names = _register(
+            auth_service_pb2_grpc.add_AuthServiceServicer_to_server, auth, self._server, guard, tracer=tracer
+        )
+        names |= _register(
             session_service_pb2_grpc.add_SessionServiceServicer_to_server, sessions, self._server, guard, tracer=tracer
         )
         for _, add, servicer in extra:  # plugins' services and Envoy's: the same guard (and spans)
-            _register(add, servicer, self._server, guard, tracer=tracer)
+            names |= _register(add, servicer, self._server, guard, tracer=tracer)
+        self.rpc_names = names  # every RPC behind the guard, by method name (what callers' allow lists name)
         self._services = (*_SERVICES, *(name for name, _, _ in extra))
         self.health = HealthServicer()
         # Health checks answer whatever they are sent (a malformed probe asks for the server's overall status).
