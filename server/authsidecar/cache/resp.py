@@ -233,7 +233,8 @@ class PipelinedGetClient:
                         protocol.transport.close()
                     raise
         except OSError as exc:
-            raise RedisConnectionError(f"cannot connect to Redis: {exc.strerror or exc}") from exc
+            why = exc.strerror or str(exc) or ("timed out" if isinstance(exc, TimeoutError) else type(exc).__name__)
+            raise RedisConnectionError(f"cannot connect to Redis: {why}") from exc
         return protocol
 
     async def _handshake(self, protocol: _Protocol) -> None:
