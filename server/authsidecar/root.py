@@ -38,7 +38,7 @@ from authsidecar.delivery.senders import http_client
 from authsidecar.domain.ports import SessionCache
 from authsidecar.hooks.dispatcher import OutboxDispatcher
 from authsidecar.hooks.setup import HookSetup, build_hooks
-from authsidecar.observability.metrics import RPC, Gauges, MetricsServer
+from authsidecar.observability.metrics import Gauges, MetricsServer, RpcMetrics
 from authsidecar.plugins.base import PluginHost
 from authsidecar.security.passwords import PasswordHasher
 from authsidecar.services.accounts import AccountService, VerificationPolicy
@@ -144,11 +144,12 @@ def compose(settings: Settings) -> Parts:
     convert = Converter(registry)
     auth_servicer = AuthServicer(accounts, sessions, flows, profile, convert)
     session_servicer = SessionServicer(sessions, convert)
+    rpc_metrics = RpcMetrics() if settings.metrics_listen else None  # per-RPC statistics, when metrics are on
     # Every service's calls, plugins' and Envoy's too; the call's context is kept when hooks may read it (the
     # store is hooked when hooks are configured or plugins may add some: assembly.build_core).
     call_guard = CallGuard(
         build_callers(settings),
-        RPC if settings.metrics_listen else None,
+        rpc_metrics,
         track_calls=bool(hooks.runner) or bool(plugins),
     )
     host = PluginHost(
@@ -205,9 +206,9 @@ def compose(settings: Settings) -> Parts:
         database.add_outbox_listener(dispatcher.wake)
     figures: dict[str, float] = {}
     metrics = None
-    if settings.metrics_listen:
+    if settings.metrics_listen and rpc_metrics is not None:
         gauges = _gauges(sessions, hasher, outbox, cache, figures if dispatcher is not None else None)
-        metrics = MetricsServer(settings.metrics_listen, gauges)
+        metrics = MetricsServer(settings.metrics_listen, gauges, rpc_metrics, gateway.checks)
     return Parts(
         settings,
         database,

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["BUCKETS", "GATEWAY", "RPC", "Gauges", "MetricsServer", "RpcMetrics", "RpcStats"]
+__all__ = ["BUCKETS", "GatewayChecks", "Gauges", "MetricsServer", "RpcMetrics", "RpcStats"]
 
 log = logging.getLogger("authsidecar.metrics")
 
@@ -58,12 +58,9 @@ class RpcMetrics:
         stats.observe(code, time.perf_counter() - started)
 
 
-RPC = RpcMetrics()
-
-
-class _GatewayChecks:
+class GatewayChecks:
     """Gateway checks (Envoy ext_authz, forward-auth) by transport and decision: always counted (one dict
-    increment per check), reported when metrics are on."""
+    increment per check), reported when metrics are on. One per gateway (transport/gateway.py)."""
 
     def __init__(self) -> None:
         self.counts: dict[tuple[str, str], int] = {}
@@ -75,9 +72,6 @@ class _GatewayChecks:
         self.counts[key] = self.counts.get(key, 0) + 1
 
 
-GATEWAY = _GatewayChecks()
-
-
 @dataclass
 class Gauges:
     """Where the other figures come from, each a callable read at scrape time (None: not in this setup)."""
@@ -87,15 +81,17 @@ class Gauges:
 
 
 class _Collector(Collector):
-    def __init__(self, gauges: Gauges) -> None:
+    def __init__(self, gauges: Gauges, rpcs: RpcMetrics, checks: GatewayChecks | None) -> None:
         self._gauges = gauges
+        self._rpcs_seen = rpcs
+        self._checks = checks
 
     def collect(self) -> Iterable[Metric]:
         yield from self._rpcs()
         checks = CounterMetricFamily(
             "authsidecar_gateway_checks", "gateway checks, by transport and decision", labels=["via", "decision"]
         )
-        for (via, decision), count in sorted(GATEWAY.counts.items()):
+        for (via, decision), count in sorted(self._checks.counts.items() if self._checks is not None else ()):
             checks.add_metric([via, decision], count)
         yield checks
         for name, (text, read) in self._gauges.counters.items():
@@ -114,7 +110,7 @@ class _Collector(Collector):
         latency = HistogramMetricFamily(
             "authsidecar_rpc_duration_seconds", "time spent in the RPC handler", labels=["rpc"]
         )
-        for rpc, stats in sorted(RPC.stats.items()):
+        for rpc, stats in sorted(self._rpcs_seen.stats.items()):
             for code, count in sorted(stats.codes.items()):
                 calls.add_metric([rpc, code], count)
             cumulative, buckets = 0, []
@@ -136,11 +132,11 @@ def _safe(read: Callable[[], float]) -> float:
 class MetricsServer:
     """The /metrics endpoint (prometheus_client's HTTP server, in a thread)."""
 
-    def __init__(self, listen: str, gauges: Gauges) -> None:
+    def __init__(self, listen: str, gauges: Gauges, rpcs: RpcMetrics, checks: GatewayChecks | None = None) -> None:
         host, _, port = listen.rpartition(":")
         self.host, self.port = host.strip("[]") or "127.0.0.1", int(port)
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Collector(gauges))
+        self.registry.register(_Collector(gauges, rpcs, checks))
         self._server: Any = None
 
     def start(self) -> None:

@@ -27,6 +27,7 @@ from typing import Protocol
 
 from authsidecar.domain.models import SessionWithUser
 from authsidecar.errors import InvalidToken, Unauthenticated
+from authsidecar.observability.metrics import GatewayChecks
 from authsidecar.security.tokens import MAX_TOKEN_LENGTH
 from authsidecar.services.sessions import SessionManager
 
@@ -139,6 +140,7 @@ class Gateway:
         self._sessions = sessions
         self._cookie = cookie
         self.identity = identity
+        self.checks = GatewayChecks()  # what the transports decided, for the metrics
 
     async def check(self, authorization: Sequence[str], cookies: Sequence[str]) -> Verdict:
         """The verdict for a request with these Authorization and Cookie header values (each list in the order

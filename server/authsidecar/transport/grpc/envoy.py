@@ -24,7 +24,6 @@ import grpc
 from google.rpc import code_pb2, status_pb2
 
 from authsidecar.errors import AuthSidecarError
-from authsidecar.observability.metrics import GATEWAY
 from authsidecar.transport.gateway import Gateway, Verdict
 from authsidecar.transport.grpc.ext_authz import authsidecar_ext_authz_pb2 as authz_pb
 
@@ -103,9 +102,9 @@ class EnvoyAuthorizationServicer:
         try:
             verdict = await self._gateway.check(authorization, cookies)
         except AuthSidecarError as exc:
-            GATEWAY.count("envoy", "unavailable" if exc.reason == "BACKEND_UNAVAILABLE" else "error")
+            self._gateway.checks.count("envoy", "unavailable" if exc.reason == "BACKEND_UNAVAILABLE" else "error")
             raise
-        GATEWAY.count("envoy", "allowed" if verdict.allowed else "denied")
+        self._gateway.checks.count("envoy", "allowed" if verdict.allowed else "denied")
         return _response(verdict, http)
 
 

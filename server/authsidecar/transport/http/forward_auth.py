@@ -32,7 +32,6 @@ import h11
 
 from authsidecar.errors import AuthSidecarError, BackendUnavailable
 from authsidecar.observability.logs import begin_request, request_id
-from authsidecar.observability.metrics import GATEWAY
 from authsidecar.transport.gateway import Gateway, Verdict
 
 __all__ = ["ForwardAuthServer"]
@@ -218,22 +217,22 @@ class _Connection:
         try:
             verdict = await self._server.gateway.check(authorization, cookies)
         except BackendUnavailable as exc:
-            GATEWAY.count("forward_auth", "unavailable")
+            self._server.gateway.checks.count("forward_auth", "unavailable")
             log.warning("forward-auth: cannot check the session: %s", exc.message)
             retry = str(max(1, round(getattr(exc, "retry_after", 1) or 1)))
             await self._send(503, [(b"retry-after", retry.encode())], b"", head)
             return
         except AuthSidecarError as exc:
-            GATEWAY.count("forward_auth", "error")
+            self._server.gateway.checks.count("forward_auth", "error")
             log.error("forward-auth: internal error (request_id=%s): %s", request_id(), exc.message)
             await self._send(500, [], b"", head)
             return
         except Exception:
-            GATEWAY.count("forward_auth", "error")
+            self._server.gateway.checks.count("forward_auth", "error")
             log.exception("forward-auth: unexpected error (request_id=%s)", request_id())
             await self._send(500, [], b"", head)
             return
-        GATEWAY.count("forward_auth", "allowed" if verdict.allowed else "denied")
+        self._server.gateway.checks.count("forward_auth", "allowed" if verdict.allowed else "denied")
         await self._send_verdict(verdict, head)
 
     async def _send_verdict(self, verdict: Verdict, head: bool) -> None:
