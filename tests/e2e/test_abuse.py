@@ -5,6 +5,7 @@ interval, and links that stop working when they should."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -26,8 +27,13 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 PASSWORD = "correct horse battery"
 
 
+_ADDRESSES = itertools.count(1)
+
+
 def _ip() -> str:
-    return f"198.51.100.{secrets.randbelow(250) + 1}"
+    """A client address no other call of this test process used (a random one could be an attacker's)."""
+    n = next(_ADDRESSES)
+    return f"198.18.{n // 250}.{n % 250 + 1}"
 
 
 def _client(ip: str) -> resources_pb2.ClientContext:
