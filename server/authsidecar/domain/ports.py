@@ -18,16 +18,23 @@ from authsidecar.domain.models import (
     Verification,
 )
 
-__all__ = ["Database", "InvalidationLog", "Outbox", "SessionCache", "UnitOfWork"]
+__all__ = [
+    "AccountStore",
+    "Database",
+    "EventStore",
+    "InvalidationLog",
+    "Outbox",
+    "RetentionStore",
+    "SessionCache",
+    "SessionStore",
+    "UnitOfWork",
+    "UserStore",
+    "VerificationStore",
+]
 
 
-class UnitOfWork(Protocol):
-    """Repositories bound to one open transaction. Nothing is committed until the transaction block ends.
-
-    Writes that make cached snapshots stale (deleting sessions, changing or deleting a user) declare it
-    themselves: the transaction logs the invalidations in the same commit and hands them to the commit
-    listeners afterwards. Services never invalidate caches by hand.
-    """
+class UserStore(Protocol):
+    """Users (the ``user`` table and its additional fields)."""
 
     async def insert_user(self, user: User) -> User:
         """Insert a user; raises Conflict on a duplicate email. Returns the user as stored: with the id the
@@ -64,23 +71,9 @@ class UnitOfWork(Protocol):
     async def delete_user(self, user_id: str) -> bool:
         """Delete the user, its sessions (declared revoked) and accounts; False if it did not exist."""
 
-    async def insert_verification(self, verification: Verification) -> str:
-        """Insert a verification row; returns its id."""
 
-    async def consume_verification(self, identifier: str, now: datetime) -> str | None:
-        """Atomically delete an unexpired verification and return its value; None if absent or expired."""
-
-    async def verification_exists(self, identifier: str) -> bool:
-        """Whether a row with that identifier exists (expired or not)."""
-
-    async def delete_user_verifications(self, user_id: str, purposes: tuple[str, ...] = ()) -> int:
-        """Delete the verifications whose payload names the user (only those of ``purposes`` when given)."""
-
-    async def delete_expired(self, table: str, now: datetime, limit: int) -> int:
-        """Delete up to ``limit`` rows of ``session`` or ``verification`` that expired before ``now``."""
-
-    async def delete_old_invalidations(self, before: datetime, limit: int) -> int:
-        """Delete up to ``limit`` invalidation log entries written before ``before``."""
+class AccountStore(Protocol):
+    """Accounts: the email/password credential."""
 
     async def insert_account(self, account: Account) -> str:
         """Insert an account row; returns its id."""
@@ -93,6 +86,10 @@ class UnitOfWork(Protocol):
 
     async def lock_credential(self, account_id: str, password_hash: str) -> bool:
         """Lock the account row until the transaction ends; True if its password hash is still ``password_hash``."""
+
+
+class SessionStore(Protocol):
+    """Sessions of record (SQL; Better Auth's Redis layout in that profile)."""
 
     async def insert_session(self, session: Session) -> Session:
         """Insert a session row; returns it as stored."""
@@ -123,8 +120,47 @@ class UnitOfWork(Protocol):
     async def list_user_sessions(self, user_id: str, now: datetime) -> list[Session]:
         """The user's unexpired sessions, newest first."""
 
+
+class VerificationStore(Protocol):
+    """Verification values: email links, reset tokens, plugins' codes."""
+
+    async def insert_verification(self, verification: Verification) -> str:
+        """Insert a verification row; returns its id."""
+
+    async def consume_verification(self, identifier: str, now: datetime) -> str | None:
+        """Atomically delete an unexpired verification and return its value; None if absent or expired."""
+
+    async def verification_exists(self, identifier: str) -> bool:
+        """Whether a row with that identifier exists (expired or not)."""
+
+    async def delete_user_verifications(self, user_id: str, purposes: tuple[str, ...] = ()) -> int:
+        """Delete the verifications whose payload names the user (only those of ``purposes`` when given)."""
+
+
+class RetentionStore(Protocol):
+    """Batched removal of rows nobody needs any more (cleanup, not hooked)."""
+
+    async def delete_expired(self, table: str, now: datetime, limit: int) -> int:
+        """Delete up to ``limit`` rows of ``session`` or ``verification`` that expired before ``now``."""
+
+    async def delete_old_invalidations(self, before: datetime, limit: int) -> int:
+        """Delete up to ``limit`` invalidation log entries written before ``before``."""
+
+
+class EventStore(Protocol):
+    """Outbox entries written in the transaction (plugins' own events)."""
+
     def record_event(self, entry: OutboxEntry) -> None:
         """Write an outbox entry in this transaction (at its end, numbered in commit order)."""
+
+
+class UnitOfWork(UserStore, AccountStore, SessionStore, VerificationStore, RetentionStore, EventStore, Protocol):
+    """Repositories bound to one open transaction. Nothing is committed until the transaction block ends.
+
+    Writes that make cached snapshots stale (deleting sessions, changing or deleting a user) declare it
+    themselves: the transaction logs the invalidations in the same commit and hands them to the commit
+    listeners afterwards. Services never invalidate caches by hand.
+    """
 
 
 class InvalidationLog(Protocol):
