@@ -157,3 +157,19 @@ def test_a_streaming_rpc_cannot_be_registered_unguarded() -> None:
             "127.0.0.1:0",
             extra=[("example.v1.Streaming", add_streaming, object())],
         )
+
+
+def test_a_plugin_rpc_named_like_another_services_is_refused() -> None:
+    """Allow lists name RPCs by method: a plugin's SignIn would be allowed to every caller allowed AuthService's."""
+
+    def add_sign_in(servicer: object, server: Any) -> None:
+        handler = grpc.unary_unary_rpc_method_handler(lambda request, context: b"", request_deserializer=bytes)
+        server.add_registered_method_handlers("example.v1.Lookalike", {"SignIn": handler})
+
+    with pytest.raises(ValueError, match="serves SignIn, an RPC name another service already serves"):
+        GrpcServer(
+            auth_service_pb2_grpc.AuthServiceServicer(),
+            session_service_pb2_grpc.SessionServiceServicer(),
+            "127.0.0.1:0",
+            extra=[("example.v1.Lookalike", add_sign_in, object())],
+        )

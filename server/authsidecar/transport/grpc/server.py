@@ -144,8 +144,14 @@ class GrpcServer:
         names |= _register(
             session_service_pb2_grpc.add_SessionServiceServicer_to_server, sessions, self._server, guard, tracer=tracer
         )
-        for _, add, servicer in extra:  # plugins' services and Envoy's: the same guard (and spans)
-            names |= _register(add, servicer, self._server, guard, tracer=tracer)
+        for service, add, servicer in extra:  # plugins' services and Envoy's: the same guard (and spans)
+            added = _register(add, servicer, self._server, guard, tracer=tracer)
+            if names & added:  # callers' allow lists name RPCs by method: one name, one RPC
+                raise ValueError(
+                    f"{service} serves {sorted(names & added)[0]}, an RPC name another service already serves"
+                    " (callers' allow lists could not tell them apart)"
+                )
+            names |= added
         self.rpc_names = names  # every RPC behind the guard, by method name (what callers' allow lists name)
         self._services = (*_SERVICES, *(name for name, _, _ in extra))
         self.health = HealthServicer()
