@@ -81,6 +81,28 @@ async def _sign_up(stubs: Stubs, email: str, ip: str | None = None) -> auth_pb.S
     return await stubs.auth.SignUp(request)
 
 
+async def test_retries_refused_by_the_rate_limit_do_not_lock_the_owner_out(stubs: Stubs) -> None:
+    """Three typos, then three quick retries with the right password that the per-IP SignIn limit (3 per 10 s)
+    refuses: only the three passwords checked count against this address's attempts on the account (5 per 15
+    minutes), so once the limit's wait is over the owner is in. Before, every call was counted first, and the
+    owner stayed refused for 15 minutes."""
+    email = _email()
+    await _sign_up(stubs, email)
+    ip = _ip()
+    typo = auth_pb.SignInRequest(email=email, password="typo-" + PASSWORD, client=_client(ip))
+    for _ in range(3):
+        assert (await _outcome(stubs.auth.SignIn(typo)))[1] == "INVALID_EMAIL_OR_PASSWORD"
+    right = auth_pb.SignInRequest(email=email, password=PASSWORD, client=_client(ip))
+    waits = []
+    for _ in range(3):
+        code, reason, retry = await _outcome(stubs.auth.SignIn(right))
+        assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED") and retry is not None
+        assert retry <= 10, "refused by the guard (its wait is minutes), not by the SignIn limit's 10 s window"
+        waits.append(retry)
+    await asyncio.sleep(max(waits) + 0.2)  # the SignIn limit's own window must pass: time, by design
+    assert (await _outcome(stubs.auth.SignIn(right)))[0] == grpc.StatusCode.OK
+
+
 async def test_sign_in_is_limited_per_client_ip_with_retry_info(stubs: Stubs) -> None:
     email = _email()
     await _sign_up(stubs, email)

@@ -181,12 +181,14 @@ class AccountService:
         if not password:
             raise MissingField.field("password", "is required")
         ip = client.ip_address
-        await self._guard.before(email, ip)  # this IP's attempts on the account; the account's slowdown
-        await self._limits.check("SignIn", ip, email)
+        await self._limits.check("SignIn", ip, email)  # a refused call is no password check: the guard is not charged
+        await self._guard.slow_down(email)  # the account's slowdown, before a hashing slot is taken
         if len(password) > self._rules.max_password_length:
+            await self._guard.charge(email, ip)
             await self._guard.failed(email, ip)
             raise InvalidCredentials()  # no stored password can be this long; do not spend a hash on it
         with self._hasher.admitted(client_key(ip) if ip else ""):  # shed load before touching the database
+            await self._guard.charge(email, ip)  # this IP's checks on the account: only those made are counted
             read_at = self._sessions.stamp()
             async with self._db.transaction(autocommit=True) as tx:
                 found = await tx.get_user_with_credential(email)

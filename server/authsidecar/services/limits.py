@@ -164,21 +164,32 @@ class LoginGuard:
         return pair, f"bf:{account}"
 
     async def before(self, email: str, ip: str | None) -> None:
-        """Count one password attempt of this IP on this account, refused (RateLimited) once its budget is spent
-        (counted here, atomically, so concurrent attempts cannot overshoot; a right password clears it); wait
-        ``slowdown`` seconds when the account as a whole has had too many failures lately."""
+        """``slow_down`` then ``charge``, for a caller with nothing between them."""
+        await self.slow_down(email)
+        await self.charge(email, ip)
+
+    async def slow_down(self, email: str) -> None:
+        """Wait ``slowdown`` seconds when the account as a whole has had too many failures lately (a peek: counts
+        nothing). Before a hashing slot is taken, so a slowed attempt holds none."""
         if not self.limits.enabled:
             return
-        pair, account = self._keys(email, ip)
-        peek = self.limits.hit([(account, self.failures_per_account)], count=False)
-        if pair is not None:  # both at once (one round trip on the pipelined connection); the peek counts nothing
-            wait, slow = await asyncio.gather(self.limits.hit([(pair, self.failures_per_ip)]), peek)
-            if wait > 0:
-                raise RateLimited(wait, "too many failed sign-ins for this account from this address")
-        else:
-            slow = await peek
-        if slow > 0:
+        _, account = self._keys(email, None)
+        if await self.limits.hit([(account, self.failures_per_account)], count=False) > 0:
             await self.sleep(self.slowdown)
+
+    async def charge(self, email: str, ip: str | None) -> None:
+        """Count one password check of this IP on this account, refused (RateLimited) once its budget is spent
+        (counted here, atomically, so concurrent attempts cannot overshoot; a right password clears it). Called
+        only when the password is about to be checked: a call refused by a rate limit or by hashing admission
+        costs the owner nothing here."""
+        if not self.limits.enabled:
+            return
+        pair, _ = self._keys(email, ip)
+        if pair is None:
+            return
+        wait = await self.limits.hit([(pair, self.failures_per_ip)])
+        if wait > 0:
+            raise RateLimited(wait, "too many failed sign-ins for this account from this address")
 
     async def failed(self, email: str, ip: str | None) -> None:
         """A wrong password: counted against the account as a whole (the pair counted the attempt already)."""

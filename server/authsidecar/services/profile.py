@@ -33,8 +33,9 @@ async def verify_current_password(
     """The user's credential account, once ``password`` is verified against it: under the brute-force guard (a
     stolen session must not become a password oracle), in a hashing slot of the client's share. Raises
     InvalidPassword, or CredentialAccountNotFound when the user has no password."""
-    await guard.before(user.email, ip)
+    await guard.slow_down(user.email)
     with hasher.admitted(client_key(ip) if ip else ""):
+        await guard.charge(user.email, ip)  # only a check that is made is counted
         async with db.transaction(autocommit=True) as tx:
             account = await tx.get_credential_account(user.id)
         if account is None or account.password is None:
