@@ -227,6 +227,24 @@ async def test_a_challenge_takes_five_wrong_codes_and_a_user_ten_in_a_row(stubs:
     assert (await _fails(backup))[1] == "TWO_FACTOR_LOCKED"  # every second factor, while locked
 
 
+async def test_wrong_confirmations_after_enrolment_never_lock_sign_in(stubs: TwoFactorStubs) -> None:
+    """With a stolen session token, ConfirmTwoFactor was a way to test codes and, eleven wrong ones later, to lock
+    the owner's two-factor sign-in for 15 minutes. Once two-factor is on, it no longer looks at the code."""
+    user = await _enrolled(stubs)
+    for _ in range(11):
+        wrong = stubs.two_factor.ConfirmTwoFactor(tf_pb.ConfirmTwoFactorRequest(token=user.token, code="444444"))
+        assert (await _fails(wrong))[:2] == (grpc.StatusCode.FAILED_PRECONDITION, "TWO_FACTOR_ALREADY_ENABLED")
+    right = stubs.two_factor.ConfirmTwoFactor(
+        tf_pb.ConfirmTwoFactorRequest(token=user.token, code=totp(user.secret, step=1))
+    )
+    assert (await _fails(right))[1] == "TWO_FACTOR_ALREADY_ENABLED"  # not an oracle either: the same answer
+    challenge = await _challenge(stubs, user.email)
+    done = await stubs.two_factor.VerifyTotp(
+        tf_pb.VerifyTotpRequest(challenge=challenge, code=totp(user.secret, step=-1))
+    )
+    assert done.token  # the owner's sign-in is not locked
+
+
 async def test_disabling_restores_password_sign_in(stubs: TwoFactorStubs) -> None:
     user = await _enrolled(stubs)
     wrong = stubs.two_factor.DisableTwoFactor(tf_pb.DisableTwoFactorRequest(token=user.token, password="wrong-wrong"))

@@ -22,9 +22,10 @@ type TwoFactorServiceClient interface {
 	// Errors: INVALID_ARGUMENT, UNAUTHENTICATED (INVALID_TOKEN, SESSION_EXPIRED, INVALID_PASSWORD),
 	// FAILED_PRECONDITION (CREDENTIAL_ACCOUNT_NOT_FOUND, TWO_FACTOR_ALREADY_ENABLED), RESOURCE_EXHAUSTED.
 	EnableTwoFactor(ctx context.Context, in *EnableTwoFactorRequest, opts ...grpc.CallOption) (*EnableTwoFactorResponse, error)
-	// Confirms enrolment with a current TOTP code; turns two-factor authentication on.
+	// Confirms enrolment with a current TOTP code; turns two-factor authentication on. Once it is on, the code is
+	// not looked at (a stolen session cannot test codes, nor lock the owner's two-factor sign-in with wrong ones).
 	// Errors: UNAUTHENTICATED (INVALID_TOKEN, INVALID_TWO_FACTOR_CODE), FAILED_PRECONDITION (TWO_FACTOR_NOT_ENABLED:
-	// EnableTwoFactor first), RESOURCE_EXHAUSTED (TWO_FACTOR_LOCKED).
+	// EnableTwoFactor first; TWO_FACTOR_ALREADY_ENABLED), RESOURCE_EXHAUSTED (TWO_FACTOR_LOCKED).
 	ConfirmTwoFactor(ctx context.Context, in *ConfirmTwoFactorRequest, opts ...grpc.CallOption) (*ConfirmTwoFactorResponse, error)
 	// Completes a sign-in challenge with a TOTP code. A wrong code counts against the challenge (5 tries) and the
 	// user (10 in a row lock two-factor sign-in for 15 minutes).
@@ -112,9 +113,10 @@ type TwoFactorServiceServer interface {
 	// Errors: INVALID_ARGUMENT, UNAUTHENTICATED (INVALID_TOKEN, SESSION_EXPIRED, INVALID_PASSWORD),
 	// FAILED_PRECONDITION (CREDENTIAL_ACCOUNT_NOT_FOUND, TWO_FACTOR_ALREADY_ENABLED), RESOURCE_EXHAUSTED.
 	EnableTwoFactor(context.Context, *EnableTwoFactorRequest) (*EnableTwoFactorResponse, error)
-	// Confirms enrolment with a current TOTP code; turns two-factor authentication on.
+	// Confirms enrolment with a current TOTP code; turns two-factor authentication on. Once it is on, the code is
+	// not looked at (a stolen session cannot test codes, nor lock the owner's two-factor sign-in with wrong ones).
 	// Errors: UNAUTHENTICATED (INVALID_TOKEN, INVALID_TWO_FACTOR_CODE), FAILED_PRECONDITION (TWO_FACTOR_NOT_ENABLED:
-	// EnableTwoFactor first), RESOURCE_EXHAUSTED (TWO_FACTOR_LOCKED).
+	// EnableTwoFactor first; TWO_FACTOR_ALREADY_ENABLED), RESOURCE_EXHAUSTED (TWO_FACTOR_LOCKED).
 	ConfirmTwoFactor(context.Context, *ConfirmTwoFactorRequest) (*ConfirmTwoFactorResponse, error)
 	// Completes a sign-in challenge with a TOTP code. A wrong code counts against the challenge (5 tries) and the
 	// user (10 in a row lock two-factor sign-in for 15 minutes).

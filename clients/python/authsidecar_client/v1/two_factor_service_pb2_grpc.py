@@ -94,9 +94,10 @@ class TwoFactorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ConfirmTwoFactor(self, request, context):
-        """Confirms enrolment with a current TOTP code; turns two-factor authentication on.
+        """Confirms enrolment with a current TOTP code; turns two-factor authentication on. Once it is on, the code is
+        not looked at (a stolen session cannot test codes, nor lock the owner's two-factor sign-in with wrong ones).
         Errors: UNAUTHENTICATED (INVALID_TOKEN, INVALID_TWO_FACTOR_CODE), FAILED_PRECONDITION (TWO_FACTOR_NOT_ENABLED:
-        EnableTwoFactor first), RESOURCE_EXHAUSTED (TWO_FACTOR_LOCKED).
+        EnableTwoFactor first; TWO_FACTOR_ALREADY_ENABLED), RESOURCE_EXHAUSTED (TWO_FACTOR_LOCKED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -131,6 +131,8 @@ class TwoFactorService:
     async def confirm(self, token: str, code: str) -> User:
         """Finish enrolment with a current code: two-factor authentication is on."""
         user = (await self._sessions.validate(token)).user
+        if user.additional.get(ENABLED_FIELD):  # nothing to confirm: the code is not looked at, nor counted
+            raise TwoFactorAlreadyEnabled()
         row = await self._rows.get(user.id)
         if row is None:
             raise TwoFactorNotEnabled("start with EnableTwoFactor")

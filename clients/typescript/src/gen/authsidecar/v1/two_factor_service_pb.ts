@@ -372,9 +372,10 @@ export const TwoFactorService: GenService<{
     output: typeof EnableTwoFactorResponseSchema;
   },
   /**
-   * Confirms enrolment with a current TOTP code; turns two-factor authentication on.
+   * Confirms enrolment with a current TOTP code; turns two-factor authentication on. Once it is on, the code is
+   * not looked at (a stolen session cannot test codes, nor lock the owner's two-factor sign-in with wrong ones).
    * Errors: UNAUTHENTICATED (INVALID_TOKEN, INVALID_TWO_FACTOR_CODE), FAILED_PRECONDITION (TWO_FACTOR_NOT_ENABLED:
-   * EnableTwoFactor first), RESOURCE_EXHAUSTED (TWO_FACTOR_LOCKED).
+   * EnableTwoFactor first; TWO_FACTOR_ALREADY_ENABLED), RESOURCE_EXHAUSTED (TWO_FACTOR_LOCKED).
    *
    * @generated from rpc authsidecar.v1.TwoFactorService.ConfirmTwoFactor
    */
