@@ -229,6 +229,18 @@ def build_callers(settings: Settings) -> CallerPolicy | None:
     )
 
 
+def check_metrics_listen(settings: Settings) -> None:
+    """The metrics endpoint has no authentication and tells whoever reaches it how many sign-ins, sessions and
+    errors the server sees: a non-loopback address must be asked for (as plaintext gRPC must)."""
+    listen = settings.metrics_listen
+    if listen is not None and not is_loopback(listen) and not settings.metrics_allow_remote:
+        raise ConfigError(
+            f"invalid configuration: AUTHSIDECAR_METRICS_LISTEN: {listen} is not a loopback address, and /metrics"
+            " answers anyone who reaches it: listen on loopback next to the scraper, or set"
+            " AUTHSIDECAR_METRICS_ALLOW_REMOTE=true"
+        )
+
+
 def check_allow_lists(settings: Settings, served: frozenset[str]) -> None:
     """Every RPC a caller's ``allow`` names is one this server serves (``served``: the core services', the
     plugins', Check) or one of the names it knows without the plugin that serves it (``RPC_NAMES``: a list that

@@ -28,6 +28,7 @@ from authsidecar.assembly import (
     build_tls,
     build_tracing,
     check_allow_lists,
+    check_metrics_listen,
 )
 from authsidecar.cache import ResilientSessionCache
 from authsidecar.cache.better_auth import BetterAuthRedis
@@ -144,6 +145,7 @@ def compose(settings: Settings) -> Parts:
     convert = Converter(registry)
     auth_servicer = AuthServicer(accounts, sessions, flows, profile, convert)
     session_servicer = SessionServicer(sessions, convert)
+    check_metrics_listen(settings)
     rpc_metrics = RpcMetrics() if settings.metrics_listen else None  # per-RPC statistics, when metrics are on
     # Every service's calls, plugins' and Envoy's too; the call's context is kept when hooks may read it (the
     # store is hooked when hooks are configured or plugins may add some: assembly.build_core).

@@ -378,6 +378,22 @@ class TestSchemaSection:
         ):
             App.build(load_settings())
 
+    @pytest.mark.parametrize("listen", ["0.0.0.0:9464", "192.0.2.7:9464", "metrics.internal:9464"])
+    def test_metrics_on_a_non_loopback_address_must_be_asked_for(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, listen: str
+    ) -> None:
+        from authsidecar.app import App
+
+        monkeypatch.setenv("AUTHSIDECAR_SQLITE_PATH", str(tmp_path / "x.db"))
+        monkeypatch.setenv("AUTHSIDECAR_METRICS_LISTEN", listen)
+        with pytest.raises(ConfigError, match=r"^invalid configuration: AUTHSIDECAR_METRICS_LISTEN: .* not a loopback"):
+            App.build(load_settings())
+        monkeypatch.setenv("AUTHSIDECAR_METRICS_ALLOW_REMOTE", "true")
+        assert App.build(load_settings()).parts.metrics is not None
+        monkeypatch.delenv("AUTHSIDECAR_METRICS_ALLOW_REMOTE")
+        monkeypatch.setenv("AUTHSIDECAR_METRICS_LISTEN", "127.0.0.1:9464")
+        assert App.build(load_settings()).parts.metrics is not None
+
     def test_a_full_example_builds_the_registry(self, monkeypatch: pytest.MonkeyPatch) -> None:
         from tests.conftest import CUSTOM_SCHEMA, CUSTOM_SCHEMA_TOML
 

@@ -298,6 +298,9 @@ class Settings(BaseSettings):
     metrics_listen: str | None = Field(
         None, description="host:port of the Prometheus endpoint (/metrics); unset: no metrics"
     )
+    metrics_allow_remote: bool = Field(
+        False, description="allow the unauthenticated metrics endpoint on a non-loopback address (refused otherwise)"
+    )
     outbox_poll_interval: Annotated[float, Field(gt=0, le=60)] = Field(
         1.0, description="seconds between outbox reads when nothing new was committed by this instance"
     )
