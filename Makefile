@@ -42,7 +42,8 @@ migrate: $(RUN_STAMP)
 	$(BIN)/authsidecar migrate
 
 ## All tests, in parallel (they mostly wait on servers and databases): every tier below. TEST_WORKERS processes
-## (default 4 on this 2-core kind); tests of one file stay in one process (module-scoped servers start once).
+## (default 4 on this 2-core kind; at most 5: each gets its own port range, tests/e2e/conftest.py); tests of one
+## file stay in one process (module-scoped servers start once).
 TEST_WORKERS ?= 4
 XDIST = -n $(TEST_WORKERS) --dist loadfile
 test: $(STAMP) $(DRIZZLE_KIT) $(BETTER_AUTH) $(TS_CLIENT) $(XDS)

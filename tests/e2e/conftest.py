@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import os
 import shutil
 import signal
@@ -38,11 +39,32 @@ FAST_ARGON2_ENV = {
 }
 
 
+# Ports for the servers the tests start come from a range of this test process's own: below the kernel's
+# ephemeral range (32768 and up here), so no outgoing connection is given one, and apart from the other xdist
+# workers' ranges, so two processes of `make test` never pick the same port between its check and its use (a
+# port that the kernel handed out at random to one worker could be handed to another before the first bound it).
+# Ports are handed out 4 apart: a server given port P may take P + 1..3 too (serve --workers' metrics ports).
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ... under make test
+_SLOT = int(_WORKER[2:]) + 1 if _WORKER.startswith("gw") and _WORKER[2:].isdigit() else 0
+_PORTS_PER_PROCESS = 2000
+_STRIDE = 4
+_FIRST_PORT = 20_000 + _SLOT * _PORTS_PER_PROCESS
+_NEXT_PORT = itertools.count()
+assert _FIRST_PORT + _PORTS_PER_PROCESS <= 32_768, "at most 5 test processes (TEST_WORKERS <= 5)"
+
+
 def free_port() -> int:
-    """A TCP port that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port that is free now and that no other test process hands out; each once per process until its
+    range wraps (then ports still in use are skipped)."""
+    for _ in range(_PORTS_PER_PROCESS // _STRIDE):
+        port = _FIRST_PORT + (next(_NEXT_PORT) * _STRIDE) % _PORTS_PER_PROCESS
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_FIRST_PORT}-{_FIRST_PORT + _PORTS_PER_PROCESS - 1}")
 
 
 def _timed_out(within: float, what: str, details: Callable[[], str] | None) -> str:
