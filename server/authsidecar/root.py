@@ -193,7 +193,7 @@ def compose(settings: Settings) -> Parts:
             tracer=tracer,
             guard=call_guard,
         )
-    except ValueError as exc:  # a plugin's service the call guard cannot wrap (a streaming RPC)
+    except ValueError as exc:  # a plugin's service the guard cannot serve (streaming, or an RPC name already taken)
         raise ConfigError(f"invalid configuration: plugins: {exc}") from None
     check_allow_lists(settings, server.rpc_names)
     dispatcher = None
